@@ -1,0 +1,105 @@
+"""bankrace: a bank-transaction service that shows why concurrent money code needs locks.
+
+`create_app` is the only place that wires things: configuration, the store,
+the mode source, the process-local locks, the blueprints and the error
+handlers. Nothing is built at import time, so gunicorn workers build their
+own database pools after the fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from flask import Flask, Response, current_app, g, request
+from werkzeug.routing import BaseConverter
+
+from service.api import accounts, admin, ops, transfers
+from service.api.admin import ADMIN_TOKEN_KEY
+from service.api.context import EXTENSION_KEY
+from service.api.errors import register_error_handlers
+from service.api.parsing import MAX_BODY_BYTES, MAX_ID_DIGITS
+from service.config import Config
+from service.keyed_locks import KeyedLocks
+from service.schema import head_revision
+from service.services import Bank, ModeSource
+from service.stores.base import Store
+from service.stores.memory import MemoryStore
+from service.stores.sql import SqlStore
+
+REQUEST_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,200}")
+
+
+class IdConverter(BaseConverter):
+    """A positive id that fits a BIGINT; anything else is simply not a route (404)."""
+
+    regex = rf"[1-9][0-9]{{0,{MAX_ID_DIGITS - 1}}}"
+
+    def to_python(self, value: str) -> int:
+        return int(value)
+
+    def to_url(self, value: object) -> str:
+        return str(value)
+
+
+def build_store(config: Config) -> Store:
+    if config.is_memory:
+        return MemoryStore(lock_timeout_ms=config.lock_timeout_ms)
+    return SqlStore(
+        config.database_url,
+        lock_timeout_ms=config.lock_timeout_ms,
+        pool_size=config.threads,
+        expected_revision=head_revision(),
+    )
+
+
+def create_app(config: Config | None = None, store: Store | None = None) -> Flask:
+    config = config or Config.from_env()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config[ADMIN_TOKEN_KEY] = config.admin_token
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.url_map.converters["id"] = IdConverter
+    app.url_map.strict_slashes = False
+
+    store = store or build_store(config)
+    modes = ModeSource(store, allow_unsafe_modes=config.allow_unsafe_modes)
+    if not store.shared_across_processes or store.load_mode() is None:
+        store.save_mode(config.initial_mode)
+    app.extensions[EXTENSION_KEY] = Bank(
+        store=store,
+        modes=modes,
+        process_locks=KeyedLocks(config.lock_timeout_ms),
+        lock_timeout_ms=config.lock_timeout_ms,
+        transfer_lock_order=config.transfer_lock_order,
+    )
+
+    for blueprint in (accounts.blueprint, transfers.blueprint, admin.blueprint, ops.blueprint):
+        app.register_blueprint(blueprint)
+    register_error_handlers(app)
+    app.before_request(_remember_request_id)
+    app.after_request(_tag_response)
+    logging.getLogger("service").setLevel(logging.INFO)
+    return app
+
+
+def _remember_request_id() -> None:
+    given = request.headers.get("X-Request-ID", "")
+    g.request_id = given if REQUEST_ID_PATTERN.fullmatch(given) else uuid.uuid4().hex
+
+
+def _tag_response(response: Response) -> Response:
+    response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
+    if request.method == "POST":
+        lock_mode = g.get("lock_mode")
+        if lock_mode is None:
+            # Refused before a mode was chosen (415, 422, ...): name the mode
+            # that would have served it.
+            bank: Bank = current_app.extensions[EXTENSION_KEY]
+            try:
+                lock_mode = bank.modes.current().lock_mode.value
+            except Exception:  # the store is down: the header must not turn a 4xx into a 500
+                lock_mode = "unknown"
+        response.headers["X-Lock-Mode"] = lock_mode
+    return response

@@ -1,0 +1,94 @@
+"""Turning a request into validated values, or a refusal that changes nothing.
+
+Order of checks: media type (415), size (413, enforced by Flask's
+MAX_CONTENT_LENGTH), JSON syntax and top-level object (400), then every
+field at once (422 with one entry per bad field, unknown fields included).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import request
+
+from service.api.errors import ProblemError
+from service.domain import FieldError, ValidationFailed
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 50
+# Ids beyond 18 digits cannot exist (BIGINT) and are answered 404/422 early.
+MAX_ID_DIGITS = 18
+
+Rule = Callable[[object], str | None]
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def json_object() -> dict[str, Any]:
+    if request.mimetype != "application/json":
+        raise ProblemError(
+            415, "unsupported_media_type", "send the body as Content-Type: application/json"
+        )
+    raw = request.get_data(cache=True)
+    try:
+        value = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise ProblemError(400, "malformed_json", "the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ProblemError(400, "malformed_json", "the body must be a JSON object")
+    return value
+
+
+def validated(
+    body: Mapping[str, Any],
+    required: Mapping[str, Rule],
+    optional: Mapping[str, Rule] | None = None,
+) -> dict[str, Any]:
+    """The body's fields if every rule passes; else ValidationFailed naming each bad field."""
+    optional = optional or {}
+    errors = [
+        FieldError(name, "unknown field")
+        for name in body
+        if name not in required and name not in optional
+    ]
+    errors += [FieldError(name, "is required") for name in required if name not in body]
+    for name, rule in {**required, **optional}.items():
+        if name in body:
+            message = rule(body[name])
+            if message is not None:
+                errors.append(FieldError(name, message))
+    if errors:
+        raise ValidationFailed(errors)
+    return dict(body)
+
+
+def query_integer(name: str, default: int | None, minimum: int, maximum: int) -> int | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > MAX_ID_DIGITS:
+        raise ValidationFailed(
+            [FieldError(name, f"must be an integer from {minimum} to {maximum}")]
+        )
+    value = int(raw)
+    if not minimum <= value <= maximum:
+        raise ValidationFailed(
+            [FieldError(name, f"must be an integer from {minimum} to {maximum}")]
+        )
+    return value
+
+
+def page_size() -> int:
+    size = query_integer("limit", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
+    return DEFAULT_PAGE_SIZE if size is None else size
+
+
+def unknown_query_parameters(allowed: set[str]) -> None:
+    unknown = [name for name in request.args if name not in allowed]
+    if unknown:
+        raise ValidationFailed([FieldError(name, "unknown query parameter") for name in unknown])

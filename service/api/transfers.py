@@ -1,0 +1,50 @@
+"""Transfers and single journal entries."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, url_for
+
+from service import services
+from service.api.context import current_bank, serving_setting
+from service.api.parsing import json_object, validated
+from service.api.representations import transaction_json, transfer_json
+from service.domain import amount_error
+
+blueprint = Blueprint("transfers", __name__)
+
+
+def _account_id_error(value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return "must be a positive integer account id"
+    return None
+
+
+@blueprint.post("/transfers")
+def create_transfer() -> tuple[Response, int, dict[str, str]]:
+    fields = validated(
+        json_object(),
+        required={
+            "from_account": _account_id_error,
+            "to_account": _account_id_error,
+            "amount": amount_error,
+        },
+    )
+    recorded = services.transfer(
+        fields["from_account"],
+        fields["to_account"],
+        fields["amount"],
+        serving_setting(),
+        current_bank(),
+    )
+    location = url_for("transfers.get_transfer", transfer_id=recorded.id)
+    return jsonify(transfer_json(recorded)), 201, {"Location": location}
+
+
+@blueprint.get("/transfers/<id:transfer_id>")
+def get_transfer(transfer_id: int) -> Response:
+    return jsonify(transfer_json(current_bank().store.get_transfer(transfer_id)))
+
+
+@blueprint.get("/transactions/<id:transaction_id>")
+def get_transaction(transaction_id: int) -> Response:
+    return jsonify(transaction_json(current_bank().store.get_transaction(transaction_id)))

@@ -1,0 +1,163 @@
+"""The lock modes: what each one does to a read-modify-write.
+
+This is the whole lesson of the seed notes in one file. Every mode runs the
+same operation -- some legs (account, kind, amount), optionally a transfer --
+and differs only in what protects the gap between reading a balance and
+writing the new one. The race window (`race_window_ms`) is a deliberate pause
+in exactly that gap, so the race can be made visible on demand and the cost
+of holding a lock can be measured.
+
+| mode          | protection of read -> pause -> write                         |
+|---------------|--------------------------------------------------------------|
+| unlocked      | none: two requests read the same balance, the last write wins |
+| process-lock  | a threading.Lock per account: one process only               |
+| locked        | the store's exclusive lock (mutex / BEGIN IMMEDIATE / FOR UPDATE) |
+| optimistic    | write only if the version is still the one read; else retry  |
+| atomic        | no read at all: one guarded UPDATE does the arithmetic       |
+
+In `atomic` there is no read to pause after: the window is spent before the
+guarded update, outside any lock, so it adds latency but cannot open a race.
+
+Modes know the store interface and the domain; not HTTP, not SQL.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from service.domain import (
+    BalanceState,
+    Leg,
+    LockMode,
+    WriteConflict,
+    check_new_balance,
+)
+from service.keyed_locks import KeyedLocks
+from service.stores.base import (
+    LegWrite,
+    LegWriter,
+    Store,
+    TransferSpec,
+    VersionConflict,
+    Written,
+)
+
+# Optimistic retries: bounded by count and by the lock timeout, whichever
+# comes first, with jittered exponential backoff so the losers of one round
+# do not collide again in lockstep.
+OPTIMISTIC_MAX_ATTEMPTS = 25
+OPTIMISTIC_BACKOFF_BASE_MS = 1
+OPTIMISTIC_BACKOFF_CAP_MS = 50
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What to apply: the legs, and the order in which their accounts are locked."""
+
+    legs: tuple[Leg, ...]
+    lock_order: tuple[int, ...]
+    transfer: TransferSpec | None = None
+
+    @property
+    def account_ids(self) -> tuple[int, ...]:
+        return tuple(leg.account_id for leg in self.legs)
+
+
+@dataclass(frozen=True)
+class ModeContext:
+    store: Store
+    process_locks: KeyedLocks
+    race_window_ms: int
+    lock_timeout_ms: int
+
+
+def pause_in_race_window(race_window_ms: int) -> None:
+    """The product's race window: widen the read-to-write gap on purpose."""
+    if race_window_ms > 0:
+        time.sleep(race_window_ms / 1000)
+
+
+def plan_writes(
+    legs: Sequence[Leg], states: Mapping[int, BalanceState], *, compare_versions: bool
+) -> list[LegWrite]:
+    """New balances computed from what was read; refuses overdrafts and overflows."""
+    return [
+        LegWrite(
+            leg,
+            new_balance=check_new_balance(
+                states[leg.account_id].balance, leg.delta, leg.account_id
+            ),
+            expected_version=states[leg.account_id].version if compare_versions else None,
+        )
+        for leg in legs
+    ]
+
+
+def read_modify_write(
+    writer: LegWriter, operation: Operation, context: ModeContext, mode: LockMode
+) -> Written:
+    """Read, pause, write: safe only if whoever calls this holds a lock."""
+    states = writer.read_states(operation.account_ids)
+    writes = plan_writes(operation.legs, states, compare_versions=False)
+    pause_in_race_window(context.race_window_ms)
+    return writer.write_legs(writes, mode.value, operation.transfer)
+
+
+def run_unlocked(operation: Operation, context: ModeContext) -> Written:
+    # Each step is its own short transaction: between the read and the write
+    # anyone may write, and this write silently overwrites them (lost update).
+    return read_modify_write(context.store, operation, context, LockMode.UNLOCKED)
+
+
+def run_process_lock(operation: Operation, context: ModeContext) -> Written:
+    # The textbook fix: correct among this process's threads, invisible to
+    # every other worker process or replica, which keep racing.
+    with context.process_locks.holding(operation.lock_order):
+        return read_modify_write(context.store, operation, context, LockMode.PROCESS_LOCK)
+
+
+def run_locked(operation: Operation, context: ModeContext) -> Written:
+    # The store's lock is shared by every process using the store, and the
+    # read and the write are one transaction under it.
+    with context.store.exclusive(operation.lock_order) as writer:
+        return read_modify_write(writer, operation, context, LockMode.LOCKED)
+
+
+def run_optimistic(operation: Operation, context: ModeContext) -> Written:
+    deadline = time.monotonic() + context.lock_timeout_ms / 1000
+    for attempt in range(OPTIMISTIC_MAX_ATTEMPTS):
+        states = context.store.read_states(operation.account_ids)
+        writes = plan_writes(operation.legs, states, compare_versions=True)
+        pause_in_race_window(context.race_window_ms)
+        try:
+            return context.store.write_legs(writes, LockMode.OPTIMISTIC.value, operation.transfer)
+        except VersionConflict:
+            backoff_ms = random.uniform(
+                0, min(OPTIMISTIC_BACKOFF_CAP_MS, OPTIMISTIC_BACKOFF_BASE_MS * 2**attempt)
+            )
+            if time.monotonic() + backoff_ms / 1000 >= deadline:
+                break
+            time.sleep(backoff_ms / 1000)
+    raise WriteConflict(
+        "the account kept changing under this request; nothing was written, retry later"
+    )
+
+
+def run_atomic(operation: Operation, context: ModeContext) -> Written:
+    pause_in_race_window(context.race_window_ms)
+    writes = [LegWrite(leg) for leg in operation.legs]
+    return context.store.write_legs(writes, LockMode.ATOMIC.value, operation.transfer)
+
+
+Strategy = Callable[[Operation, ModeContext], Written]
+
+STRATEGIES: Mapping[LockMode, Strategy] = {
+    LockMode.UNLOCKED: run_unlocked,
+    LockMode.LOCKED: run_locked,
+    LockMode.PROCESS_LOCK: run_process_lock,
+    LockMode.OPTIMISTIC: run_optimistic,
+    LockMode.ATOMIC: run_atomic,
+}

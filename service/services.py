@@ -1,0 +1,200 @@
+"""Use cases: open an account, deposit, withdraw, transfer, audit, change mode.
+
+Domain plus the store interface only: no Flask, no SQL. Each money operation
+takes the mode setting that serves it explicitly (the API reads it once per
+request, so the `X-Lock-Mode` header names the mode that really ran) and the
+`Bank` (store and process-wide collaborators) as its last argument.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+from service.domain import (
+    DEFAULT_CURRENCY,
+    Account,
+    AccountAudit,
+    BankAudit,
+    CurrencyMismatch,
+    Leg,
+    LockMode,
+    LockTimeout,
+    ModeSetting,
+    SameAccount,
+    Transaction,
+    TransactionKind,
+    Transfer,
+    UnsafeModeRefused,
+    WriteConflict,
+    audit_bank,
+)
+from service.keyed_locks import KeyedLocks
+from service.modes import STRATEGIES, ModeContext, Operation
+from service.stores.base import RetryableConflict, Store, TransferSpec, Written
+
+logger = logging.getLogger(__name__)
+
+# PostgreSQL may abort a transaction as a deadlock victim (40P01) or a
+# serialization failure (40001); nothing was written, so it is safe to run
+# again -- a few times, then the client is told to retry later.
+DATABASE_RETRY_ATTEMPTS = 4
+DATABASE_RETRY_BACKOFF_CAP_MS = 50
+# How stale a worker's view of the shared mode setting may be; DESIGN asks
+# for a `PUT /mode` to reach every worker and replica within one second.
+MODE_REFRESH_SECONDS = 0.5
+
+
+class ModeSource:
+    """The current lock mode, shared through the store, cached briefly per process."""
+
+    def __init__(self, store: Store, *, allow_unsafe_modes: bool) -> None:
+        self._store = store
+        self.allow_unsafe_modes = allow_unsafe_modes
+        self._guard = threading.Lock()
+        self._cached: ModeSetting | None = None
+        self._fetched_at = 0.0
+
+    def current(self) -> ModeSetting:
+        with self._guard:
+            cached, fetched_at = self._cached, self._fetched_at
+        if cached is not None and time.monotonic() - fetched_at < MODE_REFRESH_SECONDS:
+            return cached
+        try:
+            loaded = self._store.load_mode()
+        except Exception:
+            if cached is None:
+                raise
+            logger.warning("could not refresh the lock mode; serving %s", cached.lock_mode)
+            return cached
+        setting = self._guarded(loaded or ModeSetting(LockMode.LOCKED, 0))
+        with self._guard:
+            self._cached, self._fetched_at = setting, time.monotonic()
+        return setting
+
+    def _guarded(self, setting: ModeSetting) -> ModeSetting:
+        # A replica that does not allow unsafe modes never serves one, even if
+        # another replica (which does) stored it in the shared database.
+        if setting.lock_mode.is_unsafe and not self.allow_unsafe_modes:
+            return ModeSetting(LockMode.LOCKED, setting.race_window_ms)
+        return setting
+
+    def change(
+        self, lock_mode: LockMode | None = None, race_window_ms: int | None = None
+    ) -> ModeSetting:
+        if lock_mode is not None and lock_mode.is_unsafe and not self.allow_unsafe_modes:
+            raise UnsafeModeRefused(
+                f"lock mode {lock_mode.value} loses money and is not allowed here "
+                "(start the service with BANK_ALLOW_UNSAFE_MODES=1 to allow it)"
+            )
+        base = self._store.load_mode() or ModeSetting(LockMode.LOCKED, 0)
+        updated = ModeSetting(
+            lock_mode if lock_mode is not None else base.lock_mode,
+            race_window_ms if race_window_ms is not None else base.race_window_ms,
+        )
+        self._store.save_mode(updated)
+        with self._guard:
+            self._cached, self._fetched_at = updated, time.monotonic()
+        return updated
+
+
+@dataclass
+class Bank:
+    """Everything a use case needs, wired once per process by `create_app`."""
+
+    store: Store
+    modes: ModeSource
+    process_locks: KeyedLocks
+    lock_timeout_ms: int
+    transfer_lock_order: str = "sorted"
+    _retries: int = field(default=0, repr=False)
+    _retries_guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count_database_retry(self) -> None:
+        with self._retries_guard:
+            self._retries += 1
+
+    @property
+    def database_retries(self) -> int:
+        """Deadlock and serialization retries this process made (diagnostics)."""
+        return self._retries
+
+
+def open_account(
+    owner: str, currency: str | None, opening_balance: int, setting: ModeSetting, bank: Bank
+) -> Account:
+    return bank.store.open_account(
+        owner.strip(), currency or DEFAULT_CURRENCY, opening_balance, setting.lock_mode.value
+    )
+
+
+def deposit(account_id: int, amount: int, setting: ModeSetting, bank: Bank) -> Transaction:
+    leg = Leg(account_id, TransactionKind.DEPOSIT, amount)
+    return _apply(Operation((leg,), (account_id,)), setting, bank).transactions[0]
+
+
+def withdraw(account_id: int, amount: int, setting: ModeSetting, bank: Bank) -> Transaction:
+    leg = Leg(account_id, TransactionKind.WITHDRAWAL, amount)
+    return _apply(Operation((leg,), (account_id,)), setting, bank).transactions[0]
+
+
+def transfer(
+    from_account: int, to_account: int, amount: int, setting: ModeSetting, bank: Bank
+) -> Transfer:
+    if from_account == to_account:
+        raise SameAccount("a transfer needs two different accounts")
+    source = bank.store.get_account(from_account)
+    target = bank.store.get_account(to_account)
+    if source.currency != target.currency:
+        raise CurrencyMismatch(
+            f"account {from_account} holds {source.currency}, "
+            f"account {to_account} holds {target.currency}"
+        )
+    # Ascending id order is what makes opposing transfers deadlock-free;
+    # "request" order exists only to demonstrate the deadlock.
+    if bank.transfer_lock_order == "sorted":
+        lock_order = tuple(sorted((from_account, to_account)))
+    else:
+        lock_order = (from_account, to_account)
+    operation = Operation(
+        legs=(
+            Leg(from_account, TransactionKind.TRANSFER_OUT, amount),
+            Leg(to_account, TransactionKind.TRANSFER_IN, amount),
+        ),
+        lock_order=lock_order,
+        transfer=TransferSpec(from_account, to_account, amount),
+    )
+    written = _apply(operation, setting, bank)
+    if written.transfer is None:
+        raise RuntimeError("the store did not record the transfer it was given")
+    return written.transfer
+
+
+def _apply(operation: Operation, setting: ModeSetting, bank: Bank) -> Written:
+    strategy = STRATEGIES[setting.lock_mode]
+    context = ModeContext(
+        bank.store, bank.process_locks, setting.race_window_ms, bank.lock_timeout_ms
+    )
+    conflict: RetryableConflict | None = None
+    for attempt in range(DATABASE_RETRY_ATTEMPTS):
+        try:
+            return strategy(operation, context)
+        except RetryableConflict as error:
+            conflict = error
+            bank.count_database_retry()
+            logger.info("retrying after %s (attempt %d)", error, attempt + 1)
+            time.sleep(random.uniform(0, DATABASE_RETRY_BACKOFF_CAP_MS) / 1000)
+    if conflict is not None and conflict.deadlock:
+        raise LockTimeout("the database broke a deadlock repeatedly; nothing was written")
+    raise WriteConflict("the database kept aborting this transaction; nothing was written")
+
+
+def account_audit(account_id: int, bank: Bank) -> AccountAudit:
+    return next(bank.store.audit(account_id))
+
+
+def bank_audit(bank: Bank) -> BankAudit:
+    return audit_bank(bank.store.audit())

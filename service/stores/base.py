@@ -1,0 +1,141 @@
+"""The store interface: what the lock modes and services may ask of storage.
+
+A store offers the *primitives* a read-modify-write is made of -- read a
+balance, write legs (absolutely, by version compare-and-swap, or as a
+guarded atomic add), and hold the store's own exclusive lock over some
+accounts -- and leaves the choice of how to combine them to `service.modes`.
+That keeps every lock mode in one readable place and every store honest:
+a store never decides whether a race is allowed.
+
+Stores know the domain; they know nothing of HTTP or of lock-mode policy.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+from service.domain import (
+    Account,
+    AccountAudit,
+    BalanceState,
+    Leg,
+    ModeSetting,
+    Transaction,
+    Transfer,
+)
+
+MAX_PAGE_SIZE = 500
+
+
+class VersionConflict(Exception):
+    """An optimistic write found the account at another version; nothing was written."""
+
+
+class RetryableConflict(Exception):
+    """The database aborted the transaction (deadlock, serialization); nothing was written."""
+
+    def __init__(self, detail: str, *, deadlock: bool) -> None:
+        super().__init__(detail)
+        self.deadlock = deadlock
+
+
+@dataclass(frozen=True)
+class LegWrite:
+    """How one leg changes its account's stored balance.
+
+    `new_balance` set: write that value (what a read-modify-write computed);
+    with `expected_version` the write only happens if nobody wrote since the
+    read, else `VersionConflict`. `new_balance` None: add the leg's delta in
+    the database itself, refused with InsufficientFunds/BalanceLimitExceeded
+    when the result would leave [0, MAX_BALANCE_MINOR].
+    """
+
+    leg: Leg
+    new_balance: int | None = None
+    expected_version: int | None = None
+
+
+@dataclass(frozen=True)
+class TransferSpec:
+    from_account: int
+    to_account: int
+    amount: int
+
+
+@dataclass(frozen=True)
+class Written:
+    transactions: tuple[Transaction, ...]
+    transfer: Transfer | None = None
+
+
+class LegWriter(abc.ABC):
+    """Reads and writes balances; inside `Store.exclusive` both run under the lock."""
+
+    @abc.abstractmethod
+    def read_states(self, account_ids: Sequence[int]) -> dict[int, BalanceState]:
+        """Current balance and version of each account; NotFound if one is missing."""
+
+    @abc.abstractmethod
+    def write_legs(
+        self, writes: Sequence[LegWrite], lock_mode: str, transfer: TransferSpec | None = None
+    ) -> Written:
+        """Apply every write and journal every leg, all or nothing."""
+
+
+class Store(LegWriter):
+    """Accounts, the journal, the mode setting, and the exclusive lock."""
+
+    #: True when every worker process shares this store's data.
+    shared_across_processes: bool = True
+
+    @abc.abstractmethod
+    def exclusive(self, account_ids: Sequence[int]) -> AbstractContextManager[LegWriter]:
+        """Hold the store's exclusive lock on the accounts, taken in the given order.
+
+        Every wait is bounded by the lock timeout (LockTimeout). Reads and
+        writes through the yielded writer happen in one transaction that
+        commits when the block ends without an exception.
+        """
+
+    @abc.abstractmethod
+    def open_account(
+        self, owner: str, currency: str, opening_balance: int, lock_mode: str
+    ) -> Account: ...
+
+    @abc.abstractmethod
+    def get_account(self, account_id: int) -> Account: ...
+
+    @abc.abstractmethod
+    def list_accounts(self, after: int, limit: int) -> list[Account]: ...
+
+    @abc.abstractmethod
+    def get_transaction(self, transaction_id: int) -> Transaction: ...
+
+    @abc.abstractmethod
+    def list_transactions(
+        self, account_id: int, before: int | None, limit: int
+    ) -> list[Transaction]:
+        """Newest first, ids below `before` when given."""
+
+    @abc.abstractmethod
+    def get_transfer(self, transfer_id: int) -> Transfer: ...
+
+    @abc.abstractmethod
+    def audit(self, account_id: int | None = None) -> Iterator[AccountAudit]:
+        """Audit one account (NotFound if unknown) or every account, in id order."""
+
+    @abc.abstractmethod
+    def load_mode(self) -> ModeSetting | None: ...
+
+    @abc.abstractmethod
+    def save_mode(self, setting: ModeSetting) -> None: ...
+
+    @abc.abstractmethod
+    def check_ready(self) -> None:
+        """Raise StoreUnavailable (with a reason) unless the store can serve."""
+
+    def close(self) -> None:
+        """Release connections; the default store holds none."""

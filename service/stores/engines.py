@@ -1,0 +1,94 @@
+"""Engine construction per dialect: the concurrency knobs of each database.
+
+SQLite: WAL (readers never block the writer), synchronous=FULL (an
+acknowledged commit survives a crash, not just a process kill), a busy
+timeout equal to the lock timeout (a lock wait is bounded), and the
+documented pysqlite recipe that turns off the driver's own BEGIN so we can
+emit `BEGIN IMMEDIATE` ourselves: a read-modify-write that starts DEFERRED
+and upgrades to a write lock fails at once with SQLITE_BUSY under WAL
+instead of waiting.
+
+PostgreSQL (psycopg 3): READ COMMITTED, lock_timeout and statement_timeout
+on every connection, a pool sized to the worker's threads, pre-ping so a
+restarted database is noticed without restarting the service.
+
+Engines are built by `create_app`, i.e. in each gunicorn worker after the
+fork, so no pool is ever shared across processes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+# A statement may run this much longer than a lock wait before it is cancelled.
+STATEMENT_TIMEOUT_MARGIN_MS = 5000
+POOL_OVERFLOW_CONNECTIONS = 4
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+def build_engine(url: str, *, lock_timeout_ms: int, pool_size: int) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, lock_timeout_ms=lock_timeout_ms, pool_size=pool_size)
+    if parsed.get_backend_name() == "postgresql":
+        return _postgresql_engine(url, lock_timeout_ms=lock_timeout_ms, pool_size=pool_size)
+    raise ValueError(
+        f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql"
+    )
+
+
+def ensure_sqlite_directory(url: str) -> None:
+    """Create the folder of a file-backed SQLite database (var/ by default)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_engine(url: str, *, lock_timeout_ms: int, pool_size: int) -> Engine:
+    ensure_sqlite_directory(url)
+    engine = create_engine(
+        url,
+        connect_args={"timeout": lock_timeout_ms / 1000, "check_same_thread": False},
+        pool_size=pool_size,
+        max_overflow=POOL_OVERFLOW_CONNECTIONS,
+        pool_timeout=lock_timeout_ms / 1000,
+    )
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we send BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(lock_timeout_ms)}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection: Connection) -> None:
+        behaviour = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {behaviour}")
+
+    return engine
+
+
+def _postgresql_engine(url: str, *, lock_timeout_ms: int, pool_size: int) -> Engine:
+    options = (
+        f"-c lock_timeout={int(lock_timeout_ms)} "
+        f"-c statement_timeout={int(lock_timeout_ms) + STATEMENT_TIMEOUT_MARGIN_MS} "
+        "-c idle_in_transaction_session_timeout=60000"
+    )
+    return create_engine(
+        url,
+        connect_args={"options": options, "connect_timeout": CONNECT_TIMEOUT_SECONDS},
+        isolation_level="READ COMMITTED",
+        pool_size=pool_size,
+        max_overflow=POOL_OVERFLOW_CONNECTIONS,
+        pool_timeout=lock_timeout_ms / 1000,
+        pool_pre_ping=True,
+    )

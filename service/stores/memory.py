@@ -1,0 +1,246 @@
+"""The in-memory store: plain dicts in one process.
+
+One short internal mutex keeps the dicts themselves intact (each primitive
+holds it for microseconds, never across a race window); the per-account
+locks of `exclusive` are the "database row locks" of this store. Data lives
+only as long as the process, so this store refuses to be shared by several
+worker processes (see `service.cli`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+
+from service.domain import (
+    MAX_BALANCE_MINOR,
+    Account,
+    AccountAudit,
+    BalanceLimitExceeded,
+    BalanceState,
+    InsufficientFunds,
+    ModeSetting,
+    NotFound,
+    Transaction,
+    TransactionKind,
+    Transfer,
+    audit_account,
+    utc_now,
+)
+from service.keyed_locks import KeyedLocks
+from service.stores.base import (
+    LegWrite,
+    LegWriter,
+    Store,
+    TransferSpec,
+    VersionConflict,
+    Written,
+)
+
+
+class MemoryStore(Store):
+    shared_across_processes = False
+
+    def __init__(self, lock_timeout_ms: int) -> None:
+        self._mutex = threading.Lock()
+        self._accounts: dict[int, Account] = {}
+        self._transactions: dict[int, Transaction] = {}
+        self._journal_by_account: dict[int, list[int]] = {}
+        self._transfers: dict[int, Transfer] = {}
+        self._row_locks = KeyedLocks(lock_timeout_ms)
+        self._mode: ModeSetting | None = None
+
+    # ------------------------------------------------------------------ balances
+
+    def read_states(self, account_ids: Sequence[int]) -> dict[int, BalanceState]:
+        with self._mutex:
+            return {
+                account_id: BalanceState(account_id, account.balance, account.version)
+                for account_id in account_ids
+                for account in (self._require(account_id),)
+            }
+
+    def write_legs(
+        self, writes: Sequence[LegWrite], lock_mode: str, transfer: TransferSpec | None = None
+    ) -> Written:
+        now = utc_now()
+        with self._mutex:
+            # Check every condition before changing anything: all or nothing.
+            new_balances = [self._new_balance(write) for write in writes]
+            transfer_id = len(self._transfers) + 1 if transfer else None
+            entries = []
+            for write, new_balance in zip(writes, new_balances, strict=True):
+                account = self._accounts[write.leg.account_id]
+                self._accounts[account.id] = replace(
+                    account, balance=new_balance, version=account.version + 1, updated_at=now
+                )
+                entries.append(
+                    self._append(
+                        write.leg.account_id,
+                        write.leg.kind,
+                        write.leg.amount,
+                        new_balance,
+                        transfer_id,
+                        lock_mode,
+                        now,
+                    )
+                )
+            recorded = None
+            if transfer is not None and transfer_id is not None:
+                recorded = Transfer(
+                    transfer_id,
+                    transfer.from_account,
+                    transfer.to_account,
+                    transfer.amount,
+                    lock_mode,
+                    now,
+                    tuple(entries),
+                )
+                self._transfers[transfer_id] = recorded
+            return Written(tuple(entries), recorded)
+
+    def _new_balance(self, write: LegWrite) -> int:
+        account = self._require(write.leg.account_id)
+        if write.expected_version is not None and account.version != write.expected_version:
+            raise VersionConflict(
+                f"account {account.id} moved past version {write.expected_version}"
+            )
+        if write.new_balance is not None:
+            return write.new_balance
+        new_balance = account.balance + write.leg.delta
+        if new_balance < 0:
+            raise InsufficientFunds(f"account {account.id} does not cover {write.leg.amount}")
+        if new_balance > MAX_BALANCE_MINOR:
+            raise BalanceLimitExceeded(f"account {account.id} would pass {MAX_BALANCE_MINOR}")
+        return new_balance
+
+    @contextmanager
+    def exclusive(self, account_ids: Sequence[int]) -> Iterator[LegWriter]:
+        self.read_states(account_ids)  # NotFound before any lock is taken
+        with self._row_locks.holding(account_ids):
+            yield self
+
+    # ------------------------------------------------------------------ accounts
+
+    def open_account(
+        self, owner: str, currency: str, opening_balance: int, lock_mode: str
+    ) -> Account:
+        now = utc_now()
+        with self._mutex:
+            account = Account(
+                id=len(self._accounts) + 1,
+                owner=owner,
+                currency=currency,
+                balance=opening_balance,
+                version=0,
+                created_at=now,
+                updated_at=now,
+            )
+            self._accounts[account.id] = account
+            self._journal_by_account[account.id] = []
+            if opening_balance > 0:
+                self._append(
+                    account.id,
+                    TransactionKind.OPEN,
+                    opening_balance,
+                    opening_balance,
+                    None,
+                    lock_mode,
+                    now,
+                )
+            return account
+
+    def get_account(self, account_id: int) -> Account:
+        with self._mutex:
+            return self._require(account_id)
+
+    def list_accounts(self, after: int, limit: int) -> list[Account]:
+        with self._mutex:
+            ids = sorted(account_id for account_id in self._accounts if account_id > after)
+            return [self._accounts[account_id] for account_id in ids[:limit]]
+
+    # ------------------------------------------------------------------ journal
+
+    def get_transaction(self, transaction_id: int) -> Transaction:
+        with self._mutex:
+            try:
+                return self._transactions[transaction_id]
+            except KeyError:
+                raise NotFound(f"transaction {transaction_id} does not exist") from None
+
+    def list_transactions(
+        self, account_id: int, before: int | None, limit: int
+    ) -> list[Transaction]:
+        with self._mutex:
+            self._require(account_id)
+            ids = self._journal_by_account[account_id]
+            newest_first = [i for i in reversed(ids) if before is None or i < before]
+            return [self._transactions[i] for i in newest_first[:limit]]
+
+    def get_transfer(self, transfer_id: int) -> Transfer:
+        with self._mutex:
+            try:
+                return self._transfers[transfer_id]
+            except KeyError:
+                raise NotFound(f"transfer {transfer_id} does not exist") from None
+
+    def audit(self, account_id: int | None = None) -> Iterator[AccountAudit]:
+        with self._mutex:
+            ids = (
+                [self._require(account_id).id] if account_id is not None else sorted(self._accounts)
+            )
+            audits = [
+                audit_account(
+                    i,
+                    self._accounts[i].balance,
+                    (self._transactions[t] for t in self._journal_by_account[i]),
+                )
+                for i in ids
+            ]
+        return iter(audits)
+
+    # ------------------------------------------------------------------ settings
+
+    def load_mode(self) -> ModeSetting | None:
+        return self._mode
+
+    def save_mode(self, setting: ModeSetting) -> None:
+        self._mode = setting
+
+    def check_ready(self) -> None:
+        return None
+
+    # ------------------------------------------------------------------ internals
+
+    def _require(self, account_id: int) -> Account:
+        try:
+            return self._accounts[account_id]
+        except KeyError:
+            raise NotFound(f"account {account_id} does not exist") from None
+
+    def _append(
+        self,
+        account_id: int,
+        kind: TransactionKind,
+        amount: int,
+        balance_after: int,
+        transfer_id: int | None,
+        lock_mode: str,
+        now: dt.datetime,
+    ) -> Transaction:
+        entry = Transaction(
+            id=len(self._transactions) + 1,
+            account_id=account_id,
+            kind=kind,
+            amount=amount,
+            balance_after=balance_after,
+            transfer_id=transfer_id,
+            lock_mode=lock_mode,
+            created_at=now,
+        )
+        self._transactions[entry.id] = entry
+        self._journal_by_account[account_id].append(entry.id)
+        return entry

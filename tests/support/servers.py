@@ -1,0 +1,116 @@
+"""Start and stop a real `bankrace serve` (gunicorn) for end-to-end tests.
+
+Every server is started as its own process group on a free loopback port and
+stopped by its PID; readiness is awaited by polling /healthz against a
+deadline, never by sleeping a fixed time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+STARTUP_DEADLINE_SECONDS = 30.0
+STOP_DEADLINE_SECONDS = 15.0
+POLL_INTERVAL_SECONDS = 0.05
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def clean_environment(overrides: Mapping[str, str]) -> dict[str, str]:
+    """The test's environment without any BANK_* setting leaking in, plus overrides."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("BANK_")}
+    environment.update(overrides)
+    return environment
+
+
+@dataclass
+class ServerProcess:
+    """One `bankrace serve` under gunicorn, configured only by environment."""
+
+    workdir: Path
+    settings: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"server-{self.port}.log"
+
+    def start(self) -> ServerProcess:
+        environment = clean_environment(
+            {"BANK_BIND": f"127.0.0.1:{self.port}", **self.settings}
+        )
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve"],
+            cwd=self.workdir,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.wait_until_healthy()
+        return self
+
+    def wait_until_healthy(self) -> None:
+        deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.read_log()}")
+            try:
+                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(POLL_INTERVAL_SECONDS)  # polling interval, not synchronisation
+        self.stop()
+        raise RuntimeError(f"server not ready within {STARTUP_DEADLINE_SECONDS}s:\n{self.read_log()}")
+
+    def read_log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM to the gunicorn master), then SIGKILL if it hangs."""
+        self._signal_and_wait(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """A crash: SIGKILL to the whole process group, no chance to flush anything."""
+        self._signal_and_wait(signal.SIGKILL)
+
+    def _signal_and_wait(self, signum: int) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signum)
+            self.process.wait(timeout=STOP_DEADLINE_SECONDS)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=STOP_DEADLINE_SECONDS)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
