@@ -45,9 +45,13 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             "keepalive": GUNICORN_KEEPALIVE_SECONDS,
             "errorlog": "-",
             "proc_name": "bankrace",
+            # gunicorn >= 24 opens a control socket at one fixed path per
+            # user; several instances on one machine would fight over it.
+            "control_socket_disable": True,
         }
         for key, value in settings.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:  # older gunicorn lacks newer settings
+                self.cfg.set(key, value)
 
     def load(self) -> Flask:
         return create_app(self.bank_config)

@@ -55,9 +55,7 @@ class ServerProcess:
         return self.workdir / f"server-{self.port}.log"
 
     def start(self) -> ServerProcess:
-        environment = clean_environment(
-            {"BANK_BIND": f"127.0.0.1:{self.port}", **self.settings}
-        )
+        environment = clean_environment({"BANK_BIND": f"127.0.0.1:{self.port}", **self.settings})
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve"],
@@ -84,7 +82,9 @@ class ServerProcess:
                 pass
             time.sleep(POLL_INTERVAL_SECONDS)  # polling interval, not synchronisation
         self.stop()
-        raise RuntimeError(f"server not ready within {STARTUP_DEADLINE_SECONDS}s:\n{self.read_log()}")
+        raise RuntimeError(
+            f"server not ready within {STARTUP_DEADLINE_SECONDS}s:\n{self.read_log()}"
+        )
 
     def read_log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
