@@ -1,0 +1,98 @@
+"""A small blocking HTTP client for the set-up and the reconciliation of a load test.
+
+It opens the run's accounts before the load starts and reads balances, audits
+and journals after it stops. The load itself goes through Locust's client; this
+one uses `requests`, so it works inside Locust (gevent patches its sockets) and
+outside it (the comparison runner, tests). It knows the API of DESIGN §3 and
+nothing of the service's code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+from loadtest.reconcile import AccountObservation, scan_journal
+
+REQUEST_TIMEOUT_SECONDS = 30.0
+JOURNAL_PAGE_SIZE = 500  # the API's largest page
+JOURNAL_PAGES_LIMIT = 400  # at most 200 000 entries replayed per account
+
+
+class BankError(RuntimeError):
+    """The bank answered something the load test cannot work with."""
+
+
+class BankClient:
+    def __init__(self, base_url: str, timeout_seconds: float = REQUEST_TIMEOUT_SECONDS) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_seconds = timeout_seconds
+        self.session = requests.Session()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def get_json(self, path_or_url: str) -> Any:
+        url = path_or_url if "://" in path_or_url else self.base_url + path_or_url
+        response = self.session.get(url, timeout=self.timeout_seconds)
+        if response.status_code != 200:
+            raise BankError(f"GET {url} answered {response.status_code}: {response.text[:200]}")
+        return response.json()
+
+    def is_ready(self) -> bool:
+        try:
+            response = self.session.get(f"{self.base_url}/readyz", timeout=self.timeout_seconds)
+        except requests.RequestException:
+            return False
+        return response.status_code == 200
+
+    def mode(self) -> dict[str, Any]:
+        return dict(self.get_json("/mode"))
+
+    def open_account(self, owner: str, opening_balance: int) -> int:
+        response = self.session.post(
+            f"{self.base_url}/accounts",
+            json={"owner": owner, "currency": "USD", "opening_balance": opening_balance},
+            timeout=self.timeout_seconds,
+        )
+        if response.status_code != 201:
+            detail = response.text[:200]
+            raise BankError(f"POST /accounts answered {response.status_code}: {detail}")
+        return int(response.json()["id"])
+
+    def journal(self, account_id: int) -> tuple[list[dict[str, Any]], bool]:
+        """Every journal entry of an account (newest first pages), and whether all were read."""
+        entries: list[dict[str, Any]] = []
+        url: str | None = f"/accounts/{account_id}/transactions?limit={JOURNAL_PAGE_SIZE}"
+        for _page in range(JOURNAL_PAGES_LIMIT):
+            if url is None:
+                return entries, True
+            page = self.get_json(url)
+            entries.extend(page["items"])
+            url = page.get("next")
+        return entries, url is None
+
+    def observe(self, account_id: int) -> AccountObservation:
+        """Balance, server audit and the client's replay of the journal of one account."""
+        try:
+            balance = int(self.get_json(f"/accounts/{account_id}")["balance"])
+        except (requests.RequestException, BankError, KeyError, ValueError) as error:
+            return AccountObservation(account_id, None, error=str(error))
+        audit: dict[str, Any] | None
+        try:
+            audit = dict(self.get_json(f"/accounts/{account_id}/audit"))
+        except (requests.RequestException, BankError, ValueError):
+            audit = None
+        try:
+            entries, complete = self.journal(account_id)
+            journal = scan_journal(entries, complete) if complete else None
+        except (requests.RequestException, BankError, KeyError, ValueError):
+            journal = None
+        return AccountObservation(account_id, balance, audit, journal)
+
+    def server_audit(self) -> dict[str, Any] | None:
+        try:
+            return dict(self.get_json("/audit"))
+        except (requests.RequestException, BankError, ValueError):
+            return None

@@ -1,0 +1,421 @@
+"""Locust load test of bankrace that exposes the race and prints a race report.
+
+    locust -f loadtest/locustfile.py --headless -u 50 -r 50 -t 30s --host http://127.0.0.1:8000
+
+works with no other flag (and with the web UI, `--processes N`, `--master`/`--worker`).
+Options: --bank-scenario deposits|withdrawals|transfers|mixed|deadlock, --bank-accounts,
+--bank-opening-balance, --bank-amount, --bank-report-json PATH.
+
+Who does what, so that a distributed run gives one correct report:
+- the master (or the only process) opens the run's accounts on test_start and
+  sends them to its workers (`bank_setup`); a worker that joins late asks for them;
+- every process with users tallies every answer (`loadtest.tally`);
+- on stop, users finish the request they are in (a request cut off halfway would
+  leave its effect unknown); then each worker, asked by the master
+  (`bank_finish`), sends its tally (`bank_tally`); the master waits for all of
+  them, bounded, and it alone reconciles (`loadtest.reconcile`) and prints;
+- the exit code is 1 when the report found an anomaly, 0 otherwise.
+
+Black-box: this file talks HTTP to the service and never imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import gevent
+import requests
+from gevent.event import Event
+from locust import FastHttpUser, constant, events, task
+from locust.env import Environment
+from locust.runners import MasterRunner, WorkerRunner
+
+# Locust imports this file as a top-level module; make the `loadtest` package
+# importable from any working directory, whether or not it is installed.
+REPOSITORY_ROOT = str(Path(__file__).resolve().parent.parent)
+if REPOSITORY_ROOT not in sys.path:
+    sys.path.insert(0, REPOSITORY_ROOT)
+
+from loadtest.bank_http import BankClient, BankError  # noqa: E402
+from loadtest.race_report import render_text  # noqa: E402
+from loadtest.reconcile import Reconciliation, RunSetup, reconcile  # noqa: E402
+from loadtest.scenarios import (  # noqa: E402
+    DEFAULT_ACCOUNT_COUNT,
+    DEFAULT_AMOUNT,
+    DEFAULT_OPENING_BALANCE,
+    DEFAULT_SCENARIO,
+    SCENARIOS,
+    Operation,
+    account_count_for,
+    choose_operation,
+)
+from loadtest.tally import Answer, Outcome, Tally, negative_account_ids  # noqa: E402
+
+logger = logging.getLogger("bankrace.loadtest")
+
+# Bounds on every wait (DESIGN: put a limit on everything).
+CONNECT_TIMEOUT_SECONDS = 10.0
+REQUEST_TIMEOUT_SECONDS = 30.0  # above the service's lock wait (5 s) plus queueing
+DRAIN_DEADLINE_SECONDS = REQUEST_TIMEOUT_SECONDS + 5.0  # in-flight requests finish by then
+TALLY_DEADLINE_SECONDS = DRAIN_DEADLINE_SECONDS + 15.0  # the master waits this long for workers
+POLL_INTERVAL_SECONDS = 0.05
+IDLE_SECONDS = 0.2  # a user with nothing to do (no accounts yet, or stopping) rests this long
+
+
+class LoadTestProcess:
+    """This process's part of the current run; a Locust process runs one test at a time."""
+
+    def __init__(self) -> None:
+        self.setup: RunSetup | None = None
+        self.setup_error: str | None = None
+        self.setup_ready = Event()
+        self.tally = Tally()
+        self.finishing = False
+        self.in_flight = 0
+        # master only: the workers' tallies for the run being collected
+        self.collecting_run_id = ""
+        self.expected_workers: set[str] = set()
+        self.worker_tallies: dict[str, Tally] = {}
+        self.tallies_complete = Event()
+        self.report: Reconciliation | None = None
+        self.report_text = "No race report yet: start a test, then stop it."
+
+    def begin(self, setup: RunSetup) -> None:
+        self.setup = setup
+        self.tally = Tally(run_id=setup.run_id)
+        self.finishing = False
+        self.in_flight = 0
+        self.setup_ready.set()
+
+    def forget(self) -> None:
+        self.setup = None
+        self.setup_ready.clear()
+
+    def drain(self) -> None:
+        """Stop starting operations and wait (bounded) until none is in flight."""
+        self.finishing = True
+        deadline = time.monotonic() + DRAIN_DEADLINE_SECONDS
+        while self.in_flight and time.monotonic() < deadline:
+            gevent.sleep(POLL_INTERVAL_SECONDS)
+        if self.in_flight:
+            logger.error("%d requests still in flight at the deadline", self.in_flight)
+
+    def idle(self) -> None:
+        if self.setup_ready.is_set():
+            gevent.sleep(IDLE_SECONDS)
+        else:
+            self.setup_ready.wait(timeout=IDLE_SECONDS)
+
+
+PROCESS = LoadTestProcess()
+
+
+@events.init_command_line_parser.add_listener
+def add_bank_arguments(parser: Any) -> None:
+    parser.add_argument(
+        "--bank-scenario",
+        choices=SCENARIOS,
+        default=DEFAULT_SCENARIO,
+        help="what the users do: deposits, withdrawals, transfers, mixed (all three), or "
+        "deadlock (opposing transfers between two accounts)",
+    )
+    parser.add_argument(
+        "--bank-accounts",
+        type=int,
+        default=DEFAULT_ACCOUNT_COUNT,
+        help="how many hot accounts the run opens (deadlock always uses 2)",
+    )
+    parser.add_argument(
+        "--bank-opening-balance",
+        type=int,
+        default=DEFAULT_OPENING_BALANCE,
+        help="opening balance of each account, in minor units",
+    )
+    parser.add_argument(
+        "--bank-amount",
+        type=int,
+        default=DEFAULT_AMOUNT,
+        help="amount of every deposit, withdrawal and transfer, in minor units",
+    )
+    parser.add_argument(
+        "--bank-report-json",
+        default="",
+        include_in_web_ui=False,
+        help="also write the reconciliation as JSON to this path",
+    )
+
+
+class BankCustomer(FastHttpUser):
+    """A customer hammering the run's few hot accounts with the scenario's operations."""
+
+    wait_time = constant(0)  # no think time: a race needs overlapping requests
+    connection_timeout = CONNECT_TIMEOUT_SECONDS
+    network_timeout = REQUEST_TIMEOUT_SECONDS
+    max_retries = 0  # a retried POST could move money twice
+
+    def on_start(self) -> None:
+        self.rng = random.Random()
+
+    @task
+    def operate(self) -> None:
+        setup = PROCESS.setup
+        if setup is None or PROCESS.finishing:
+            PROCESS.idle()
+            return
+        self.send(choose_operation(setup.scenario, setup.account_ids, setup.amount, self.rng))
+
+    def send(self, operation: Operation) -> None:
+        tally = PROCESS.tally
+        PROCESS.in_flight += 1
+        started = time.perf_counter()
+        recorded = False
+        try:
+            with self.client.post(
+                operation.path, json=operation.body, name=operation.kind, catch_response=True
+            ) as response:
+                outcome = tally.record(operation, read_answer(response, started))
+                recorded = True
+                if outcome in (Outcome.ACKNOWLEDGED, Outcome.REFUSED):
+                    response.success()
+                else:
+                    response.failure(f"{outcome}: {response.status_code}")
+        finally:
+            if not recorded:  # cut off before an answer: the effect is unknown
+                tally.record(operation, Answer(0, elapsed_ms(started)))
+            PROCESS.in_flight -= 1
+
+
+def elapsed_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+def read_answer(response: Any, started: float) -> Answer:
+    status = int(response.status_code or 0)
+    try:
+        body = response.json() if status else None
+    except Exception:  # any undecodable body; the status still says what happened
+        body = None
+    headers = response.headers or {}
+    return Answer(
+        status=status,
+        latency_ms=elapsed_ms(started),
+        code=body.get("code") if status >= 300 and isinstance(body, dict) else None,
+        retry_after=headers.get("Retry-After"),
+        lock_mode=headers.get("X-Lock-Mode"),
+        negative_account_ids=negative_account_ids(body) if 200 <= status < 300 else (),
+    )
+
+
+# --- set-up: one process opens the accounts --------------------------------------------
+
+
+def open_run(environment: Environment) -> RunSetup:
+    options = environment.parsed_options
+    scenario = str(options.bank_scenario)
+    account_count = account_count_for(scenario, int(options.bank_accounts))
+    opening_balance = int(options.bank_opening_balance)
+    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    client = BankClient(str(environment.host or ""), timeout_seconds=REQUEST_TIMEOUT_SECONDS)
+    try:
+        mode = client.mode()
+        opening_balances = {
+            client.open_account(f"loadtest {run_id} #{number}", opening_balance): opening_balance
+            for number in range(1, account_count + 1)
+        }
+    finally:
+        client.close()
+    logger.info(
+        "run %s: %s on accounts %s (lock mode %s, race window %s ms)",
+        run_id,
+        scenario,
+        sorted(opening_balances),
+        mode.get("lock_mode"),
+        mode.get("race_window_ms"),
+    )
+    return RunSetup(
+        run_id=run_id,
+        scenario=scenario,
+        amount=int(options.bank_amount),
+        opening_balances=opening_balances,
+        host=str(environment.host),
+        mode=mode,
+    )
+
+
+@events.test_start.add_listener
+def on_test_start(environment: Environment, **_kwargs: Any) -> None:
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        if PROCESS.setup is None:  # joined after the master announced the run
+            runner.send_message("bank_setup_request", {})
+        return
+    PROCESS.report = None
+    PROCESS.setup_error = None
+    PROCESS.forget()
+    try:
+        PROCESS.begin(open_run(environment))
+    except (requests.RequestException, BankError, KeyError, ValueError) as error:
+        PROCESS.setup_error = f"{type(error).__name__}: {error}"
+        logger.error("could not open the run's accounts at %s: %s", environment.host, error)
+        stop_soon(environment)
+        return
+    if isinstance(runner, MasterRunner) and PROCESS.setup is not None:
+        runner.send_message("bank_setup", PROCESS.setup.to_dict())
+
+
+def stop_soon(environment: Environment) -> None:
+    """End a run that cannot work, once test_start has returned."""
+    runner = environment.runner
+    assert runner is not None
+    options = environment.parsed_options
+    gevent.spawn_later(0, runner.quit if options and options.headless else runner.stop)
+
+
+# --- stop: drain, collect, reconcile ------------------------------------------------------
+
+
+@events.test_stopping.add_listener
+def on_test_stopping(environment: Environment, **_kwargs: Any) -> None:
+    if not isinstance(environment.runner, MasterRunner):
+        PROCESS.drain()
+
+
+@events.test_stop.add_listener
+def on_test_stop(environment: Environment, **_kwargs: Any) -> None:
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        return
+    if PROCESS.report is not None or (PROCESS.setup is None and PROCESS.setup_error is None):
+        return  # already reported, or no run happened
+    if isinstance(runner, MasterRunner):
+        tally, reporters = collect_worker_tallies(environment)
+    else:
+        tally, reporters = PROCESS.tally, 1
+    finish_report(environment, tally, reporters)
+
+
+def collect_worker_tallies(environment: Environment) -> tuple[Tally, int]:
+    """Ask every connected worker for its tally and wait for all of them, bounded."""
+    runner = environment.runner
+    assert isinstance(runner, MasterRunner)
+    run_id = PROCESS.setup.run_id if PROCESS.setup else ""
+    PROCESS.collecting_run_id = run_id
+    PROCESS.expected_workers = {client.id for client in runner.clients.all}
+    PROCESS.worker_tallies = {}
+    PROCESS.tallies_complete.clear()
+    if PROCESS.expected_workers:
+        runner.send_message("bank_finish", {"run_id": run_id})
+        if not PROCESS.tallies_complete.wait(timeout=TALLY_DEADLINE_SECONDS):
+            logger.error(
+                "only %d of %d workers sent their tally within %.0f s",
+                len(PROCESS.worker_tallies),
+                len(PROCESS.expected_workers),
+                TALLY_DEADLINE_SECONDS,
+            )
+    merged = Tally(run_id=run_id, reporters=0)
+    for tally in PROCESS.worker_tallies.values():
+        merged.merge(tally)
+    return merged, len(PROCESS.expected_workers)
+
+
+def finish_report(environment: Environment, tally: Tally, expected_reporters: int) -> None:
+    options = environment.parsed_options
+    setup = PROCESS.setup or RunSetup(
+        run_id="(none)",
+        scenario=str(options.bank_scenario),
+        amount=int(options.bank_amount),
+        opening_balances={},
+        host=str(environment.host),
+    )
+    client = BankClient(setup.host or str(environment.host or ""))
+    try:
+        observations = {account_id: client.observe(account_id) for account_id in setup.account_ids}
+        server_audit = client.server_audit()
+    finally:
+        client.close()
+    result = reconcile(
+        setup, tally, observations, server_audit, expected_reporters, PROCESS.setup_error
+    )
+    PROCESS.report = result
+    PROCESS.report_text = render_text(result)
+    print(PROCESS.report_text, flush=True)
+    logger.info("race report %s: %s", result.verdict, "; ".join(result.problems) or "no anomaly")
+    if options.bank_report_json:
+        path = Path(options.bank_report_json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+
+
+@events.quitting.add_listener
+def on_quitting(environment: Environment, **_kwargs: Any) -> None:
+    if isinstance(environment.runner, WorkerRunner):
+        # The master judges the run; a worker's own failures (honest 503s) are in its tally.
+        environment.process_exit_code = 0
+    elif PROCESS.report is not None:
+        environment.process_exit_code = 0 if PROCESS.report.passed else 1
+
+
+# --- messages between master and workers ---------------------------------------------------
+
+
+def on_setup(environment: Environment, msg: Any, **_kwargs: Any) -> None:
+    """Worker: the master announced the run's accounts."""
+    setup = RunSetup.from_dict(msg.data)
+    if PROCESS.setup is None or PROCESS.setup.run_id != setup.run_id:
+        PROCESS.begin(setup)
+
+
+def on_finish(environment: Environment, msg: Any, **_kwargs: Any) -> None:
+    """Worker: let in-flight requests finish, then send this process's tally."""
+    run_id = str(msg.data["run_id"])
+    PROCESS.drain()
+    if PROCESS.setup is not None and PROCESS.setup.run_id == run_id:
+        tally = PROCESS.tally
+    else:
+        tally = Tally(run_id=run_id)
+        runner = environment.runner
+        tally.setup_missing = runner.user_count if runner is not None else 0
+    assert environment.runner is not None
+    environment.runner.send_message("bank_tally", tally.to_dict())
+    PROCESS.forget()
+
+
+def on_setup_request(environment: Environment, msg: Any, **_kwargs: Any) -> None:
+    """Master: a late worker asks for the run's accounts."""
+    if PROCESS.setup is not None and environment.runner is not None:
+        environment.runner.send_message("bank_setup", PROCESS.setup.to_dict(), msg.node_id)
+
+
+def on_tally(environment: Environment, msg: Any, **_kwargs: Any) -> None:
+    """Master: one worker's tally arrived."""
+    tally = Tally.from_dict(msg.data)
+    if tally.run_id != PROCESS.collecting_run_id:
+        logger.warning("ignoring a tally of run %s from %s", tally.run_id, msg.node_id)
+        return
+    PROCESS.worker_tallies[msg.node_id] = tally
+    if PROCESS.expected_workers <= set(PROCESS.worker_tallies):
+        PROCESS.tallies_complete.set()
+
+
+@events.init.add_listener
+def on_init(environment: Environment, **_kwargs: Any) -> None:
+    runner = environment.runner
+    if isinstance(runner, MasterRunner):
+        runner.register_message("bank_tally", on_tally)
+        runner.register_message("bank_setup_request", on_setup_request)
+    elif isinstance(runner, WorkerRunner):
+        runner.register_message("bank_setup", on_setup)
+        runner.register_message("bank_finish", on_finish)
+    if environment.web_ui is not None:
+        environment.web_ui.app.add_url_rule(
+            "/race-report",
+            "race_report",
+            lambda: (PROCESS.report_text, 200, {"Content-Type": "text/plain; charset=utf-8"}),
+        )
