@@ -1,0 +1,173 @@
+"""The Dockerfile and .dockerignore kept honest without a Docker engine.
+
+Every command, path and variable the image names must exist in the build context that
+.dockerignore leaves, and the image must run as a non-root user with its data on a volume.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import PurePosixPath
+
+import pytest
+
+from service.schema import MIGRATIONS_DIRECTORY
+from tests.deploy.project import (
+    DESIGN_VARIABLES,
+    PROJECT_ROOT,
+    DockerIgnore,
+    Instruction,
+    build_context_files,
+    dockerfile_environment,
+    dockerfile_instructions,
+    healthcheck_command,
+    only,
+    parse_dockerfile,
+)
+
+BASE_IMAGE = "python:3.11-slim"
+REQUIRED_IN_CONTEXT = (
+    "pyproject.toml",
+    "service/__init__.py",
+    "service/__main__.py",
+    "service/cli.py",
+    "migrations/env.py",
+    "loadtest/locustfile.py",
+    "deploy/healthcheck.py",
+)
+
+
+@pytest.fixture(scope="module")
+def instructions() -> list[Instruction]:
+    return dockerfile_instructions()
+
+
+@pytest.fixture(scope="module")
+def context() -> set[str]:
+    return set(build_context_files())
+
+
+def workdir(instructions: list[Instruction]) -> PurePosixPath:
+    return PurePosixPath(only(instructions, "WORKDIR").arguments)
+
+
+def test_parser_reads_continuations_comments_and_forms() -> None:
+    """The Dockerfile reader itself: joined continuations, dropped comments, both forms."""
+    parsed = parse_dockerfile(
+        '# syntax=docker/dockerfile:1\nFROM x\nRUN a \\\n    # note\n    && b\nCMD ["c", "d"]\n'
+    )
+    assert [instruction.keyword for instruction in parsed] == ["FROM", "RUN", "CMD"]
+    assert parsed[1].arguments == "a && b"
+    assert parsed[1].json_form is None
+    assert parsed[2].json_form == ["c", "d"]
+    with pytest.raises(ValueError):
+        parse_dockerfile("RUN a \\\n")
+
+
+@pytest.mark.parametrize(
+    ("patterns", "path", "excluded"),
+    [
+        (".venv", ".venv/lib/site.py", True),
+        ("**/__pycache__", "service/stores/__pycache__/sql.pyc", True),
+        ("*.db", "var/bank.db", False),  # `*` does not cross directories
+        ("**/*.db", "var/bank.db", True),
+        ("tests", "tests/deploy/test_dockerfile.py", True),
+        ("tests\n!tests/keep.py", "tests/keep.py", False),
+        ("docs", "docsite/index.md", False),
+    ],
+)
+def test_dockerignore_matching_follows_docker(patterns: str, path: str, excluded: bool) -> None:
+    """The .dockerignore reader applies Docker's rules (parents, `**`, last match, `!`)."""
+    assert DockerIgnore.parse(patterns).excludes(path) is excluded
+
+
+def test_base_image_is_slim_python_311(instructions: list[Instruction]) -> None:
+    """One stage on the slim Python 3.11 image, matching pyproject's requires-python."""
+    assert only(instructions, "FROM").arguments.startswith(BASE_IMAGE)
+    requires = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"][
+        "requires-python"
+    ]
+    assert requires == ">=3.11"
+
+
+def test_runs_as_a_created_non_root_user(instructions: list[Instruction]) -> None:
+    """USER is not root, and a RUN creates that user before it is used."""
+    user = only(instructions, "USER").arguments.split(":")[0]
+    assert user not in ("root", "0")
+    creates_user = re.compile(rf"useradd\b[^&]*\s{re.escape(user)}\s*(?:&&|$)")
+    created_at = [
+        index
+        for index, instruction in enumerate(instructions)
+        if instruction.keyword == "RUN" and creates_user.search(instruction.arguments)
+    ]
+    user_at = [instruction.keyword for instruction in instructions].index("USER")
+    assert created_at and created_at[0] < user_at
+
+
+def test_environment_binds_all_interfaces_and_keeps_sqlite_on_the_volume(
+    instructions: list[Instruction],
+) -> None:
+    """BANK_BIND is reachable from outside the container; the SQLite file lies in VOLUME /data."""
+    environment = dockerfile_environment(instructions)
+    assert set(environment) & DESIGN_VARIABLES == {"BANK_BIND", "BANK_DATABASE_URL"}
+    assert environment["BANK_BIND"] == "0.0.0.0:8000"
+    assert environment["BANK_DATABASE_URL"] == "sqlite:////data/bank.db"
+    volume = only(instructions, "VOLUME").json_form
+    assert volume == ["/data"]
+    assert only(instructions, "EXPOSE").arguments == environment["BANK_BIND"].rpartition(":")[2]
+    created_and_owned = any(
+        "mkdir -p /data" in instruction.arguments and "chown" in instruction.arguments
+        for instruction in instructions
+        if instruction.keyword == "RUN"
+    )
+    assert created_and_owned, "/data must exist and belong to the service user"
+
+
+def test_cmd_is_bankrace_serve_from_the_console_script(instructions: list[Instruction]) -> None:
+    """CMD runs the `bankrace` console script (service.cli:main) with `serve`."""
+    assert only(instructions, "CMD").json_form == ["bankrace", "serve"]
+    scripts = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["bankrace"] == "service.cli:main"
+
+
+def test_healthcheck_runs_the_shipped_probe(
+    instructions: list[Instruction], context: set[str]
+) -> None:
+    """HEALTHCHECK runs deploy/healthcheck.py with the image's python, from the copied repo."""
+    interpreter, script = healthcheck_command(only(instructions, "HEALTHCHECK"))
+    assert interpreter == "python"
+    relative = PurePosixPath(script).relative_to(workdir(instructions)).as_posix()
+    assert (PROJECT_ROOT / relative).is_file()
+    assert relative in context
+
+
+def test_copy_sources_exist_and_survive_dockerignore(
+    instructions: list[Instruction], context: set[str]
+) -> None:
+    """Each COPY source is in the build context; `COPY . .` lands the repository at WORKDIR."""
+    copies = [instruction for instruction in instructions if instruction.keyword == "COPY"]
+    assert copies, "nothing is copied into the image"
+    for instruction in copies:
+        *sources, _destination = instruction.arguments.split()
+        for source in sources:
+            if source == ".":
+                continue
+            assert source in context, f"COPY {source}: not in the build context"
+    assert any(instruction.arguments == ". ." for instruction in copies)
+
+
+def test_build_context_holds_what_the_image_runs(context: set[str]) -> None:
+    """Service, migrations, locustfile, probe and the readme pip needs; no venv, git or tests."""
+    readme = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["readme"]
+    missing = [path for path in (*REQUIRED_IN_CONTEXT, readme) if path not in context]
+    assert missing == []
+    assert any(path.startswith("migrations/versions/") for path in context)
+    for leaked in (".venv/", ".git/", "tests/", "__pycache__/"):
+        assert not any(path.startswith(leaked) or f"/{leaked}" in path for path in context), leaked
+
+
+def test_editable_install_finds_the_migrations_beside_the_package() -> None:
+    """The reason for `pip install -e .`: migrations/ is found next to service/, in the repo."""
+    assert MIGRATIONS_DIRECTORY == PROJECT_ROOT / "migrations"
+    assert (MIGRATIONS_DIRECTORY / "env.py").is_file()
