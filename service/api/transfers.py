@@ -6,16 +6,22 @@ from flask import Blueprint, Response, jsonify, url_for
 
 from service import services
 from service.api.context import current_bank, serving_setting
-from service.api.parsing import json_object, validated
+from service.api.parsing import MAX_ID_DIGITS, json_object, validated
 from service.api.representations import transaction_json, transfer_json
 from service.domain import amount_error
 
 blueprint = Blueprint("transfers", __name__)
 
+# Ids past what a path may name cannot exist; bounding them here keeps a huge
+# JSON integer from reaching the database (BIGINT overflow would be a 500).
+MAX_ACCOUNT_ID = 10**MAX_ID_DIGITS - 1
+
 
 def _account_id_error(value: object) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int):
         return "must be a positive integer account id"
+    if not 1 <= value <= MAX_ACCOUNT_ID:
+        return f"must be a positive integer account id, at most {MAX_ACCOUNT_ID}"
     return None
 
 
