@@ -137,6 +137,10 @@ def test_template_placeholders_are_exactly_the_documented_ones() -> None:
     rendered = render(template, dict.fromkeys(TEMPLATE_VARIABLES, "X"))
     assert placeholders(rendered) == set()
     assert "$bankrace_request_id" in rendered and "$proxy_add_x_forwarded_for" in rendered
+    # The image substitutes every variable of its environment (HOSTNAME, PATH, ...): nginx's
+    # own variables are lower case, so none can be mistaken for one.
+    nginx_variables = set(re.findall(r"\$\{?([A-Za-z_]\w*)", template)) - set(TEMPLATE_VARIABLES)
+    assert nginx_variables and all(name == name.lower() for name in nginx_variables)
 
 
 def test_rendered_template_is_valid_nginx(tmp_path: Path) -> None:

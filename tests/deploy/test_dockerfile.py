@@ -7,10 +7,15 @@ Every command, path and variable the image names must exist in the build context
 from __future__ import annotations
 
 import re
+import shlex
+import shutil
+import subprocess
+import sys
 import tomllib
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from service.schema import MIGRATIONS_DIRECTORY
 from tests.deploy.project import (
@@ -25,6 +30,7 @@ from tests.deploy.project import (
     only,
     parse_dockerfile,
 )
+from tests.support.servers import ServerProcess, clean_environment
 
 BASE_IMAGE = "python:3.11-slim"
 REQUIRED_IN_CONTEXT = (
@@ -171,3 +177,72 @@ def test_editable_install_finds_the_migrations_beside_the_package() -> None:
     """The reason for `pip install -e .`: migrations/ is found next to service/, in the repo."""
     assert MIGRATIONS_DIRECTORY == PROJECT_ROOT / "migrations"
     assert (MIGRATIONS_DIRECTORY / "env.py").is_file()
+
+
+def test_dependency_step_installs_exactly_pyprojects_dependencies(
+    instructions: list[Instruction],
+) -> None:
+    """The RUN that lists requirements from pyproject.toml prints exactly its dependencies."""
+    (step,) = [
+        instruction
+        for instruction in instructions
+        if instruction.keyword == "RUN" and "tomllib" in instruction.arguments
+    ]
+    words = shlex.split(step.arguments.split(">", 1)[0])
+    assert words[:2] == ["python", "-c"]
+    result = subprocess.run(
+        [sys.executable, "-c", words[2]],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    dependencies = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"][
+        "dependencies"
+    ]
+    assert result.stdout.splitlines() == dependencies
+
+
+@pytest.mark.e2e
+def test_build_context_serves_like_the_image(
+    instructions: list[Instruction], context: set[str], tmp_path: Path
+) -> None:
+    """Only the files `docker build` would send, run as the image runs them: serve, then probe.
+
+    The context is copied to an `/app` of its own; `python -m service serve` from there (the
+    CMD; `-m` puts the copy first on sys.path) migrates SQLite on the image's database path,
+    moved under a stand-in for the /data volume, and the HEALTHCHECK command passes.
+    """
+    app = tmp_path / "app"
+    for relative in context:
+        (app / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT_ROOT / relative, app / relative)
+    imported = subprocess.run(
+        [sys.executable, "-c", "import service; print(service.__file__)"],
+        cwd=app,
+        env=clean_environment({}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert Path(imported.stdout.strip()).is_relative_to(app)
+    (volume,) = only(instructions, "VOLUME").json_form or []
+    image_database = dockerfile_environment(instructions)["BANK_DATABASE_URL"]
+    database_path = PurePosixPath(make_url(image_database).database or "")
+    local_database = tmp_path / "volume" / database_path.relative_to(volume)
+    (local_database.parent).mkdir(parents=True)
+    settings = {"BANK_DATABASE_URL": f"sqlite:///{local_database}"}
+    with ServerProcess(workdir=app, settings=settings) as server:
+        _python, script = healthcheck_command(only(instructions, "HEALTHCHECK"))
+        script_in_copy = app / PurePosixPath(script).relative_to(workdir(instructions))
+        probe = subprocess.run(
+            [sys.executable, str(script_in_copy)],
+            env=clean_environment({"BANK_BIND": f"0.0.0.0:{server.port}"}),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert probe.returncode == 0, probe.stderr
+    assert local_database.is_file()
