@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.deploy import balancer as balancer_module
 from tests.deploy.balancer import (
     NGINX_TEMPLATE_PATH,
     TEMPLATE_VARIABLES,
@@ -212,3 +213,16 @@ def test_request_id_and_forwarding_headers_reach_the_replica(tmp_path: Path, stu
     assert first["x-forwarded-proto"] == "http"
     assert first["host"] == f"127.0.0.1:{balancer.port}"
     assert first.get("connection", "") == ""  # upstream keep-alive needs no `Connection: close`
+
+
+@pytest.mark.parametrize(
+    ("ci", "outcome"), [("", pytest.skip.Exception), ("true", pytest.fail.Exception)]
+)
+def test_missing_nginx_skips_locally_and_fails_under_ci(
+    monkeypatch: pytest.MonkeyPatch, ci: str, outcome: type[BaseException]
+) -> None:
+    """Without nginx a developer's run skips; CI=true turns the same gap into a failure."""
+    monkeypatch.setattr(balancer_module, "nginx_executable", lambda: None)
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="nginx is not installed"):
+        balancer_module.require_nginx()

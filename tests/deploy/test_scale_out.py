@@ -253,3 +253,16 @@ def test_container_health_probe_passes_on_a_real_replica(cluster: Cluster) -> No
             timeout=30,
         )
         assert result.returncode == 0, result.stderr
+
+
+def test_request_id_passes_through_the_balancer(cluster: Cluster) -> None:
+    """The replica echoes the client's X-Request-ID; without one, nginx's id (32 hex digits)."""
+    chosen = requests.get(
+        f"{cluster.balancer.url}/readyz",
+        headers={"X-Request-ID": "scale-out-trace-1"},
+        timeout=REQUEST_TIMEOUT_SECONDS,
+    )
+    assert chosen.status_code == 200
+    assert chosen.headers["X-Request-ID"] == "scale-out-trace-1"
+    generated = requests.get(f"{cluster.balancer.url}/readyz", timeout=REQUEST_TIMEOUT_SECONDS)
+    assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["X-Request-ID"])
