@@ -1,0 +1,205 @@
+"""Run the same Locust scenario against every lock mode and report them side by side.
+
+    python -m loadtest.compare [--duration 15] [--users 20] [--modes unlocked,locked,...]
+                               [--race-window-ms 20] [--database-url URL] [--out reports]
+
+For each mode it starts the service itself (`python -m service serve`, gunicorn,
+on a free loopback port, a fresh SQLite database unless --database-url is
+given), runs `locust --headless` against it for the same fixed time, stops it by
+its process group, and reads Locust's final JSON statistics and the locustfile's JSON
+reconciliation. It writes `<out>/<timestamp>/report.md`, `results.csv` and
+`chart.png` (when matplotlib is installed), plus each mode's logs.
+
+Exit code: 0 when every safe mode kept every invariant and every mode produced
+a report; 1 otherwise. Unsafe modes losing money is the demonstration, not a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from loadtest.comparison_report import (
+    LocustStatistics,
+    ModeResult,
+    markdown_table,
+    read_locust_statistics,
+    write_chart,
+    write_csv,
+    write_markdown,
+)
+from loadtest.scenarios import DEFAULT_SCENARIO, SCENARIOS
+from loadtest.service_process import ServiceProcess
+
+ALL_MODES = ("unlocked", "locked", "process-lock", "optimistic", "atomic")
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+# Locust needs a few seconds beyond the run time to start, drain and reconcile.
+LOCUST_GRACE_SECONDS = 120
+DURATION_LIMIT_SECONDS = 3600
+USERS_LIMIT = 1000
+
+
+def bounded_int(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def mode_list(text: str) -> list[str]:
+    modes = [mode.strip() for mode in text.split(",") if mode.strip()]
+    unknown = [mode for mode in modes if mode not in ALL_MODES]
+    if unknown or not modes:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(ALL_MODES)}")
+    return modes
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.compare", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--duration",
+        type=bounded_int(1, DURATION_LIMIT_SECONDS),
+        default=15,
+        help="seconds of load per mode (default 15)",
+    )
+    parser.add_argument(
+        "--users",
+        type=bounded_int(1, USERS_LIMIT),
+        default=20,
+        help="concurrent Locust users (default 20)",
+    )
+    parser.add_argument(
+        "--modes",
+        type=mode_list,
+        default=list(ALL_MODES),
+        help="comma-separated modes (default: all five)",
+    )
+    parser.add_argument(
+        "--race-window-ms",
+        type=bounded_int(0, 5000),
+        default=20,
+        help="BANK_RACE_WINDOW_MS for every mode (default 20)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default="",
+        help="BANK_DATABASE_URL for every mode (default: a fresh SQLite per mode)",
+    )
+    parser.add_argument("--scenario", choices=SCENARIOS, default=DEFAULT_SCENARIO)
+    parser.add_argument("--workers", type=bounded_int(1, 64), default=2, help="BANK_WORKERS")
+    parser.add_argument("--threads", type=bounded_int(1, 256), default=8, help="BANK_THREADS")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("reports"),
+        help="directory under which <timestamp>/ is created (default reports)",
+    )
+    return parser.parse_args(argv)
+
+
+def new_report_directory(root: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for suffix in ["", *(f"-{number}" for number in range(1, 100))]:
+        directory = root / f"{stamp}{suffix}"
+        try:
+            directory.mkdir(parents=True)
+            return directory
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"cannot create a report directory under {root}")
+
+
+def locust_command(arguments: argparse.Namespace, url: str, prefix: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE),
+        "--headless", "-u", str(arguments.users), "-r", str(arguments.users),
+        "-t", f"{arguments.duration}s", "--host", url, "--only-summary",
+        "--json-file", f"{prefix}-locust", "--bank-scenario", arguments.scenario,
+        "--bank-report-json", f"{prefix}-race.json",
+    ]  # fmt: skip
+
+
+def run_mode(mode: str, arguments: argparse.Namespace, directory: Path) -> ModeResult:
+    """Start the service in `mode`, load it, stop it; one row of the comparison."""
+    prefix = directory / mode
+    race_json = Path(f"{prefix}-race.json")
+    with tempfile.TemporaryDirectory(prefix=f"bankrace-{mode}-") as workdir:
+        settings = {
+            "BANK_DATABASE_URL": arguments.database_url or f"sqlite:///{workdir}/bank.db",
+            "BANK_LOCK_MODE": mode,
+            "BANK_ALLOW_UNSAFE_MODES": "1",
+            "BANK_RACE_WINDOW_MS": str(arguments.race_window_ms),
+            "BANK_WORKERS": str(arguments.workers),
+            "BANK_THREADS": str(arguments.threads),
+        }
+        service = ServiceProcess(settings, Path(workdir), directory / f"{mode}-server.log")
+        try:
+            service.start()
+        except RuntimeError as error:
+            return ModeResult.from_runs(mode, LocustStatistics(), None, None, str(error))
+        try:
+            with Path(f"{prefix}-locust.log").open("wb") as log:
+                completed = subprocess.run(
+                    locust_command(arguments, service.url, prefix),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=arguments.duration + LOCUST_GRACE_SECONDS,
+                    check=False,
+                )
+            exit_code: int | None = completed.returncode
+            error = None
+        except subprocess.TimeoutExpired:
+            exit_code, error = None, "locust did not finish in time"
+        finally:
+            service.stop()
+    reconciliation = json.loads(race_json.read_text()) if race_json.exists() else None
+    statistics = read_locust_statistics(Path(f"{prefix}-locust.json"))
+    return ModeResult.from_runs(mode, statistics, reconciliation, exit_code, error)
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    directory = new_report_directory(arguments.out)
+    database = arguments.database_url or "a fresh SQLite file per mode"
+    configuration = {
+        "scenario": arguments.scenario,
+        "users": arguments.users,
+        "duration per mode": f"{arguments.duration} s",
+        "race window": f"{arguments.race_window_ms} ms",
+        "gunicorn": f"{arguments.workers} workers x {arguments.threads} threads",
+        "database": database.split("@")[-1],  # never print a password
+    }
+    results = []
+    for mode in arguments.modes:
+        print(
+            f"[compare] {mode}: {arguments.duration} s of {arguments.scenario} load ...", flush=True
+        )
+        result = run_mode(mode, arguments, directory)
+        print(f"[compare] {mode}: {result.verdict}, {result.lost_updates} lost updates, "
+              f"{result.requests_per_second:.1f} requests/s", flush=True)  # fmt: skip
+        results.append(result)
+    chart_problem = write_chart(directory / "chart.png", results)
+    if chart_problem:
+        print(f"[compare] {chart_problem}", flush=True)
+    write_csv(directory / "results.csv", results)
+    write_markdown(directory / "report.md", results, configuration, chart=chart_problem is None)
+    print("\n".join(markdown_table(results)))
+    print(f"[compare] report: {directory / 'report.md'}", flush=True)
+    safe_modes_held = all(result.verdict == "PASS" for result in results if not result.unsafe)
+    every_mode_reported = all(result.verdict != "ERROR" for result in results)
+    return 0 if safe_modes_held and every_mode_reported else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

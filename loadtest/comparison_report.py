@@ -1,0 +1,261 @@
+"""The side-by-side report of every lock mode: report.md, results.csv and chart.png.
+
+Pure apart from writing the three files: takes one `ModeResult` per mode
+(built from Locust's final JSON statistics and the locustfile's JSON reconciliation).
+The chart needs matplotlib (the optional `charts` extra); without it the
+chart is skipped with a message.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+UNSAFE_MODES = frozenset({"unlocked", "process-lock"})
+MODE_SUMMARIES = {
+    "unlocked": "read, wait the race window, write: no lock at all",
+    "locked": "the store's exclusive lock around the read-modify-write",
+    "process-lock": "a threading.Lock per account: safe inside one process only",
+    "optimistic": "version check on write, bounded retries",
+    "atomic": "one conditional UPDATE, no read to race on",
+}
+
+
+@dataclass
+class LocustStatistics:
+    requests: int = 0
+    failures: int = 0
+    requests_per_second: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+
+
+@dataclass
+class ModeResult:
+    """One mode's row: throughput, latency and the race report's findings."""
+
+    mode: str
+    verdict: str  # PASS, FAIL, or ERROR when no report came back
+    requests: int = 0
+    requests_per_second: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    acknowledged: int = 0
+    refusals: int = 0
+    bounded_refusals: int = 0
+    lost_updates: int = 0
+    money_lost: int = 0
+    server_chain_breaks: int = 0
+    overdrafts: int = 0
+    overdraft_money: int = 0
+    money_created: int = 0
+    conservation_broken: bool = False
+    server_errors: int = 0
+    lock_timeouts: int = 0
+    locust_exit_code: int | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def unsafe(self) -> bool:
+        return self.mode in UNSAFE_MODES
+
+    @classmethod
+    def from_runs(
+        cls,
+        mode: str,
+        statistics: LocustStatistics,
+        reconciliation: Mapping[str, Any] | None,
+        locust_exit_code: int | None,
+        error: str | None = None,
+    ) -> ModeResult:
+        result = cls(mode=mode, verdict="ERROR", locust_exit_code=locust_exit_code)
+        result.requests = statistics.requests
+        result.requests_per_second = statistics.requests_per_second
+        result.p50_ms, result.p99_ms = statistics.p50_ms, statistics.p99_ms
+        if reconciliation is None:
+            result.problems = [error or "the load test wrote no reconciliation"]
+            return result
+        result.verdict = str(reconciliation["verdict"])
+        result.acknowledged = int(reconciliation["acknowledged_operations"])
+        for name in (
+            "refusals",
+            "bounded_refusals",
+            "lost_updates",
+            "money_lost",
+            "server_chain_breaks",
+            "overdrafts",
+            "overdraft_money",
+            "money_created",
+            "server_errors",
+            "lock_timeouts",
+        ):
+            setattr(result, name, int(reconciliation[name]))
+        result.conservation_broken = bool(reconciliation["conservation_broken"])
+        result.problems = list(reconciliation["problems"])
+        return result
+
+
+def percentile_ms(response_times: Mapping[int, int], percent: float) -> float:
+    """Locust's own rule over its rounded-millisecond histogram {ms: count}."""
+    total = sum(response_times.values())
+    if not total:
+        return 0.0
+    threshold = int(total * percent)
+    processed = 0
+    for response_time_ms in sorted(response_times, reverse=True):
+        processed += response_times[response_time_ms]
+        if total - processed <= threshold:
+            return float(response_time_ms)
+    return 0.0
+
+
+def read_locust_statistics(stats_json: Path) -> LocustStatistics:
+    """Aggregate Locust's final `--json-file` entries (one per request name)."""
+    if not stats_json.is_file():
+        return LocustStatistics()
+    entries = json.loads(stats_json.read_text())
+    if not entries:
+        return LocustStatistics()
+    response_times: dict[int, int] = {}
+    for entry in entries:
+        for response_time_ms, count in entry["response_times"].items():
+            key = int(float(response_time_ms))
+            response_times[key] = response_times.get(key, 0) + int(count)
+    requests = sum(int(entry["num_requests"]) for entry in entries)
+    started = min(float(entry["start_time"]) for entry in entries)
+    last_request = max(float(entry["last_request_timestamp"] or started) for entry in entries)
+    elapsed_seconds = last_request - started
+    return LocustStatistics(
+        requests=requests,
+        failures=sum(int(entry["num_failures"]) for entry in entries),
+        requests_per_second=requests / elapsed_seconds if elapsed_seconds > 0 else 0.0,
+        p50_ms=percentile_ms(response_times, 0.50),
+        p99_ms=percentile_ms(response_times, 0.99),
+    )
+
+
+def verdict_cell(result: ModeResult) -> str:
+    if result.verdict == "PASS":
+        return "PASS"
+    if result.verdict == "FAIL" and result.unsafe:
+        return "FAIL (unsafe mode: expected)"
+    return f"**{result.verdict}**"
+
+
+def conservation_cell(result: ModeResult) -> str:
+    return f"broken ({result.money_created:+d})" if result.conservation_broken else "kept"
+
+
+def markdown_table(results: Sequence[ModeResult]) -> list[str]:
+    lines = [
+        "| mode | requests/s | p50 ms | p99 ms | acknowledged | lost updates | money lost "
+        "| overdrafts | conservation | 503 refusals | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for result in results:
+        lines.append(
+            f"| `{result.mode}` | {result.requests_per_second:.1f} | {result.p50_ms:.0f} "
+            f"| {result.p99_ms:.0f} | {result.acknowledged} | {result.lost_updates} "
+            f"| {result.money_lost} | {result.overdrafts} | {conservation_cell(result)} "
+            f"| {result.bounded_refusals} | {verdict_cell(result)} |"
+        )
+    return lines
+
+
+def summary_lines(results: Sequence[ModeResult]) -> list[str]:
+    lost = [r.mode for r in results if r.lost_updates or r.overdrafts or r.conservation_broken]
+    unsafe_failures = [r.mode for r in results if not r.unsafe and r.verdict != "PASS"]
+    lines = []
+    if lost:
+        lines.append(f"Money went wrong in: {', '.join(f'`{mode}`' for mode in lost)}.")
+    else:
+        lines.append("No mode lost money in this run.")
+    if unsafe_failures:
+        lines.append(
+            f"**A safe mode failed: {', '.join(f'`{mode}`' for mode in unsafe_failures)}.** "
+            "That is a bug; see its problems below."
+        )
+    elif any(not r.unsafe for r in results):
+        lines.append("Every safe mode kept every invariant.")
+    return lines
+
+
+def write_markdown(
+    path: Path, results: Sequence[ModeResult], configuration: Mapping[str, Any], chart: bool
+) -> None:
+    lines = [
+        "# bankrace: every lock mode side by side",
+        "",
+        "Configuration: "
+        + ", ".join(f"{key} {value}" for key, value in configuration.items())
+        + ".",
+        "",
+        *summary_lines(results),
+        "",
+        *markdown_table(results),
+        "",
+    ]
+    if chart:
+        lines += ["![throughput and losses per mode](chart.png)", ""]
+    lines += ["## Modes", ""]
+    for result in results:
+        summary = MODE_SUMMARIES.get(result.mode, "")
+        lines.append(f"- `{result.mode}` ({summary}): {result.verdict}.")
+        lines += [f"  - {problem}" for problem in result.problems]
+    lines += [
+        "",
+        "## How to read it",
+        "",
+        "- *acknowledged*: operations the server answered 2xx; 409 insufficient_funds "
+        "refusals are correct and not counted as anomalies.",
+        "- *lost updates*: |actual - expected| balance per account, divided by the fixed "
+        "amount of every operation (expected = opening + acknowledged credits - debits).",
+        "- *overdrafts*: accounts whose acknowledged outflows exceeded their funds.",
+        "- *conservation*: the sum of balances against the sum of acknowledged deposits and "
+        "withdrawals; transfers must not change it.",
+        "- *503 refusals*: honest, bounded refusals (503 with Retry-After), not anomalies.",
+        "- Each mode's full race report is in `<mode>-locust.log`; its JSON in `<mode>-race.json`.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def write_csv(path: Path, results: Sequence[ModeResult]) -> None:
+    names = [item.name for item in fields(ModeResult)]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=names)
+        writer.writeheader()
+        for result in results:
+            row = asdict(result)
+            row["problems"] = "; ".join(result.problems)
+            writer.writerow(row)
+
+
+def write_chart(path: Path, results: Sequence[ModeResult]) -> str | None:
+    """Draw chart.png; returns why not when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, no display
+        from matplotlib import pyplot
+    except ImportError:
+        return "matplotlib is not installed (pip install 'bankrace[charts]'): no chart"
+    modes = [result.mode for result in results]
+    colours = ["tab:green" if result.verdict == "PASS" else "tab:red" for result in results]
+    figure, (throughput_axes, losses_axes) = pyplot.subplots(1, 2, figsize=(11, 4.2))
+    throughput = [result.requests_per_second for result in results]
+    throughput_axes.bar_label(throughput_axes.bar(modes, throughput, color=colours), fmt="%.0f")
+    throughput_axes.set_title("throughput (requests/s)")
+    losses = [result.lost_updates for result in results]
+    losses_axes.bar_label(losses_axes.bar(modes, losses, color=colours))
+    losses_axes.set_title("lost updates (red: invariant broken)")
+    for axes in (throughput_axes, losses_axes):
+        axes.tick_params(axis="x", labelrotation=20)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+    return None
