@@ -48,6 +48,7 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             # gunicorn >= 24 opens a control socket at one fixed path per
             # user; several instances on one machine would fight over it.
             "control_socket_disable": True,
+            "post_worker_init": _announce_worker_ready,
         }
         for key, value in settings.items():
             if key in self.cfg.settings:  # older gunicorn lacks newer settings
@@ -55,6 +56,12 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Flask:
         return create_app(self.bank_config)
+
+
+def _announce_worker_ready(worker: Any) -> None:
+    # The app is loaded and the worker is about to accept: operators and the
+    # end-to-end tests wait for one such line per worker before sending load.
+    print(f"bankrace: worker {worker.pid} ready", file=sys.stderr, flush=True)
 
 
 def is_sqlite(url: str) -> bool:

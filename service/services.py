@@ -175,21 +175,27 @@ def transfer(
 
 def _apply(operation: Operation, setting: ModeSetting, bank: Bank) -> Written:
     strategy = STRATEGIES[setting.lock_mode]
-    context = ModeContext(
-        bank.store, bank.process_locks, setting.race_window_ms, bank.lock_timeout_ms
-    )
-    conflict: RetryableConflict | None = None
-    for attempt in range(DATABASE_RETRY_ATTEMPTS):
+    # One deadline for the whole request: retries never stretch a client's
+    # wait past the lock timeout (plus the one attempt already under way).
+    deadline = time.monotonic() + bank.lock_timeout_ms / 1000
+    context = ModeContext(bank.store, bank.process_locks, setting.race_window_ms, deadline)
+    for attempt in range(1, DATABASE_RETRY_ATTEMPTS + 1):
         try:
             return strategy(operation, context)
-        except RetryableConflict as error:
-            conflict = error
+        except RetryableConflict as conflict:
             bank.count_database_retry()
-            logger.info("retrying after %s (attempt %d)", error, attempt + 1)
-            time.sleep(random.uniform(0, DATABASE_RETRY_BACKOFF_CAP_MS) / 1000)
-    if conflict is not None and conflict.deadlock:
-        raise LockTimeout("the database broke a deadlock repeatedly; nothing was written")
-    raise WriteConflict("the database kept aborting this transaction; nothing was written")
+            logger.info("retrying after %s (attempt %d)", conflict, attempt)
+            backoff_seconds = random.uniform(0, DATABASE_RETRY_BACKOFF_CAP_MS) / 1000
+            if attempt == DATABASE_RETRY_ATTEMPTS or time.monotonic() + backoff_seconds > deadline:
+                if conflict.deadlock:
+                    raise LockTimeout(
+                        "the database broke a deadlock on these accounts; nothing was written"
+                    ) from conflict
+                raise WriteConflict(
+                    "the database kept aborting this transaction; nothing was written"
+                ) from conflict
+            time.sleep(backoff_seconds)
+    raise RuntimeError("unreachable: the retry loop always returns or raises")
 
 
 def account_audit(account_id: int, bank: Bank) -> AccountAudit:

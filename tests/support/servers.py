@@ -45,6 +45,7 @@ class ServerProcess:
     settings: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    _workers_before_start: int = 0
 
     @property
     def url(self) -> str:
@@ -55,6 +56,8 @@ class ServerProcess:
         return self.workdir / f"server-{self.port}.log"
 
     def start(self) -> ServerProcess:
+        # A restarted server appends to the same log: count only new lines.
+        self._workers_before_start = self.read_log().count("bankrace: worker ")
         environment = clean_environment({"BANK_BIND": f"127.0.0.1:{self.port}", **self.settings})
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -69,14 +72,23 @@ class ServerProcess:
         self.wait_until_healthy()
         return self
 
+    @property
+    def workers(self) -> int:
+        return int(self.settings.get("BANK_WORKERS", "2"))
+
+    def ready_workers(self) -> int:
+        return self.read_log().count("bankrace: worker ") - self._workers_before_start
+
     def wait_until_healthy(self) -> None:
+        """Every worker announced itself ready, and /readyz answers 200."""
         deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.read_log()}")
             try:
-                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                ready = requests.get(f"{self.url}/readyz", timeout=1).status_code == 200
+                if ready and self.ready_workers() >= self.workers:
                     return
             except requests.ConnectionError:
                 pass
