@@ -21,6 +21,7 @@ from service.api.context import EXTENSION_KEY
 from service.api.errors import register_error_handlers
 from service.api.parsing import MAX_BODY_BYTES, MAX_ID_DIGITS
 from service.config import Config
+from service.domain import StoreUnavailable
 from service.keyed_locks import KeyedLocks
 from service.schema import head_revision
 from service.services import Bank, ModeSource
@@ -28,6 +29,7 @@ from service.stores.base import Store
 from service.stores.memory import MemoryStore
 from service.stores.sql import SqlStore
 
+logger = logging.getLogger(__name__)
 REQUEST_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,200}")
 
 
@@ -65,8 +67,7 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
 
     store = store or build_store(config)
     modes = ModeSource(store, allow_unsafe_modes=config.allow_unsafe_modes)
-    if not store.shared_across_processes or store.load_mode() is None:
-        store.save_mode(config.initial_mode)
+    _seed_mode(store, config)
     app.extensions[EXTENSION_KEY] = Bank(
         store=store,
         modes=modes,
@@ -82,6 +83,21 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
     app.after_request(_tag_response)
     logging.getLogger("service").setLevel(logging.INFO)
     return app
+
+
+def _seed_mode(store: Store, config: Config) -> None:
+    """Store the configured mode unless a shared store already has one.
+
+    `bankrace serve` overwrites it once per start (the latest start wins);
+    a worker must not, or a restarted worker would undo a `PUT /mode`. A
+    store that is down or unmigrated must not stop the worker from booting:
+    it answers 503 and /readyz says why until the store is back.
+    """
+    try:
+        if not store.shared_across_processes or store.load_mode() is None:
+            store.save_mode(config.initial_mode)
+    except StoreUnavailable as error:
+        logger.warning("store not usable at start-up: %s", error.detail)
 
 
 def _remember_request_id() -> None:

@@ -36,7 +36,10 @@ def json_object() -> dict[str, Any]:
         )
     raw = request.get_data(cache=True)
     try:
-        value = json.loads(raw, parse_constant=_reject_constant)
+        # JSON on the wire is UTF-8 (RFC 8259 section 8.1); json.loads would
+        # also guess UTF-16/32 from bytes, so decode strictly first (a BOM is
+        # tolerated, as the RFC allows).
+        value = json.loads(raw.decode("utf-8-sig"), parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         raise ProblemError(400, "malformed_json", "the body is not valid JSON") from None
     if not isinstance(value, dict):

@@ -58,6 +58,7 @@ DEADLOCK_DETECTED = "40P01"
 SERIALIZATION_FAILURE = "40001"
 LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
+UNDEFINED_TABLE = "42P01"
 
 
 @contextmanager
@@ -76,6 +77,10 @@ def translated_errors() -> Iterator[None]:
             raise RetryableConflict("serialization failure", deadlock=False) from error
         if state in (LOCK_NOT_AVAILABLE, QUERY_CANCELED) or "database is locked" in message:
             raise LockTimeout("the lock wait ran out") from error
+        if state == UNDEFINED_TABLE or "no such table" in message:
+            raise StoreUnavailable(
+                "the schema is not migrated (run `bankrace db upgrade`)"
+            ) from error
         if error.connection_invalidated or isinstance(
             error, sa_exc.OperationalError | sa_exc.InterfaceError
         ):
