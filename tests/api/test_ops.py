@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine, create_engine, text
 
 from service import create_app
-from service.domain import Leg, StoreUnavailable, TransactionKind
+from service.domain import Leg, TransactionKind
 from service.stores.base import LegWrite, Store
 from tests.api.helpers import assert_problem, open_account
 from tests.conftest import SQL_BACKENDS, make_config
@@ -101,26 +101,25 @@ def test_readyz_without_alembic_version_is_503(
     assert response.headers["Retry-After"] == "5"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=StoreUnavailable,
-    reason=(
-        "bug: create_app() reads the mode from the store at start-up (load_mode), so on a "
-        "never-migrated database it raises StoreUnavailable instead of building an app whose "
-        "/readyz answers 503"
-    ),
-)
 def test_readyz_on_a_never_migrated_sqlite_file_is_503(tmp_path: Path) -> None:
-    """An app on an empty SQLite file starts and says 503 store_unavailable on /readyz."""
+    """An app on an empty SQLite file starts; /readyz and the data endpoints answer 503."""
     empty = tmp_path / "empty.db"
     empty.touch()
     application = create_app(make_config(f"sqlite:///{empty}"))
     try:
         client = application.test_client()
         response = client.get("/readyz")
-        assert_problem(response, 503, "store_unavailable")
+        body = assert_problem(response, 503, "store_unavailable")
+        assert "migrat" in body["detail"]
         assert response.headers["Retry-After"] == "5"
         assert client.get("/healthz").status_code == 200
+        for response in (
+            client.get("/accounts"),
+            client.get("/audit"),
+            client.post("/accounts", json={"owner": "alice"}),
+        ):
+            assert_problem(response, 503, "store_unavailable")
+            assert response.headers["Retry-After"] == "5"
     finally:
         bank_store(application).close()
 
