@@ -69,7 +69,10 @@ def deadlock_lines(result: Reconciliation) -> list[str]:
             f"max {result.lock_timeout_max_ms:.0f} ms before the bounded lock wait gave up"
         )
     elif result.scenario == "deadlock":
-        line += " (opposing transfers never deadlocked: locks are taken in one global order)"
+        line += (
+            " (opposing transfers never deadlocked: the server took the locks in one global"
+            " order, or its store serialized the writes)"
+        )
     return [line]
 
 
