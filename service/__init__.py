@@ -81,8 +81,20 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
     register_error_handlers(app)
     app.before_request(_remember_request_id)
     app.after_request(_tag_response)
-    logging.getLogger("service").setLevel(logging.INFO)
+    _configure_logging()
     return app
+
+
+def _configure_logging() -> None:
+    """Service logs to stderr (gunicorn's error log), once per process."""
+    service_logger = logging.getLogger("service")
+    service_logger.setLevel(logging.INFO)
+    if not service_logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+        )
+        service_logger.addHandler(handler)
 
 
 def _seed_mode(store: Store, config: Config) -> None:

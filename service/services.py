@@ -184,7 +184,7 @@ def _apply(operation: Operation, setting: ModeSetting, bank: Bank) -> Written:
             return strategy(operation, context)
         except RetryableConflict as conflict:
             bank.count_database_retry()
-            logger.info("retrying after %s (attempt %d)", conflict, attempt)
+            logger.info("database retry after %s (attempt %d)", conflict, attempt)
             backoff_seconds = random.uniform(0, DATABASE_RETRY_BACKOFF_CAP_MS) / 1000
             if attempt == DATABASE_RETRY_ATTEMPTS or time.monotonic() + backoff_seconds > deadline:
                 if conflict.deadlock:
