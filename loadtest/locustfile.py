@@ -10,10 +10,11 @@ Who does what, so that a distributed run gives one correct report:
 - the master (or the only process) opens the run's accounts on test_start and
   sends them to its workers (`bank_setup`); a worker that joins late asks for them;
 - every process with users tallies every answer (`loadtest.tally`);
-- on stop, users finish the request they are in (a request cut off halfway would
-  leave its effect unknown); then each worker, asked by the master
-  (`bank_finish`), sends its tally (`bank_tally`); the master waits for all of
-  them, bounded, and it alone reconciles (`loadtest.reconcile`) and prints;
+- every request runs to its answer, even when Locust stops or ramps down its
+  user (a request cut off halfway would leave its effect unknown);
+- on stop, each worker, asked by the master (`bank_finish`), waits for its
+  requests in flight and sends its tally (`bank_tally`); the master waits for
+  all of them, bounded, and it alone reconciles (`loadtest.reconcile`) and prints;
 - the exit code is 1 when the report found an anomaly, 0 otherwise.
 
 Black-box: this file talks HTTP to the service and never imports it.
@@ -79,11 +80,11 @@ class LoadTestProcess:
         self.tally = Tally()
         self.finishing = False
         self.in_flight = 0
-        # master only: the workers' tallies for the run being collected
-        self.collecting_run_id = ""
+        # master only: the workers' tallies for the current run
         self.expected_workers: set[str] = set()
         self.worker_tallies: dict[str, Tally] = {}
         self.tallies_complete = Event()
+        self.reported_run_ids: set[str] = set()  # worker only: runs whose tally was sent
         self.report: Reconciliation | None = None
         self.report_text = "No race report yet: start a test, then stop it."
 
@@ -172,8 +173,13 @@ class BankCustomer(FastHttpUser):
         self.send(choose_operation(setup.scenario, setup.account_ids, setup.amount, self.rng))
 
     def send(self, operation: Operation) -> None:
-        tally = PROCESS.tally
+        # Locust kills a user it ramps down mid-request; the exchange runs in a
+        # greenlet of its own so that the request still completes and its answer
+        # is tallied (a request cut off halfway would leave its effect unknown).
         PROCESS.in_flight += 1
+        gevent.spawn(self.exchange, operation, PROCESS.tally).join()
+
+    def exchange(self, operation: Operation, tally: Tally) -> None:
         started = time.perf_counter()
         recorded = False
         try:
@@ -187,7 +193,7 @@ class BankCustomer(FastHttpUser):
                 else:
                     response.failure(f"{outcome}: {response.status_code}")
         finally:
-            if not recorded:  # cut off before an answer: the effect is unknown
+            if not recorded:  # the exchange itself failed: the effect is unknown
                 tally.record(operation, Answer(0, elapsed_ms(started)))
             PROCESS.in_flight -= 1
 
@@ -249,15 +255,23 @@ def open_run(environment: Environment) -> RunSetup:
     )
 
 
+def is_worker(environment: Environment) -> bool:
+    # A worker that joins a running test can get its first spawn (and so its
+    # test_start) before Locust has stored the runner: the option tells earlier.
+    options = environment.parsed_options
+    return isinstance(environment.runner, WorkerRunner) or bool(getattr(options, "worker", False))
+
+
 @events.test_start.add_listener
 def on_test_start(environment: Environment, **_kwargs: Any) -> None:
     runner = environment.runner
-    if isinstance(runner, WorkerRunner):
-        if PROCESS.setup is None:  # joined after the master announced the run
+    if is_worker(environment):
+        if PROCESS.setup is None and runner is not None:  # joined after the announcement
             runner.send_message("bank_setup_request", {})
         return
     PROCESS.report = None
     PROCESS.setup_error = None
+    PROCESS.worker_tallies = {}
     PROCESS.forget()
     try:
         PROCESS.begin(open_run(environment))
@@ -284,13 +298,13 @@ def stop_soon(environment: Environment) -> None:
 @events.test_stopping.add_listener
 def on_test_stopping(environment: Environment, **_kwargs: Any) -> None:
     if not isinstance(environment.runner, MasterRunner):
-        PROCESS.drain()
+        PROCESS.drain()  # a local runner or a worker: let the requests in flight answer
 
 
 @events.test_stop.add_listener
 def on_test_stop(environment: Environment, **_kwargs: Any) -> None:
     runner = environment.runner
-    if isinstance(runner, WorkerRunner):
+    if is_worker(environment):
         return
     if PROCESS.report is not None or (PROCESS.setup is None and PROCESS.setup_error is None):
         return  # already reported, or no run happened
@@ -306,11 +320,11 @@ def collect_worker_tallies(environment: Environment) -> tuple[Tally, int]:
     runner = environment.runner
     assert isinstance(runner, MasterRunner)
     run_id = PROCESS.setup.run_id if PROCESS.setup else ""
-    PROCESS.collecting_run_id = run_id
+    # Connected workers, and those that already left but sent their tally first.
     PROCESS.expected_workers = {client.id for client in runner.clients.all}
-    PROCESS.worker_tallies = {}
+    PROCESS.expected_workers |= set(PROCESS.worker_tallies)
     PROCESS.tallies_complete.clear()
-    if PROCESS.expected_workers:
+    if not PROCESS.expected_workers <= set(PROCESS.worker_tallies):
         runner.send_message("bank_finish", {"run_id": run_id})
         if not PROCESS.tallies_complete.wait(timeout=TALLY_DEADLINE_SECONDS):
             logger.error(
@@ -355,7 +369,13 @@ def finish_report(environment: Environment, tally: Tally, expected_reporters: in
 
 @events.quitting.add_listener
 def on_quitting(environment: Environment, **_kwargs: Any) -> None:
-    if isinstance(environment.runner, WorkerRunner):
+    runner = environment.runner
+    if not is_worker(environment) and PROCESS.report is None and PROCESS.setup:
+        # Ctrl-C or SIGTERM mid-run: Locust decides the exit code before it stops
+        # the runner, so stop (and reconcile) now.
+        assert runner is not None
+        runner.stop()
+    if isinstance(runner, WorkerRunner):
         # The master judges the run; a worker's own failures (honest 503s) are in its tally.
         environment.process_exit_code = 0
     elif PROCESS.report is not None:
@@ -373,30 +393,43 @@ def on_setup(environment: Environment, msg: Any, **_kwargs: Any) -> None:
 
 
 def on_finish(environment: Environment, msg: Any, **_kwargs: Any) -> None:
-    """Worker: let in-flight requests finish, then send this process's tally."""
-    run_id = str(msg.data["run_id"])
+    """Worker: the master collects the tallies of the run."""
+    send_tally(environment, str(msg.data["run_id"]))
+
+
+def send_tally(environment: Environment, run_id: str) -> None:
+    """Worker: let in-flight requests answer, then send this process's tally, once per run."""
+    runner = environment.runner
+    if runner is None or run_id in PROCESS.reported_run_ids:
+        return
     PROCESS.drain()
     if PROCESS.setup is not None and PROCESS.setup.run_id == run_id:
         tally = PROCESS.tally
     else:
         tally = Tally(run_id=run_id)
-        runner = environment.runner
-        tally.setup_missing = runner.user_count if runner is not None else 0
-    assert environment.runner is not None
-    environment.runner.send_message("bank_tally", tally.to_dict())
+        tally.setup_missing = runner.user_count
+    runner.send_message("bank_tally", tally.to_dict())
+    PROCESS.reported_run_ids.add(run_id)
     PROCESS.forget()
 
 
+def on_worker_quitting(environment: Environment, **_kwargs: Any) -> None:
+    """Worker leaving mid-run (Ctrl-C): hand the tally over before Locust says goodbye."""
+    if PROCESS.setup is not None:
+        send_tally(environment, PROCESS.setup.run_id)
+
+
 def on_setup_request(environment: Environment, msg: Any, **_kwargs: Any) -> None:
-    """Master: a late worker asks for the run's accounts."""
-    if PROCESS.setup is not None and environment.runner is not None:
+    """Master: a worker that connected late asks for the accounts of the running test."""
+    running = PROCESS.setup is not None and PROCESS.report is None
+    if running and PROCESS.setup is not None and environment.runner is not None:
         environment.runner.send_message("bank_setup", PROCESS.setup.to_dict(), msg.node_id)
 
 
 def on_tally(environment: Environment, msg: Any, **_kwargs: Any) -> None:
     """Master: one worker's tally arrived."""
     tally = Tally.from_dict(msg.data)
-    if tally.run_id != PROCESS.collecting_run_id:
+    if PROCESS.setup is None or tally.run_id != PROCESS.setup.run_id:
         logger.warning("ignoring a tally of run %s from %s", tally.run_id, msg.node_id)
         return
     PROCESS.worker_tallies[msg.node_id] = tally
@@ -413,6 +446,11 @@ def on_init(environment: Environment, **_kwargs: Any) -> None:
     elif isinstance(runner, WorkerRunner):
         runner.register_message("bank_setup", on_setup)
         runner.register_message("bank_finish", on_finish)
+        # Registered after the runner's own listener, so (quitting fires in
+        # reverse order) the tally reaches the master before the worker's "quit".
+        environment.events.quitting.add_listener(on_worker_quitting)
+        # If a test is already running, the master answers with its accounts.
+        runner.send_message("bank_setup_request", {})
     if environment.web_ui is not None:
         environment.web_ui.app.add_url_rule(
             "/race-report",
