@@ -62,7 +62,9 @@ def account_table(result: Reconciliation) -> list[str]:
 
 
 def deadlock_lines(result: Reconciliation) -> list[str]:
-    line = f"deadlocks (503 lock_timeout): {result.lock_timeouts}"
+    """503 lock_timeout: deadlocks in the deadlock scenario, plain lock waits elsewhere."""
+    label = "deadlocks" if result.scenario == "deadlock" else "lock timeouts"
+    line = f"{label} (503 lock_timeout): {result.lock_timeouts}"
     if result.lock_timeouts:
         line += (
             f"; clients waited median {result.lock_timeout_median_ms:.0f} ms, "

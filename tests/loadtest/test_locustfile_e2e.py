@@ -154,12 +154,14 @@ def test_deadlock_scenario_counts_lock_timeouts_only_with_request_order(
             "BANK_DATABASE_URL": "memory://",
             "BANK_WORKERS": "1",
             "BANK_TRANSFER_LOCK_ORDER": lock_order,
-            "BANK_LOCK_TIMEOUT_MS": "300",
+            # Far above the longest honest queue of 4 users x 20 ms, so that with
+            # sorted order no wait runs out; a deadlock waits it out every time.
+            "BANK_LOCK_TIMEOUT_MS": "1000",
             "BANK_RACE_WINDOW_MS": RACE_WINDOW_MS,
         },
     )
     try:
-        run = run_locust(server.url, tmp_path, "--bank-scenario", "deadlock")
+        run = run_locust(server.url, tmp_path, "--bank-scenario", "deadlock", users=4)
     finally:
         server.stop()
     assert run.exit_code == 0, run.output[-3000:]  # honest 503s are not anomalies
@@ -167,7 +169,7 @@ def test_deadlock_scenario_counts_lock_timeouts_only_with_request_order(
     assert len(run.report["accounts"]) == 2
     if deadlocks:
         assert run.report["lock_timeouts"] > 0
-        assert run.report["lock_timeout_max_ms"] >= 300
+        assert run.report["lock_timeout_max_ms"] >= 1000
         assert "clients waited median" in run.output
     else:
         assert run.report["lock_timeouts"] == 0
