@@ -219,56 +219,63 @@ def test_put_mode_unreadable_body_changes_nothing(
 # --------------------------------------------------------------------------- PUT /mode: success
 
 
-def test_put_mode_changes_what_is_reported_and_served(client: FlaskClient) -> None:
+@pytest.fixture
+def mode_client(shared_client: FlaskClient) -> Iterator[FlaskClient]:
+    """The shared app's client, put back to locked with no race window after the test."""
+    yield shared_client
+    set_mode(shared_client, lock_mode="locked", race_window_ms=0)
+
+
+def test_put_mode_changes_what_is_reported_and_served(mode_client: FlaskClient) -> None:
     """After PUT /mode, GET /mode, X-Lock-Mode and new journal entries all name the new mode."""
-    account = open_account(client, opening_balance=10)
-    changed = set_mode(client, lock_mode="optimistic")
+    account = open_account(mode_client, opening_balance=10)
+    changed = set_mode(mode_client, lock_mode="optimistic")
     assert changed == {
         "lock_mode": "optimistic",
         "race_window_ms": 0,
         "modes": ALL_MODES,
         "unsafe_modes_allowed": True,
     }
-    assert current_mode(client) == changed
-    response = client.post(f"/accounts/{account['id']}/deposit", json={"amount": 1})
+    assert current_mode(mode_client) == changed
+    response = mode_client.post(f"/accounts/{account['id']}/deposit", json={"amount": 1})
     assert response.headers["X-Lock-Mode"] == "optimistic"
     assert response.get_json()["lock_mode"] == "optimistic"
-    assert [entry["lock_mode"] for entry in journal(client, account["id"])] == [
+    assert [entry["lock_mode"] for entry in journal(mode_client, account["id"])] == [
         "optimistic",
         "locked",
     ]
 
 
-def test_put_mode_fields_change_independently(client: FlaskClient) -> None:
+def test_put_mode_fields_change_independently(mode_client: FlaskClient) -> None:
     """Changing only the window keeps the mode, changing only the mode keeps the window."""
-    assert set_mode(client, race_window_ms=3)["lock_mode"] == "locked"
-    assert current_mode(client)["race_window_ms"] == 3
-    after_mode = set_mode(client, lock_mode="atomic")
+    assert set_mode(mode_client, race_window_ms=3)["lock_mode"] == "locked"
+    assert current_mode(mode_client)["race_window_ms"] == 3
+    after_mode = set_mode(mode_client, lock_mode="atomic")
     assert (after_mode["lock_mode"], after_mode["race_window_ms"]) == ("atomic", 3)
-    both = set_mode(client, lock_mode="unlocked", race_window_ms=0)
+    both = set_mode(mode_client, lock_mode="unlocked", race_window_ms=0)
     assert (both["lock_mode"], both["race_window_ms"]) == ("unlocked", 0)
-    assert current_mode(client) == both
+    assert current_mode(mode_client) == both
 
 
-def test_put_mode_window_bounds_are_accepted(client: FlaskClient) -> None:
+def test_put_mode_window_bounds_are_accepted(mode_client: FlaskClient) -> None:
     """A race window of 0 and of 5000 ms are both accepted."""
-    assert set_mode(client, race_window_ms=5000)["race_window_ms"] == 5000
-    assert set_mode(client, race_window_ms=0)["race_window_ms"] == 0
+    assert set_mode(mode_client, race_window_ms=5000)["race_window_ms"] == 5000
+    assert set_mode(mode_client, race_window_ms=0)["race_window_ms"] == 0
 
 
-def test_transfer_records_the_mode_that_served_it(client: FlaskClient) -> None:
+def test_transfer_records_the_mode_that_served_it(mode_client: FlaskClient) -> None:
     """A transfer made after a mode change records the new mode on itself and both legs."""
-    source = open_account(client, opening_balance=10)["id"]
-    target = open_account(client)["id"]
-    set_mode(client, lock_mode="atomic")
-    response = client.post(
+    source = open_account(mode_client, opening_balance=10)["id"]
+    target = open_account(mode_client)["id"]
+    set_mode(mode_client, lock_mode="atomic")
+    response = mode_client.post(
         "/transfers", json={"from_account": source, "to_account": target, "amount": 4}
     )
     transfer = response.get_json()
     assert response.headers["X-Lock-Mode"] == "atomic"
     assert transfer["lock_mode"] == "atomic"
     assert {leg["lock_mode"] for leg in transfer["legs"]} == {"atomic"}
-    assert client.get(f"/transfers/{transfer['id']}").get_json()["lock_mode"] == "atomic"
+    assert mode_client.get(f"/transfers/{transfer['id']}").get_json()["lock_mode"] == "atomic"
 
 
 # --------------------------------------------------------------------------- every mode
