@@ -1,7 +1,7 @@
 """The scale-out docs name only real profiles, services, files and variables.
 
-Docker cannot run here, so each `docker compose` command in docs/scale-out.md (and in the
-README, once that section is merged there) is checked against docker-compose.yml instead.
+Docker cannot run here, so each `docker compose` command in the README's "Scale out"
+section is checked against docker-compose.yml instead.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from tests.deploy.project import DESIGN_VARIABLES, PROJECT_ROOT, load_compose
 
-DOCUMENTS = (PROJECT_ROOT / "docs" / "scale-out.md", PROJECT_ROOT / "README.md")
+DOCUMENTS = (PROJECT_ROOT / "README.md",)
 # Options of `docker compose` and its subcommands that take a value.
 OPTIONS_WITH_VALUE = {"--profile", "-f", "--file", "-p", "--project-name", "-e", "--env"}
 SUBCOMMANDS_OF_SERVICES = {"up", "build", "logs", "ps", "pull", "stop", "start", "restart"}
@@ -71,7 +71,7 @@ def check_command(words: list[str], compose: dict[str, Any]) -> None:
 
 
 def test_docs_exist_and_show_compose_commands() -> None:
-    """The section the README merges is there and shows the compose commands."""
+    """The README's scale-out section is there and shows the compose commands."""
     assert DOCUMENTS[0] in documents()
     assert len(compose_commands(DOCUMENTS[0].read_text())) >= 5
 
