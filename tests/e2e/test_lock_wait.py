@@ -1,0 +1,93 @@
+"""Bounded lock waits and run-time mode changes on a real server.
+
+Someone else holding the database's lock makes a request wait at most
+BANK_LOCK_TIMEOUT_MS and answer 503 lock_timeout ("database is locked" never
+becomes a 500); `PUT /mode` reaches every worker process.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import requests
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from tests.e2e.conftest import E2E_ADMIN_TOKEN, StartServer
+from tests.support.load import balance_of, open_account, set_mode
+
+pytestmark = pytest.mark.e2e
+
+LOCK_TIMEOUT_MS = 300
+MODE_CONVERGENCE_DEADLINE_SECONDS = 3.0
+CONSECUTIVE_AGREEING_ANSWERS = 20
+
+
+@contextmanager
+def foreign_lock(database_url: str, account_id: int) -> Iterator[None]:
+    """Another client holds the lock a `locked` deposit needs, until the block ends."""
+    if database_url.startswith("sqlite"):
+        connection = sqlite3.connect(make_url(database_url).database or "", isolation_level=None)
+        connection.execute("BEGIN IMMEDIATE")  # the database-wide write lock
+        try:
+            yield
+        finally:
+            connection.execute("ROLLBACK")
+            connection.close()
+        return
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection, connection.begin():
+            connection.execute(
+                text("SELECT id FROM accounts WHERE id = :id FOR UPDATE"), {"id": account_id}
+            )
+            yield
+    finally:
+        engine.dispose()
+
+
+def test_lock_wait_is_bounded_and_answered_503(
+    start_server: StartServer, server_database_url: str
+) -> None:
+    """A held lock yields 503 lock_timeout with Retry-After, nothing changed; then it works."""
+    server = start_server(lock_mode="locked", lock_timeout_ms=LOCK_TIMEOUT_MS)
+    account = open_account(server.url, 10)
+    with foreign_lock(server_database_url, account):
+        started = time.monotonic()
+        refused = requests.post(
+            f"{server.url}/accounts/{account}/deposit", json={"amount": 5}, timeout=30
+        )
+        waited_ms = (time.monotonic() - started) * 1000
+    print(f"lock wait answered after {waited_ms:.0f} ms (bound {LOCK_TIMEOUT_MS} ms)")
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["code"] == "lock_timeout" and refused.headers["Retry-After"]
+    assert balance_of(server.url, account) == 10
+    accepted = requests.post(
+        f"{server.url}/accounts/{account}/deposit", json={"amount": 5}, timeout=30
+    )
+    assert accepted.status_code == 201 and balance_of(server.url, account) == 15
+
+
+def test_mode_change_reaches_every_worker(start_server: StartServer) -> None:
+    """After PUT /mode, fresh connections (spread over both workers) all see the new mode."""
+    server = start_server(lock_mode="locked", workers=2)
+    set_mode(server.url, E2E_ADMIN_TOKEN, "atomic", 7)
+    started = time.monotonic()
+    agreeing = 0
+    while agreeing < CONSECUTIVE_AGREEING_ANSWERS:
+        assert time.monotonic() - started < MODE_CONVERGENCE_DEADLINE_SECONDS, "mode never spread"
+        answer = requests.get(f"{server.url}/mode", headers={"Connection": "close"}, timeout=10)
+        agreeing = agreeing + 1 if answer.json()["lock_mode"] == "atomic" else 0
+    print(
+        f"PUT /mode seen by {CONSECUTIVE_AGREEING_ANSWERS} answers in a row after "
+        f"{time.monotonic() - started:.2f} s"
+    )
+    account = open_account(server.url, 0)
+    deposit = requests.post(
+        f"{server.url}/accounts/{account}/deposit", json={"amount": 1}, timeout=10
+    )
+    assert deposit.headers["X-Lock-Mode"] == "atomic" and deposit.json()["lock_mode"] == "atomic"
