@@ -12,6 +12,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from service.domain import (
     MAX_RACE_WINDOW_MS,
     LockMode,
@@ -29,7 +32,9 @@ DEFAULT_LOCK_TIMEOUT_MS = 5000
 MIN_LOCK_TIMEOUT_MS = 10
 MAX_LOCK_TIMEOUT_MS = 60_000
 TRANSFER_LOCK_ORDERS = ("sorted", "request")
-BIND_PATTERN = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):\d{1,5}|unix:/\S+")
+BIND_PATTERN = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):(?P<port>\d{1,5})|unix:/\S+")
+MAX_PORT = 65535
+SUPPORTED_DATABASES = {"sqlite": ("pysqlite",), "postgresql": ("psycopg",)}
 
 
 class ConfigError(ValueError):
@@ -53,7 +58,7 @@ class Config:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         env = os.environ if environ is None else environ
         config = cls(
-            database_url=_text(env, "BANK_DATABASE_URL", DEFAULT_DATABASE_URL),
+            database_url=_database_url(env, "BANK_DATABASE_URL"),
             lock_mode=_lock_mode(env, "BANK_LOCK_MODE"),
             race_window_ms=_integer(env, "BANK_RACE_WINDOW_MS", 0, 0, MAX_RACE_WINDOW_MS),
             allow_unsafe_modes=_flag(env, "BANK_ALLOW_UNSAFE_MODES"),
@@ -84,11 +89,7 @@ class Config:
             )
         if self.admin_token is not None and len(self.admin_token) < 8:
             raise ConfigError("BANK_ADMIN_TOKEN must be at least 8 characters")
-        if not (self.is_memory or "://" in self.database_url):
-            raise ConfigError(
-                f"BANK_DATABASE_URL={self.database_url!r} is not a database URL "
-                "(try sqlite:///var/bank.db, postgresql+psycopg://..., or memory://)"
-            )
+        _database_url({"BANK_DATABASE_URL": self.database_url}, "BANK_DATABASE_URL")
 
     @property
     def is_memory(self) -> bool:
@@ -113,7 +114,8 @@ def _integer(env: Mapping[str, str], name: str, default: int, minimum: int, maxi
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    if not re.fullmatch(r"\d+", raw):
+    # Length first: int() of a string thousands of digits long raises its own error.
+    if not re.fullmatch(r"\d{1,12}", raw):
         raise ConfigError(f"{name}={raw!r} must be a whole number from {minimum} to {maximum}")
     value = int(raw)
     if not minimum <= value <= maximum:
@@ -144,6 +146,30 @@ def _lock_mode(env: Mapping[str, str], name: str) -> LockMode:
 
 def _bind(env: Mapping[str, str], name: str) -> str:
     value = _text(env, name, DEFAULT_BIND)
-    if not BIND_PATTERN.fullmatch(value):
-        raise ConfigError(f"{name}={value!r} must be HOST:PORT (e.g. 127.0.0.1:8000)")
+    match = BIND_PATTERN.fullmatch(value)
+    if not match or (match.group("port") and not 1 <= int(match.group("port")) <= MAX_PORT):
+        raise ConfigError(f"{name}={value!r} must be HOST:PORT with a port from 1 to {MAX_PORT}")
+    return value
+
+
+def _database_url(env: Mapping[str, str], name: str) -> str:
+    """memory://, SQLite, or PostgreSQL through psycopg 3 (`postgresql://` means psycopg)."""
+    value = _text(env, name, DEFAULT_DATABASE_URL)
+    if value == MEMORY_DATABASE_URL:
+        return value
+    hint = "use sqlite:///path.db, postgresql+psycopg://user:password@host/database or memory://"
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ConfigError(f"{name} is not a database URL: {hint}") from None
+    backend, _, driver = url.drivername.partition("+")
+    if backend not in SUPPORTED_DATABASES:
+        raise ConfigError(f"{name} names an unsupported database {backend!r}: {hint}")
+    if backend == "sqlite" and url.database in (None, "", ":memory:"):
+        # Each pooled connection would get its own empty database.
+        raise ConfigError(f"{name} needs an SQLite file (or memory:// for the in-memory store)")
+    if backend == "postgresql" and "+" not in url.drivername:
+        return url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    if driver and driver not in SUPPORTED_DATABASES[backend]:
+        raise ConfigError(f"{name} names an unsupported driver {driver!r}: {hint}")
     return value
