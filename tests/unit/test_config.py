@@ -99,7 +99,23 @@ def test_database_urls_accepted(url: str, stored: str) -> None:
     assert config.is_memory == (url == "memory://")
 
 
-@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "postgresql+psycopg2://h/d"])
+def test_postgresql_normalisation_keeps_credentials_and_options() -> None:
+    """Adding the psycopg driver keeps a percent-encoded password, the port and the query."""
+    url = "postgresql://bank:p%40s%2Fs@db:5433/bank?sslmode=require"
+    config = Config.from_env({"BANK_DATABASE_URL": url})
+    assert config.database_url == "postgresql+psycopg://bank:p%40s%2Fs@db:5433/bank?sslmode=require"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://",
+        "sqlite:///:memory:",
+        "postgresql+psycopg2://h/d",
+        "postgresql+asyncpg://h/d",
+        "sqlite+aiosqlite:///bank.db",
+    ],
+)
 def test_database_urls_that_cannot_work_are_refused(url: str) -> None:
     """An SQLite database without a file, or a driver that is not installed, is refused."""
     with pytest.raises(ConfigError, match="BANK_DATABASE_URL"):
