@@ -29,6 +29,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # {"amount": 5, "amount": 1} means 5 to some parsers and 1 to others
+    # (Python keeps the last); money must not depend on which one reads it.
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise ValueError("duplicate key in a JSON object")
+    return value
+
+
 def json_object() -> dict[str, Any]:
     if request.mimetype != "application/json":
         raise ProblemError(
@@ -39,7 +48,11 @@ def json_object() -> dict[str, Any]:
         # JSON on the wire is UTF-8 (RFC 8259 section 8.1); json.loads would
         # also guess UTF-16/32 from bytes, so decode strictly first (a BOM is
         # tolerated, as the RFC allows).
-        value = json.loads(raw.decode("utf-8-sig"), parse_constant=_reject_constant)
+        value = json.loads(
+            raw.decode("utf-8-sig"),
+            parse_constant=_reject_constant,
+            object_pairs_hook=_unique_keys,
+        )
     except (ValueError, RecursionError):
         raise ProblemError(400, "malformed_json", "the body is not valid JSON") from None
     if not isinstance(value, dict):

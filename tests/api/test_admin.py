@@ -202,6 +202,12 @@ def test_put_mode_bad_body_is_422_and_changes_nothing(
         (b"", "application/json", 400, "malformed_json"),
         (b'{"lock_mode": ', "application/json", 400, "malformed_json"),
         (b'["atomic"]', "application/json", 400, "malformed_json"),
+        (
+            b'{"lock_mode": "atomic", "lock_mode": "unlocked"}',
+            "application/json",
+            400,
+            "malformed_json",
+        ),
     ],
 )
 def test_put_mode_unreadable_body_changes_nothing(

@@ -89,6 +89,10 @@ MALFORMED_BODIES = [
     b'{"owner": "caf\xe9", "amount": 1}',
     b"[" * 20_000 + b"]" * 20_000,
     b'{"a":' * 10_000 + b"1" + b"}" * 10_000,
+    b'{"amount": 500, "amount": 1}',
+    b'{"amount": 1, "amount": 1}',
+    b'{"owner": "a", "owner": "b", "amount": 1}',
+    b'{"amount": 1, "extra": {"k": 1, "k": 2}}',
 ]
 
 
@@ -99,6 +103,7 @@ REPRESENTATIVE_MALFORMED_BODIES = [
     b'{"amount": NaN}',
     b'{"owner": "\xff", "amount": 1}',
     b"[" * 20_000 + b"]" * 20_000,
+    b'{"amount": 500, "amount": 1}',
 ]
 
 
@@ -108,7 +113,7 @@ REPRESENTATIVE_MALFORMED_BODIES = [
 def test_malformed_json_is_400_and_changes_nothing(
     shared_client: FlaskClient, accounts: tuple[int, int], template: str, data: bytes
 ) -> None:
-    """Invalid JSON, non-objects, NaN/Infinity, invalid UTF-8 and deep nesting: 400, no change."""
+    """Invalid JSON, non-objects, NaN, bad UTF-8, deep nesting, duplicate keys: 400, no change."""
     before = snapshot(shared_client, *accounts)
     response = shared_client.post(
         endpoint_url(template, accounts), data=data, content_type="application/json"
