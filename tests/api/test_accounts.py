@@ -45,6 +45,7 @@ def test_open_account_with_defaults(client: FlaskClient) -> None:
     """POST /accounts answers 201, Location and the account with USD, balance 0, version 0."""
     response = client.post("/accounts", json={"owner": "alice"})
     assert response.status_code == 201
+    assert response.mimetype == "application/json"
     account = response.get_json()
     assert set(account) == ACCOUNT_FIELDS
     assert account["id"] >= 1

@@ -377,6 +377,14 @@ def test_request_ids_differ_per_request(shared_client: FlaskClient) -> None:
     assert first != second
 
 
+def test_request_id_of_200_printable_characters_is_echoed(shared_client: FlaskClient) -> None:
+    """The longest accepted request id (200 printable ASCII characters) comes back unchanged."""
+    given = "a-Z_0.9:/~!" * 18 + "ab"
+    assert len(given) == 200
+    response = shared_client.get("/healthz", headers={"X-Request-ID": given})
+    assert response.headers["X-Request-ID"] == given
+
+
 @pytest.mark.parametrize("given", ["has space", "x" * 201, "tab\there", "é-accent"])
 def test_unusable_request_id_is_replaced(shared_client: FlaskClient, given: str) -> None:
     """A request id with spaces, control or non-ASCII characters, or over 200 chars: replaced."""

@@ -57,6 +57,7 @@ def test_healthz(shared_client: FlaskClient) -> None:
     """GET /healthz answers 200 {"status": "ok"}."""
     response = shared_client.get("/healthz")
     assert response.status_code == 200
+    assert response.mimetype == "application/json"
     assert response.get_json() == {"status": "ok"}
     assert response.headers["X-Request-ID"]
 

@@ -44,6 +44,7 @@ def test_transfer_moves_money_and_records_two_legs(shared_client: FlaskClient) -
     total_before = shared_client.get("/audit").get_json()["total_balance"]
     response = post_transfer(shared_client, source, target, 25)
     assert response.status_code == 201
+    assert response.mimetype == "application/json"
     transfer = response.get_json()
     assert set(transfer) == TRANSFER_FIELDS
     assert (transfer["from_account"], transfer["to_account"], transfer["amount"]) == (
