@@ -168,18 +168,24 @@ def markdown_table(results: Sequence[ModeResult]) -> list[str]:
 
 def summary_lines(results: Sequence[ModeResult]) -> list[str]:
     lost = [r.mode for r in results if r.lost_updates or r.overdrafts or r.conservation_broken]
-    unsafe_failures = [r.mode for r in results if not r.unsafe and r.verdict != "PASS"]
+    safe_failures = [r.mode for r in results if not r.unsafe and r.verdict == "FAIL"]
+    unmeasured = [r.mode for r in results if r.verdict == "ERROR"]
     lines = []
     if lost:
         lines.append(f"Money went wrong in: {', '.join(f'`{mode}`' for mode in lost)}.")
     else:
         lines.append("No mode lost money in this run.")
-    if unsafe_failures:
+    if safe_failures:
         lines.append(
-            f"**A safe mode failed: {', '.join(f'`{mode}`' for mode in unsafe_failures)}.** "
+            f"**A safe mode failed: {', '.join(f'`{mode}`' for mode in safe_failures)}.** "
             "That is a bug; see its problems below."
         )
-    elif any(not r.unsafe for r in results):
+    if unmeasured:
+        lines.append(
+            f"**Not measured: {', '.join(f'`{mode}`' for mode in unmeasured)}** "
+            "(the service or the load test did not run; see below and its logs)."
+        )
+    if not safe_failures and not unmeasured and any(not r.unsafe for r in results):
         lines.append("Every safe mode kept every invariant.")
     return lines
 

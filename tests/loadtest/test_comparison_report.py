@@ -119,6 +119,17 @@ def test_report_shouts_when_a_safe_mode_fails(tmp_path: Path) -> None:
     assert "| **FAIL** |" in report
 
 
+def test_report_separates_a_mode_that_could_not_run(tmp_path: Path) -> None:
+    """A service that did not start is 'not measured', not a safe mode that lost money."""
+    error = ModeResult.from_runs("atomic", LocustStatistics(), None, None, "exited early")
+    write_markdown(tmp_path / "report.md", [*results(), error], {}, chart=False)
+    report = (tmp_path / "report.md").read_text()
+    assert "**Not measured: `atomic`**" in report
+    assert "A safe mode failed" not in report
+    assert "Every safe mode kept every invariant." not in report
+    assert "  - exited early" in report
+
+
 def test_chart_is_skipped_without_matplotlib(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
