@@ -106,8 +106,7 @@ def _seed_mode(store: Store, config: Config) -> None:
     it answers 503 and /readyz says why until the store is back.
     """
     try:
-        if not store.shared_across_processes or store.load_mode() is None:
-            store.save_mode(config.initial_mode)
+        store.save_mode(config.initial_mode, overwrite=not store.shared_across_processes)
     except StoreUnavailable as error:
         logger.warning("store not usable at start-up: %s", error.detail)
 

@@ -32,8 +32,9 @@ DEFAULT_LOCK_TIMEOUT_MS = 5000
 MIN_LOCK_TIMEOUT_MS = 10
 MAX_LOCK_TIMEOUT_MS = 60_000
 TRANSFER_LOCK_ORDERS = ("sorted", "request")
-BIND_PATTERN = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):(?P<port>\d{1,5})|unix:/\S+")
+BIND_PATTERN = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):(?P<port>[0-9]{1,5})|unix:/\S+")
 MAX_PORT = 65535
+ADMIN_TOKEN_PATTERN = re.compile(r"[\x21-\x7e]{8,512}")
 SUPPORTED_DATABASES = {"sqlite": ("pysqlite",), "postgresql": ("psycopg",)}
 
 
@@ -87,8 +88,12 @@ class Config:
                 f"BANK_LOCK_MODE={self.lock_mode.value} is an unsafe mode; "
                 "set BANK_ALLOW_UNSAFE_MODES=1 to allow it"
             )
-        if self.admin_token is not None and len(self.admin_token) < 8:
-            raise ConfigError("BANK_ADMIN_TOKEN must be at least 8 characters")
+        if self.admin_token is not None and not ADMIN_TOKEN_PATTERN.fullmatch(self.admin_token):
+            # A header value cannot carry edge whitespace or control characters,
+            # so such a token could never be presented.
+            raise ConfigError(
+                "BANK_ADMIN_TOKEN must be 8 to 512 printable characters without spaces"
+            )
         _database_url({"BANK_DATABASE_URL": self.database_url}, "BANK_DATABASE_URL")
 
     @property
@@ -115,7 +120,7 @@ def _integer(env: Mapping[str, str], name: str, default: int, minimum: int, maxi
     if not raw:
         return default
     # Length first: int() of a string thousands of digits long raises its own error.
-    if not re.fullmatch(r"\d{1,12}", raw):
+    if not re.fullmatch(r"[0-9]{1,12}", raw):
         raise ConfigError(f"{name}={raw!r} must be a whole number from {minimum} to {maximum}")
     value = int(raw)
     if not minimum <= value <= maximum:

@@ -23,6 +23,8 @@ OWNER_MAX_LENGTH = 200
 DEFAULT_CURRENCY = "USD"
 MAX_RACE_WINDOW_MS = 5000
 CURRENCY_PATTERN = re.compile(r"[A-Z]{3}")
+CONTROL_CATEGORIES = frozenset({"Zl", "Zp"})
+ORDINARY_WHITESPACE = " \t\n\r\x0b\x0c"
 
 
 class LockMode(enum.StrEnum):
@@ -164,7 +166,14 @@ def owner_error(value: object) -> str | None:
         return "must not be empty"
     if len(trimmed) > OWNER_MAX_LENGTH:
         return f"must be at most {OWNER_MAX_LENGTH} characters"
-    if any(unicodedata.category(character).startswith("C") for character in trimmed):
+    # Ordinary edge whitespace is trimmed; str.strip() would also eat the
+    # separators \x1c-\x1f, which must be refused, not silently dropped. Line
+    # and paragraph separators (Zl, Zp) break a name across lines like \n.
+    if any(
+        unicodedata.category(character).startswith("C")
+        or unicodedata.category(character) in CONTROL_CATEGORIES
+        for character in value.strip(ORDINARY_WHITESPACE)
+    ):
         return "must not contain control characters"
     return None
 

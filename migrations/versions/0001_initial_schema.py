@@ -7,8 +7,6 @@ Create Date: 2026-11-28
 
 from __future__ import annotations
 
-import datetime as dt
-
 import sqlalchemy as sa
 from alembic import op
 
@@ -83,7 +81,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_transactions_account_id_id", "transactions", ["account_id", "id"])
     op.create_index("ix_transactions_transfer_id", "transactions", ["transfer_id"])
-    settings = op.create_table(
+    op.create_table(
         "settings",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
         sa.Column("lock_mode", sa.String(16), nullable=False),
@@ -92,17 +90,7 @@ def upgrade() -> None:
         sa.CheckConstraint("id = 1", name=op.f("ck_settings_single_row")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_settings")),
     )
-    op.bulk_insert(
-        settings,
-        [
-            {
-                "id": 1,
-                "lock_mode": "locked",
-                "race_window_ms": 0,
-                "updated_at": dt.datetime.now(dt.UTC),
-            }
-        ],
-    )
+    # No row yet: the first start stores its configured mode (see service._seed_mode).
 
 
 def downgrade() -> None:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.domain import Account, AccountAudit, BankAudit, Transaction, Transfer, rfc3339
+from service.domain import (
+    Account,
+    AccountAudit,
+    BankAudit,
+    Transaction,
+    TransactionKind,
+    Transfer,
+    rfc3339,
+)
 
 
 def account_json(account: Account) -> dict[str, Any]:
@@ -40,7 +48,13 @@ def transfer_json(transfer: Transfer) -> dict[str, Any]:
         "amount": transfer.amount,
         "lock_mode": transfer.lock_mode,
         "created_at": rfc3339(transfer.created_at),
-        "legs": [transaction_json(leg) for leg in transfer.legs],
+        # Out, then in: a stable order for clients, whatever order the rows were written in.
+        "legs": [
+            transaction_json(leg)
+            for leg in sorted(
+                transfer.legs, key=lambda leg: leg.kind != TransactionKind.TRANSFER_OUT
+            )
+        ],
     }
 
 

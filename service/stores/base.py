@@ -131,7 +131,8 @@ class Store(LegWriter):
     def load_mode(self) -> ModeSetting | None: ...
 
     @abc.abstractmethod
-    def save_mode(self, setting: ModeSetting) -> None: ...
+    def save_mode(self, setting: ModeSetting, *, overwrite: bool = True) -> None:
+        """Store the shared mode; with overwrite=False only if none is stored yet (atomically)."""
 
     @abc.abstractmethod
     def check_ready(self) -> None:

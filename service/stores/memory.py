@@ -207,8 +207,10 @@ class MemoryStore(Store):
     def load_mode(self) -> ModeSetting | None:
         return self._mode
 
-    def save_mode(self, setting: ModeSetting) -> None:
-        self._mode = setting
+    def save_mode(self, setting: ModeSetting, *, overwrite: bool = True) -> None:
+        with self._mutex:
+            if overwrite or self._mode is None:
+                self._mode = setting
 
     def check_ready(self) -> None:
         return None

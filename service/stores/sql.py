@@ -22,6 +22,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, and_, insert, inspect, select, text, update
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from service.domain import (
     MAX_BALANCE_MINOR,
@@ -386,18 +388,29 @@ class SqlStore(Store):
             return None
         return ModeSetting(LockMode(row.lock_mode), row.race_window_ms)
 
-    def save_mode(self, setting: ModeSetting) -> None:
-        values = {
-            "lock_mode": setting.lock_mode.value,
-            "race_window_ms": setting.race_window_ms,
-            "updated_at": utc_now(),
-        }
+    def save_mode(self, setting: ModeSetting, *, overwrite: bool = True) -> None:
+        # One upsert statement, so replicas starting at once cannot collide
+        # on the single row (both SQLite and PostgreSQL have ON CONFLICT).
+        insert_statement = sqlite_insert if self._is_sqlite else postgresql_insert
+        statement = insert_statement(settings).values(
+            id=SETTINGS_ROW_ID,
+            lock_mode=setting.lock_mode.value,
+            race_window_ms=setting.race_window_ms,
+            updated_at=utc_now(),
+        )
+        if overwrite:
+            statement = statement.on_conflict_do_update(
+                index_elements=[settings.c.id],
+                set_={
+                    "lock_mode": statement.excluded.lock_mode,
+                    "race_window_ms": statement.excluded.race_window_ms,
+                    "updated_at": statement.excluded.updated_at,
+                },
+            )
+        else:
+            statement = statement.on_conflict_do_nothing(index_elements=[settings.c.id])
         with self._transaction(write=True) as connection:
-            updated = connection.execute(
-                update(settings).where(settings.c.id == SETTINGS_ROW_ID).values(**values)
-            ).rowcount
-            if updated == 0:
-                connection.execute(insert(settings).values(id=SETTINGS_ROW_ID, **values))
+            connection.execute(statement)
 
     def check_ready(self) -> None:
         with self._transaction(write=False) as connection:  # StoreUnavailable when unreachable

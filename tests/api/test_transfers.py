@@ -252,3 +252,13 @@ def test_unknown_transfer_or_transaction_is_404(
 ) -> None:
     """Unknown or impossible transfer and transaction ids are 404 not_found, never 500."""
     assert_problem(shared_client.get(f"/{collection}/{segment}"), 404, "not_found")
+
+
+def test_legs_come_out_then_in_whatever_the_lock_order(client: FlaskClient) -> None:
+    """From a higher id to a lower one (written in ascending order) legs still read out, in."""
+    low, high = pair(client, source_balance=0, target_balance=100)
+    created = post_transfer(client, high, low, 10).get_json()
+    fetched = client.get(f"/transfers/{created['id']}").get_json()
+    for transfer in (created, fetched):
+        assert [leg["kind"] for leg in transfer["legs"]] == ["transfer_out", "transfer_in"]
+        assert [leg["account_id"] for leg in transfer["legs"]] == [high, low]

@@ -193,3 +193,12 @@ def test_pagination_is_by_cursor(store: Store) -> None:
     assert newest[0].id > newest[1].id
     older = store.list_transactions(ids[0], newest[-1].id, 10)
     assert all(entry.id < newest[-1].id for entry in older) and len(older) == 2
+
+
+def test_seeding_the_mode_never_overwrites_a_stored_one(store: Store) -> None:
+    """A worker's start-up seed (overwrite=False) leaves a PUT /mode in place; serve overwrites."""
+    store.save_mode(ModeSetting(LockMode.ATOMIC, 3), overwrite=False)
+    store.save_mode(ModeSetting(LockMode.LOCKED, 0), overwrite=False)
+    assert store.load_mode() == ModeSetting(LockMode.ATOMIC, 3)
+    store.save_mode(ModeSetting(LockMode.OPTIMISTIC, 9))
+    assert store.load_mode() == ModeSetting(LockMode.OPTIMISTIC, 9)

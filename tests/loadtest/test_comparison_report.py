@@ -97,7 +97,7 @@ def test_report_files(tmp_path: Path) -> None:
     write_markdown(tmp_path / "report.md", results(), {"users": 10}, chart=False)
     write_csv(tmp_path / "results.csv", results())
     report = (tmp_path / "report.md").read_text()
-    assert "| `unlocked` | 50.0 | 20 | 90 | 100 | 7 | 70 | 0 | broken (-70) | 1 |" in report
+    assert "| `unlocked` | 50.0 | 20 | 90 | 100 | 7 | 70 | 7 | 0 | broken (-70) | 1 |" in report
     assert "FAIL (unsafe mode: expected)" in report
     assert "Every safe mode kept every invariant." in report
     assert "chart.png" not in report

@@ -293,3 +293,20 @@ def test_config_is_frozen() -> None:
     config = Config.from_env({})
     with pytest.raises(AttributeError):
         config.workers = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("BANK_WORKERS", "\u0663"), ("BANK_THREADS", "\uff18"), ("BANK_BIND", "127.0.0.1:\u0668000")],
+)
+def test_non_ascii_digits_are_refused(name: str, value: str) -> None:
+    """Only ASCII digits count: an Arabic-Indic three is not a worker count."""
+    with pytest.raises(ConfigError, match=name):
+        Config.from_env({name: value})
+
+
+@pytest.mark.parametrize("token", [" padded-token ", "has a space", "tab\there-token", "short"])
+def test_admin_token_that_no_header_could_carry_is_refused(token: str) -> None:
+    """A token with spaces or control characters could never be presented, so it is refused."""
+    with pytest.raises(ConfigError, match="BANK_ADMIN_TOKEN"):
+        Config.from_env({"BANK_ADMIN_TOKEN": token})

@@ -608,3 +608,9 @@ def test_audit_sees_any_stored_balance_that_is_off(
     audit = audit_account(1, balance + error, entries)
     assert audit.drift == error
     assert audit.consistent is False
+
+
+@pytest.mark.parametrize("owner", ["\x1falice", "alice\x1c", "ali\u2028ce", "alice\u2029"])
+def test_owner_refuses_separators_even_at_the_edges(owner: str) -> None:
+    """Information and line separators are refused, not silently trimmed away."""
+    assert owner_error(owner) == "must not contain control characters"
