@@ -34,7 +34,12 @@ from loadtest.comparison_report import (
     write_csv,
     write_markdown,
 )
-from loadtest.scenarios import DEFAULT_SCENARIO, SCENARIOS
+from loadtest.scenarios import (
+    DEFAULT_ACCOUNT_COUNT,
+    DEFAULT_OPENING_BALANCE,
+    DEFAULT_SCENARIO,
+    SCENARIOS,
+)
 from loadtest.service_process import ServiceProcess
 
 ALL_MODES = ("unlocked", "locked", "process-lock", "optimistic", "atomic")
@@ -97,6 +102,19 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help="BANK_DATABASE_URL for every mode (default: a fresh SQLite per mode)",
     )
     parser.add_argument("--scenario", choices=SCENARIOS, default=DEFAULT_SCENARIO)
+    parser.add_argument(
+        "--accounts",
+        type=bounded_int(1, 1000),
+        default=DEFAULT_ACCOUNT_COUNT,
+        help=f"hot accounts per run (default {DEFAULT_ACCOUNT_COUNT})",
+    )
+    parser.add_argument(
+        "--opening-balance",
+        type=bounded_int(0, 10**12),
+        default=DEFAULT_OPENING_BALANCE,
+        help=f"opening balance of each account (default {DEFAULT_OPENING_BALANCE}; "
+        "a small one makes overdrafts visible in the withdrawals scenario)",
+    )
     parser.add_argument("--workers", type=bounded_int(1, 64), default=2, help="BANK_WORKERS")
     parser.add_argument("--threads", type=bounded_int(1, 256), default=8, help="BANK_THREADS")
     parser.add_argument(
@@ -127,6 +145,8 @@ def locust_command(arguments: argparse.Namespace, url: str, prefix: Path) -> lis
         "-t", f"{arguments.duration}s", "--host", url, "--only-summary",
         "--json-file", f"{prefix}-locust", "--bank-scenario", arguments.scenario,
         "--bank-report-json", f"{prefix}-race.json",
+        "--bank-accounts", str(arguments.accounts),
+        "--bank-opening-balance", str(arguments.opening_balance),
     ]  # fmt: skip
 
 
@@ -174,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     database = arguments.database_url or "a fresh SQLite file per mode"
     configuration = {
         "scenario": arguments.scenario,
+        "accounts": f"{arguments.accounts} opened with {arguments.opening_balance} each",
         "users": arguments.users,
         "duration per mode": f"{arguments.duration} s",
         "race window": f"{arguments.race_window_ms} ms",

@@ -153,14 +153,15 @@ def conservation_cell(result: ModeResult) -> str:
 def markdown_table(results: Sequence[ModeResult]) -> list[str]:
     lines = [
         "| mode | requests/s | p50 ms | p99 ms | acknowledged | lost updates | money lost "
-        "| overdrafts | conservation | 503 refusals | verdict |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
+        "| chain breaks | overdrafts | conservation | 503 refusals | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for result in results:
         lines.append(
             f"| `{result.mode}` | {result.requests_per_second:.1f} | {result.p50_ms:.0f} "
             f"| {result.p99_ms:.0f} | {result.acknowledged} | {result.lost_updates} "
-            f"| {result.money_lost} | {result.overdrafts} | {conservation_cell(result)} "
+            f"| {result.money_lost} | {result.server_chain_breaks} | {result.overdrafts} "
+            f"| {conservation_cell(result)} "
             f"| {result.bounded_refusals} | {verdict_cell(result)} |"
         )
     return lines
@@ -220,6 +221,9 @@ def write_markdown(
         "refusals are correct and not counted as anomalies.",
         "- *lost updates*: |actual - expected| balance per account, divided by the fixed "
         "amount of every operation (expected = opening + acknowledged credits - debits).",
+        "- *chain breaks*: journal entries whose balance_after does not follow from the "
+        "previous one, as the server's audit counts them: every lost update, including those "
+        "whose money cancels out within an account (so it can exceed *lost updates*).",
         "- *overdrafts*: accounts whose acknowledged outflows exceeded their funds.",
         "- *conservation*: the sum of balances against the sum of acknowledged deposits and "
         "withdrawals; transfers must not change it.",
