@@ -222,8 +222,8 @@ def write_markdown(
         "- *lost updates*: |actual - expected| balance per account, divided by the fixed "
         "amount of every operation (expected = opening + acknowledged credits - debits).",
         "- *chain breaks*: journal entries whose balance_after does not follow from the "
-        "previous one, as the server's audit counts them: every lost update, including those "
-        "whose money cancels out within an account (so it can exceed *lost updates*).",
+        "previous one, as the server's audit counts them. They also reveal lost updates whose "
+        "money cancels out within an account; they count broken links, not operations.",
         "- *overdrafts*: accounts whose acknowledged outflows exceeded their funds.",
         "- *conservation*: the sum of balances against the sum of acknowledged deposits and "
         "withdrawals; transfers must not change it.",
