@@ -166,8 +166,8 @@ def run_mode(mode: str, arguments: argparse.Namespace, directory: Path) -> ModeR
         service = ServiceProcess(settings, Path(workdir), directory / f"{mode}-server.log")
         try:
             service.start()
-        except RuntimeError as error:
-            return ModeResult.from_runs(mode, LocustStatistics(), None, None, str(error))
+        except RuntimeError as start_error:
+            return ModeResult.from_runs(mode, LocustStatistics(), None, None, str(start_error))
         try:
             with Path(f"{prefix}-locust.log").open("wb") as log:
                 completed = subprocess.run(
@@ -178,14 +178,14 @@ def run_mode(mode: str, arguments: argparse.Namespace, directory: Path) -> ModeR
                     check=False,
                 )
             exit_code: int | None = completed.returncode
-            error = None
+            problem = None
         except subprocess.TimeoutExpired:
-            exit_code, error = None, "locust did not finish in time"
+            exit_code, problem = None, "locust did not finish in time"
         finally:
             service.stop()
     reconciliation = json.loads(race_json.read_text()) if race_json.exists() else None
     statistics = read_locust_statistics(Path(f"{prefix}-locust.json"))
-    return ModeResult.from_runs(mode, statistics, reconciliation, exit_code, error)
+    return ModeResult.from_runs(mode, statistics, reconciliation, exit_code, problem)
 
 
 def main(argv: list[str] | None = None) -> int:

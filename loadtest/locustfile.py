@@ -222,8 +222,16 @@ def read_answer(response: Any, started: float) -> Answer:
 # --- set-up: one process opens the accounts --------------------------------------------
 
 
-def open_run(environment: Environment) -> RunSetup:
+def bank_options(environment: Environment) -> Any:
+    """The parsed command line (Locust fills it in before any test starts)."""
     options = environment.parsed_options
+    if options is None:
+        raise RuntimeError("the locustfile needs Locust's parsed command line")
+    return options
+
+
+def open_run(environment: Environment) -> RunSetup:
+    options = bank_options(environment)
     scenario = str(options.bank_scenario)
     account_count = account_count_for(scenario, int(options.bank_accounts))
     opening_balance = int(options.bank_opening_balance)
@@ -340,7 +348,7 @@ def collect_worker_tallies(environment: Environment) -> tuple[Tally, int]:
 
 
 def finish_report(environment: Environment, tally: Tally, expected_reporters: int) -> None:
-    options = environment.parsed_options
+    options = bank_options(environment)
     setup = PROCESS.setup or RunSetup(
         run_id="(none)",
         scenario=str(options.bank_scenario),
@@ -451,7 +459,7 @@ def on_init(environment: Environment, **_kwargs: Any) -> None:
         environment.events.quitting.add_listener(on_worker_quitting)
         # If a test is already running, the master answers with its accounts.
         runner.send_message("bank_setup_request", {})
-    if environment.web_ui is not None:
+    if environment.web_ui is not None and environment.web_ui.app is not None:
         environment.web_ui.app.add_url_rule(
             "/race-report",
             "race_report",

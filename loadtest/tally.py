@@ -76,7 +76,8 @@ def negative_account_ids(body: Any) -> tuple[int, ...]:
     """Accounts whose acknowledged `balance_after` is negative, from a 2xx body."""
     if not isinstance(body, dict):
         return ()
-    entries = body.get("legs") if isinstance(body.get("legs"), list) else [body]
+    legs = body.get("legs")
+    entries = legs if isinstance(legs, list) else [body]
     return tuple(
         entry["account_id"]
         for entry in entries
