@@ -74,6 +74,7 @@ class LoadTestProcess:
     """This process's part of the current run; a Locust process runs one test at a time."""
 
     def __init__(self) -> None:
+        self.run_id = ""  # master or local runner: the run being driven
         self.setup: RunSetup | None = None
         self.setup_error: str | None = None
         self.setup_ready = Event()
@@ -92,7 +93,6 @@ class LoadTestProcess:
         self.setup = setup
         self.tally = Tally(run_id=setup.run_id)
         self.finishing = False
-        self.in_flight = 0
         self.setup_ready.set()
 
     def forget(self) -> None:
@@ -230,12 +230,11 @@ def bank_options(environment: Environment) -> Any:
     return options
 
 
-def open_run(environment: Environment) -> RunSetup:
+def open_run(environment: Environment, run_id: str) -> RunSetup:
     options = bank_options(environment)
     scenario = str(options.bank_scenario)
     account_count = account_count_for(scenario, int(options.bank_accounts))
     opening_balance = int(options.bank_opening_balance)
-    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     client = BankClient(str(environment.host or ""), timeout_seconds=REQUEST_TIMEOUT_SECONDS)
     try:
         mode = client.mode()
@@ -277,12 +276,13 @@ def on_test_start(environment: Environment, **_kwargs: Any) -> None:
         if PROCESS.setup is None and runner is not None:  # joined after the announcement
             runner.send_message("bank_setup_request", {})
         return
+    PROCESS.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     PROCESS.report = None
     PROCESS.setup_error = None
     PROCESS.worker_tallies = {}
     PROCESS.forget()
     try:
-        PROCESS.begin(open_run(environment))
+        PROCESS.begin(open_run(environment, PROCESS.run_id))
     except (requests.RequestException, BankError, KeyError, ValueError) as error:
         PROCESS.setup_error = f"{type(error).__name__}: {error}"
         logger.error("could not open the run's accounts at %s: %s", environment.host, error)
@@ -314,7 +314,7 @@ def on_test_stop(environment: Environment, **_kwargs: Any) -> None:
     runner = environment.runner
     if is_worker(environment):
         return
-    if PROCESS.report is not None or (PROCESS.setup is None and PROCESS.setup_error is None):
+    if PROCESS.report is not None or not PROCESS.run_id:
         return  # already reported, or no run happened
     if isinstance(runner, MasterRunner):
         tally, reporters = collect_worker_tallies(environment)
@@ -327,7 +327,7 @@ def collect_worker_tallies(environment: Environment) -> tuple[Tally, int]:
     """Ask every connected worker for its tally and wait for all of them, bounded."""
     runner = environment.runner
     assert isinstance(runner, MasterRunner)
-    run_id = PROCESS.setup.run_id if PROCESS.setup else ""
+    run_id = PROCESS.run_id
     # Connected workers, and those that already left but sent their tally first.
     PROCESS.expected_workers = {client.id for client in runner.clients.all}
     PROCESS.expected_workers |= set(PROCESS.worker_tallies)
@@ -350,7 +350,7 @@ def collect_worker_tallies(environment: Environment) -> tuple[Tally, int]:
 def finish_report(environment: Environment, tally: Tally, expected_reporters: int) -> None:
     options = bank_options(environment)
     setup = PROCESS.setup or RunSetup(
-        run_id="(none)",
+        run_id=PROCESS.run_id,
         scenario=str(options.bank_scenario),
         amount=int(options.bank_amount),
         opening_balances={},
@@ -378,7 +378,7 @@ def finish_report(environment: Environment, tally: Tally, expected_reporters: in
 @events.quitting.add_listener
 def on_quitting(environment: Environment, **_kwargs: Any) -> None:
     runner = environment.runner
-    if not is_worker(environment) and PROCESS.report is None and PROCESS.setup:
+    if not is_worker(environment) and PROCESS.report is None and PROCESS.run_id:
         # Ctrl-C or SIGTERM mid-run: Locust decides the exit code before it stops
         # the runner, so stop (and reconcile) now.
         assert runner is not None
@@ -437,7 +437,7 @@ def on_setup_request(environment: Environment, msg: Any, **_kwargs: Any) -> None
 def on_tally(environment: Environment, msg: Any, **_kwargs: Any) -> None:
     """Master: one worker's tally arrived."""
     tally = Tally.from_dict(msg.data)
-    if PROCESS.setup is None or tally.run_id != PROCESS.setup.run_id:
+    if tally.run_id != PROCESS.run_id:
         logger.warning("ignoring a tally of run %s from %s", tally.run_id, msg.node_id)
         return
     PROCESS.worker_tallies[msg.node_id] = tally

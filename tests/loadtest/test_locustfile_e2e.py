@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.servers import ServerProcess
+from tests.support.servers import ServerProcess, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -174,3 +174,12 @@ def test_deadlock_scenario_counts_lock_timeouts_only_with_request_order(
     else:
         assert run.report["lock_timeouts"] == 0
         assert "never deadlocked" in run.output
+
+
+@pytest.mark.parametrize("extra", [(), ("--processes", "2")], ids=["local", "distributed"])
+def test_unreachable_service_fails_at_once(tmp_path: Path, extra: tuple[str, ...]) -> None:
+    """No service: the run cannot open its accounts, says so, and exits 1 without waiting."""
+    run = run_locust(f"http://127.0.0.1:{free_port()}", tmp_path, *extra)
+    assert run.exit_code == 1, run.output[-3000:]
+    assert run.report["problems"][0].startswith("setup failed: ConnectionError")
+    assert run.output.count(REPORT_HEADER) == 1
