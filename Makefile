@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck format compare clean
+.PHONY: install run test lint typecheck format loadtest compare clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The race report against a running service (make run in another terminal).
+loadtest: $(STAMP)
+	$(BIN)/locust -f loadtest/locustfile.py --headless -u 50 -r 50 -t 30s --host http://127.0.0.1:8000
+
+# Every lock mode side by side: reports/<timestamp>/report.md, results.csv, chart.png.
 compare: $(STAMP)
 	$(BIN)/python -m loadtest.compare
 

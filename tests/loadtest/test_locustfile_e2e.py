@@ -6,6 +6,8 @@ Locust runs only as a subprocess: importing it here would let gevent patch pytes
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -36,17 +38,27 @@ class LocustRun:
 def run_locust(url: str, workdir: Path, *extra: str, users: int = 10) -> LocustRun:
     """Run the locustfile headless for 4 s from an unrelated directory; return its report."""
     report_path = workdir / f"race-{len(list(workdir.glob('race-*.json')))}.json"
-    completed = subprocess.run(
+    if "--processes" in extra:
+        # Locust's default master port (5557) may be taken by another run on the machine.
+        port = str(free_port())
+        extra = (*extra, "--master-bind-port", port, "--master-port", port)
+    # Its own process group, so a run past its deadline takes its forked workers with it.
+    process = subprocess.Popen(
         [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
          "-u", str(users), "-r", str(users), "-t", "4s", "--host", url,
          "--bank-report-json", str(report_path), *extra],
         cwd=workdir,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=LOCUST_DEADLINE_SECONDS,
-        check=False,
+        start_new_session=True,
     )  # fmt: skip
-    output = completed.stdout + completed.stderr
+    try:
+        output, _ = process.communicate(timeout=LOCUST_DEADLINE_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+    completed = subprocess.CompletedProcess(process.args, process.returncode, output, "")
     assert report_path.exists(), f"no report written:\n{output[-3000:]}"
     return LocustRun(completed.returncode, output, json.loads(report_path.read_text()))
 
