@@ -76,6 +76,20 @@ class ServiceProcess:
             raise
         return self
 
+    @property
+    def workers(self) -> int:
+        return int(self.settings.get("BANK_WORKERS", "2"))
+
+    def ready_workers(self) -> int:
+        """Workers that announced `bankrace: worker <pid> ready` in the log.
+
+        /readyz answers as soon as one worker is up; a mode compared while the
+        other worker still boots would be measured on one process only.
+        """
+        if not self.log_path.exists():
+            return 0
+        return self.log_path.read_text(errors="replace").count("bankrace: worker ")
+
     def wait_until_ready(self) -> None:
         client = BankClient(self.url, timeout_seconds=1.0)
         deadline = time.monotonic() + READY_DEADLINE_SECONDS
@@ -84,7 +98,7 @@ class ServiceProcess:
                 assert self.process is not None
                 if self.process.poll() is not None:
                     raise RuntimeError(f"the service exited early; see {self.log_path}")
-                if client.is_ready():
+                if client.is_ready() and self.ready_workers() >= self.workers:
                     return
                 time.sleep(POLL_INTERVAL_SECONDS)  # polling interval under a deadline
         finally:
