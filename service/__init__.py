@@ -30,6 +30,7 @@ from service.stores.memory import MemoryStore
 from service.stores.sql import SqlStore
 
 logger = logging.getLogger(__name__)
+BODY_READ_TIMEOUT_SECONDS = 10
 REQUEST_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,200}")
 
 
@@ -80,6 +81,7 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     app.before_request(_remember_request_id)
+    app.before_request(_bound_body_reads)
     app.after_request(_tag_response)
     _configure_logging()
     return app
@@ -109,6 +111,18 @@ def _seed_mode(store: Store, config: Config) -> None:
         store.save_mode(config.initial_mode, overwrite=not store.shared_across_processes)
     except StoreUnavailable as error:
         logger.warning("store not usable at start-up: %s", error.detail)
+
+
+def _bound_body_reads() -> None:
+    """A client that stops sending half-way through its body must not hold a thread forever.
+
+    gunicorn's gthread worker reads the body with a blocking socket and no
+    deadline; a read timeout turns a stalled upload into a 408. gthread puts
+    the socket back to blocking (no timeout) for the next request.
+    """
+    connection = request.environ.get("gunicorn.socket")
+    if connection is not None:
+        connection.settimeout(BODY_READ_TIMEOUT_SECONDS)
 
 
 def _remember_request_id() -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import request
+from werkzeug.exceptions import ClientDisconnected
 
 from service.api.errors import ProblemError
 from service.domain import FieldError, ValidationFailed
@@ -43,7 +44,14 @@ def json_object() -> dict[str, Any]:
         raise ProblemError(
             415, "unsupported_media_type", "send the body as Content-Type: application/json"
         )
-    raw = request.get_data(cache=True)
+    try:
+        raw = request.get_data(cache=True)
+    except (ClientDisconnected, TimeoutError):
+        # Fewer bytes than Content-Length arrived before the read deadline
+        # (service._bound_body_reads) or the client went away.
+        raise ProblemError(
+            408, "request_timeout", "the request body did not arrive in full; nothing was changed"
+        ) from None
     try:
         # JSON on the wire is UTF-8 (RFC 8259 section 8.1); json.loads would
         # also guess UTF-16/32 from bytes, so decode strictly first (a BOM is

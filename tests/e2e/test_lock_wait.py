@@ -7,6 +7,7 @@ becomes a 500); `PUT /mode` reaches every worker process.
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -91,3 +92,17 @@ def test_mode_change_reaches_every_worker(start_server: StartServer) -> None:
         f"{server.url}/accounts/{account}/deposit", json={"amount": 1}, timeout=10
     )
     assert deposit.headers["X-Lock-Mode"] == "atomic" and deposit.json()["lock_mode"] == "atomic"
+
+
+def test_half_written_body_frees_the_thread_with_408(start_server: StartServer) -> None:
+    """A client that stalls mid-body gets 408 after the read deadline; nothing is created."""
+    server = start_server(lock_mode="locked")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as stalled:
+        stalled.sendall(
+            b"POST /accounts HTTP/1.1\r\nHost: bank\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"owner": "half'
+        )
+        answer = stalled.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 408"), answer
+    assert "request_timeout" in answer and "application/problem+json" in answer
+    assert requests.get(f"{server.url}/accounts", timeout=10).json()["items"] == []
