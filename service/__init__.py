@@ -12,12 +12,12 @@ import logging
 import re
 import uuid
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 from werkzeug.routing import BaseConverter
 
 from service.api import accounts, admin, ops, transfers
 from service.api.admin import ADMIN_TOKEN_KEY
-from service.api.context import EXTENSION_KEY
+from service.api.context import EXTENSION_KEY, current_bank
 from service.api.errors import register_error_handlers
 from service.api.parsing import MAX_BODY_BYTES, MAX_ID_DIGITS
 from service.config import Config
@@ -137,9 +137,8 @@ def _tag_response(response: Response) -> Response:
         if lock_mode is None:
             # Refused before a mode was chosen (415, 422, ...): name the mode
             # that would have served it.
-            bank: Bank = current_app.extensions[EXTENSION_KEY]
             try:
-                lock_mode = bank.modes.current().lock_mode.value
+                lock_mode = current_bank().modes.current().lock_mode.value
             except Exception:  # the store is down: the header must not turn a 4xx into a 500
                 lock_mode = "unknown"
         response.headers["X-Lock-Mode"] = lock_mode

@@ -12,7 +12,7 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from service.domain import (
     DEFAULT_CURRENCY,
@@ -110,17 +110,6 @@ class Bank:
     process_locks: KeyedLocks
     lock_timeout_ms: int
     transfer_lock_order: str = "sorted"
-    _retries: int = field(default=0, repr=False)
-    _retries_guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def count_database_retry(self) -> None:
-        with self._retries_guard:
-            self._retries += 1
-
-    @property
-    def database_retries(self) -> int:
-        """Deadlock and serialization retries this process made (diagnostics)."""
-        return self._retries
 
 
 def open_account(
@@ -183,7 +172,6 @@ def _apply(operation: Operation, setting: ModeSetting, bank: Bank) -> Written:
         try:
             return strategy(operation, context)
         except RetryableConflict as conflict:
-            bank.count_database_retry()
             logger.info("database retry after %s (attempt %d)", conflict, attempt)
             backoff_seconds = random.uniform(0, DATABASE_RETRY_BACKOFF_CAP_MS) / 1000
             if attempt == DATABASE_RETRY_ATTEMPTS or time.monotonic() + backoff_seconds > deadline:

@@ -27,8 +27,6 @@ from service.domain import (
     Transfer,
 )
 
-MAX_PAGE_SIZE = 500
-
 
 class VersionConflict(Exception):
     """An optimistic write found the account at another version; nothing was written."""

@@ -214,10 +214,6 @@ class SqlStore(Store):
         self._lock_timeout_ms = lock_timeout_ms
         self._expected_revision = expected_revision
 
-    @property
-    def dialect(self) -> str:
-        return self._engine.dialect.name
-
     # ------------------------------------------------------------------ transactions
 
     @contextmanager
