@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from loadtest.bank_http import BankClient
 
@@ -29,6 +30,28 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def stop_process_group(
+    process: subprocess.Popen[Any],
+    graceful_signal: int,
+    deadline_seconds: float = STOP_DEADLINE_SECONDS,
+) -> None:
+    """Signal a process group (started with start_new_session); SIGKILL it past the deadline.
+
+    Shared by every harness that starts a server (service, nginx) so none leaks processes.
+    """
+    if process.poll() is not None:
+        return
+    for signum in dict.fromkeys((graceful_signal, signal.SIGKILL)):
+        try:
+            os.killpg(process.pid, signum)
+            process.wait(timeout=deadline_seconds)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
 
 
 def service_environment(settings: Mapping[str, str]) -> dict[str, str]:
@@ -107,17 +130,8 @@ class ServiceProcess:
 
     def stop(self) -> None:
         """SIGTERM to the process group (gunicorn's graceful stop), SIGKILL if it hangs."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        for signum in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.process.pid, signum)
-                self.process.wait(timeout=STOP_DEADLINE_SECONDS)
-                return
-            except subprocess.TimeoutExpired:
-                continue
-            except ProcessLookupError:
-                return
+        if self.process is not None:
+            stop_process_group(self.process, signal.SIGTERM)
 
     def __enter__(self) -> ServiceProcess:
         return self.start()

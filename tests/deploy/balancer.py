@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loadtest.service_process import free_port, stop_process_group
 from tests.support.postgres import missing
-from tests.support.servers import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 NGINX_TEMPLATE_PATH = PROJECT_ROOT / "deploy" / "nginx" / "bankrace.conf.template"
@@ -182,17 +182,9 @@ class Balancer:
         return "\n".join(parts)
 
     def stop(self) -> None:
-        """SIGQUIT (graceful shutdown) to the nginx master; SIGKILL to its group if it hangs."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            self.process.send_signal(signal.SIGQUIT)
-            self.process.wait(timeout=STOP_DEADLINE_SECONDS)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=STOP_DEADLINE_SECONDS)
-        except ProcessLookupError:
-            pass
+        """SIGQUIT (nginx's graceful shutdown) to its group; SIGKILL if it hangs."""
+        if self.process is not None:
+            stop_process_group(self.process, signal.SIGQUIT, STOP_DEADLINE_SECONDS)
 
     def __enter__(self) -> Balancer:
         return self.start()

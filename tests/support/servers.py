@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,11 @@ from pathlib import Path
 
 import requests
 
+from loadtest.service_process import free_port, stop_process_group
+
 STARTUP_DEADLINE_SECONDS = 30.0
 STOP_DEADLINE_SECONDS = 15.0
 POLL_INTERVAL_SECONDS = 0.05
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def clean_environment(overrides: Mapping[str, str]) -> dict[str, str]:
@@ -110,16 +105,8 @@ class ServerProcess:
         self._signal_and_wait(signal.SIGKILL)
 
     def _signal_and_wait(self, signum: int) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signum)
-            self.process.wait(timeout=STOP_DEADLINE_SECONDS)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=STOP_DEADLINE_SECONDS)
-        except ProcessLookupError:
-            pass
+        if self.process is not None:
+            stop_process_group(self.process, signum, STOP_DEADLINE_SECONDS)
 
     def __enter__(self) -> ServerProcess:
         return self.start()
