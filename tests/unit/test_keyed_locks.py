@@ -220,3 +220,32 @@ def test_one_deadline_covers_all_keys() -> None:
         waited = time.monotonic() - started
     assert waited >= timeout_ms / 1000 * 0.9
     assert waited < spent_before_second_key_seconds + timeout_ms / 1000 * 0.75
+
+
+def test_keys_nobody_holds_or_awaits_leave_no_lock_behind() -> None:
+    """Locks are kept only while held or awaited: random account ids cannot grow memory."""
+    locks = KeyedLocks(SHORT_TIMEOUT_MS)
+    for key in range(0, 50_000, 7):
+        with locks.holding([key, key + 1]):
+            pass
+    with pytest.raises(LockTimeout), locks.holding([3]), locks.holding([3]):
+        pytest.fail("a key was held twice at once")
+    assert locks.tracked_keys() == 0
+
+
+def test_a_waiter_keeps_the_lock_it_waits_for_alive() -> None:
+    """While one thread holds a key and another waits, both share one lock; then it is dropped."""
+    locks = KeyedLocks(5000)
+    entered = threading.Event()
+
+    def wait_for_key() -> None:
+        with locks.holding([9]):
+            entered.set()
+
+    with Holder(locks, [9]) as holder:
+        join = run_in_thread(wait_for_key)
+        assert locks.tracked_keys() == 1
+        holder.release.set()
+    assert join() is None
+    assert entered.is_set()
+    assert locks.tracked_keys() == 0
