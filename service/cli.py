@@ -4,22 +4,31 @@
 migrates an SQLite database on first run, stores the configured lock mode
 (the latest start or PUT wins), then forks the workers, each of which calls
 `create_app` and builds its own database pool.
+
+What goes wrong before gunicorn runs is told in one line on stderr, never a
+traceback, and never a secret: a bad setting exits 2 (config.py names the
+variable), a database that cannot be reached, opened or migrated exits 1
+with the URL (password masked) and the driver's own reason.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
+from urllib.parse import quote, quote_plus
 
+from alembic.util.exc import CommandError as MigrationError
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from service import build_store, create_app
-from service.config import Config, ConfigError
-from service.domain import StoreUnavailable
+from service.config import HIDDEN, SECRET_QUERY_KEYS, Config, ConfigError, redacted_url
+from service.domain import DomainError
 from service.schema import head_revision, upgrade
 
 GUNICORN_TIMEOUT_SECONDS = 30
@@ -68,6 +77,59 @@ def is_sqlite(url: str) -> bool:
     return url != "memory://" and make_url(url).get_backend_name() == "sqlite"
 
 
+class DatabaseFailed(Exception):
+    """A database step of a command failed; the message is the one line to print."""
+
+
+# What a database can do wrong while a command prepares it: unreachable,
+# refused, unwritable path, busy, not migrated, a migration that fails.
+DATABASE_ERRORS = (DomainError, SQLAlchemyError, OSError, MigrationError)
+
+
+@contextmanager
+def database_step(url: str, what: str) -> Iterator[None]:
+    """Turn a database failure into `DatabaseFailed` with one line naming it."""
+    try:
+        yield
+    except DATABASE_ERRORS as error:
+        raise DatabaseFailed(failure_line(url, what, error)) from error
+
+
+def failure_line(url: str, what: str, error: BaseException) -> str:
+    """`bankrace: cannot <what> the database at <url, password masked>: <reasons>`."""
+    reasons: list[str] = []
+    if isinstance(error, DomainError):
+        reasons.append(error.detail)
+    driver_error = error if isinstance(error, DBAPIError) else error.__cause__
+    if isinstance(driver_error, DBAPIError):
+        reasons.append(_first_line(str(driver_error.orig)).removeprefix("connection failed: "))
+    elif isinstance(error, FileExistsError | NotADirectoryError):
+        reasons.append(f"{error.filename} is not a folder")  # the database's folder is a file
+    elif isinstance(error, OSError):
+        where = f"{error.filename}: " if error.filename else ""
+        reasons.append(f"{where}{error.strerror or error}")
+    elif not isinstance(error, DomainError):
+        reasons.append(_first_line(str(error)))
+    line = f"bankrace: cannot {what} the database at {redacted_url(url)}: {'; '.join(reasons)}"
+    return _without_secrets(line, url)
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "unknown error")
+
+
+def _without_secrets(text: str, url: str) -> str:
+    """A driver may quote its connection string back: mask any form of the password."""
+    if url == "memory://":
+        return text
+    parsed = make_url(url)
+    passwords = [parsed.password, *(parsed.query.get(key) for key in SECRET_QUERY_KEYS)]
+    for password in filter(None, passwords):
+        for form in {str(password), quote(str(password), safe=""), quote_plus(str(password))}:
+            text = text.replace(form, HIDDEN)
+    return text
+
+
 def serve(config: Config) -> int:
     if config.is_memory and config.workers > 1:
         print(
@@ -77,17 +139,16 @@ def serve(config: Config) -> int:
         )
         return 2
     if is_sqlite(config.database_url):
-        upgrade(config.database_url)
+        with database_step(config.database_url, "migrate"):
+            upgrade(config.database_url)
     if not config.is_memory:
-        store = build_store(config)
-        try:
-            store.check_ready()
-            store.save_mode(config.initial_mode)
-        except StoreUnavailable as error:
-            print(f"bankrace: {error.detail}", file=sys.stderr)
-            return 2
-        finally:
-            store.close()  # never share a pool across the fork
+        with database_step(config.database_url, "use"):
+            store = build_store(config)
+            try:
+                store.check_ready()
+                store.save_mode(config.initial_mode)
+            finally:
+                store.close()  # never share a pool across the fork
     print(
         f"bankrace: serving on http://{config.bind} with {config.workers} worker(s) x "
         f"{config.threads} thread(s), lock mode {config.lock_mode.value}, "
@@ -99,9 +160,7 @@ def serve(config: Config) -> int:
 
 
 def _describe(url: str) -> str:
-    if url == "memory://":
-        return "memory"
-    return make_url(url).render_as_string(hide_password=True)
+    return "memory" if url == "memory://" else redacted_url(url)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,27 +185,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"bankrace: {error}", file=sys.stderr)
         return 2
+    try:
+        return _run(arguments, config)
+    except DatabaseFailed as failure:
+        print(failure, file=sys.stderr)
+        return 1
+
+
+def _run(arguments: argparse.Namespace, config: Config) -> int:
     if arguments.command == "serve":
         return serve(config)
     if arguments.command == "config":
-        for key, value in vars(config).items():
-            shown = "***" if key == "admin_token" and value else value
-            print(f"{key}: {shown}")
+        for key, value in config.shown_settings().items():
+            print(f"{key}: {value}")
         return 0
     if config.is_memory:
         print("bankrace: the in-memory store has no schema to migrate", file=sys.stderr)
         return 2
     if arguments.db_command == "upgrade":
-        upgrade(config.database_url, arguments.revision)
+        with database_step(config.database_url, "migrate"):
+            upgrade(config.database_url, arguments.revision)
         print(f"bankrace: {_describe(config.database_url)} is at {arguments.revision}")
         return 0
-    store = build_store(config)
-    try:
-        store.check_ready()
-        print(f"current: head ({head_revision()})")
-        return 0
-    except StoreUnavailable as error:
-        print(f"bankrace: {error.detail}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
+    with database_step(config.database_url, "use"):
+        store = build_store(config)
+        try:
+            store.check_ready()
+        finally:
+            store.close()
+    print(f"current: head ({head_revision()})")
+    return 0

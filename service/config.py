@@ -3,6 +3,11 @@
 `Config.from_env()` validates every BANK_* variable of DESIGN §4 and raises
 `ConfigError` with one line naming the first bad variable, so a bad value
 stops start-up instead of surfacing later as a 500.
+
+Two settings are secrets: the password of BANK_DATABASE_URL and
+BANK_ADMIN_TOKEN. No ConfigError message echoes either, `repr(config)` and
+`shown_settings()` mask both, and `redacted_url` is how every other module
+shows a database URL to a person.
 """
 
 from __future__ import annotations
@@ -10,7 +15,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from urllib.parse import quote
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -36,13 +42,16 @@ BIND_PATTERN = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):(?P<port>[0-9]{
 MAX_PORT = 65535
 ADMIN_TOKEN_PATTERN = re.compile(r"[\x21-\x7e]{8,512}")
 SUPPORTED_DATABASES = {"sqlite": ("pysqlite",), "postgresql": ("psycopg",)}
+HIDDEN = "***"
+# libpq also takes a password as a URL query parameter.
+SECRET_QUERY_KEYS = ("password",)
 
 
 class ConfigError(ValueError):
     """One bad setting; the message names the variable."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Config:
     database_url: str = DEFAULT_DATABASE_URL
     lock_mode: LockMode = LockMode.LOCKED
@@ -109,6 +118,30 @@ class Config:
         updated.validate()
         return updated
 
+    def shown_settings(self) -> dict[str, object]:
+        """Every setting as a person may see it: the secrets masked."""
+        shown: dict[str, object] = {item.name: getattr(self, item.name) for item in fields(self)}
+        shown["database_url"] = redacted_url(self.database_url)
+        shown["admin_token"] = HIDDEN if self.admin_token else None
+        return shown
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{name}={value!r}" for name, value in self.shown_settings().items())
+        return f"Config({settings})"
+
+
+def redacted_url(url: str) -> str:
+    """The database URL with its password (in the user part or the query) replaced by ***."""
+    if url == MEMORY_DATABASE_URL:
+        return url
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return HIDDEN  # not a URL: nothing in it can be shown safely
+    hidden_query = {key: HIDDEN for key in SECRET_QUERY_KEYS if key in parsed.query}
+    shown = parsed.update_query_dict(hidden_query).render_as_string(hide_password=True)
+    return shown.replace(quote(HIDDEN, safe=""), HIDDEN)  # the query part is percent-encoded
+
 
 def _text(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name, "").strip()
@@ -164,9 +197,12 @@ def _database_url(env: Mapping[str, str], name: str) -> str:
         return value
     hint = "use sqlite:///path.db, postgresql+psycopg://user:password@host/database or memory://"
     try:
-        url = make_url(value)
-    except ArgumentError:
+        url = make_url(value)  # ValueError: a port that is not a number
+    except (ArgumentError, ValueError):
+        # Never echo the value: it may carry a password.
         raise ConfigError(f"{name} is not a database URL: {hint}") from None
+    if url.port is not None and not 1 <= url.port <= MAX_PORT:
+        raise ConfigError(f"{name} has a port outside 1 to {MAX_PORT}")
     backend, _, driver = url.drivername.partition("+")
     if backend not in SUPPORTED_DATABASES:
         raise ConfigError(f"{name} names an unsupported database {backend!r}: {hint}")

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from loadtest.service_process import free_port
+from service.config import redacted_url
 from tests.support.load import Call, audit_of, balance_of, fire, open_account
 from tests.support.servers import ServerProcess, clean_environment
 
 pytestmark = pytest.mark.e2e
+
+PASSWORD = "hunter2-Secret"
 
 
 def bankrace(tmp_path: Path, *arguments: str, **settings: str) -> subprocess.CompletedProcess[str]:
@@ -82,6 +87,63 @@ def test_config_prints_settings_and_hides_the_token(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert "database_url: sqlite:///var/bank.db" in result.stdout
     assert "very-secret-token" not in result.stdout
+
+
+def test_config_hides_the_database_password(tmp_path: Path) -> None:
+    """`bankrace config` shows the database URL with its password masked, wherever it sits."""
+    result = bankrace(
+        tmp_path,
+        "config",
+        BANK_DATABASE_URL=f"postgresql://bank:{PASSWORD}@db:5433/bank?sslmode=require",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "database_url: postgresql+psycopg://bank:***@db:5433/bank?sslmode=require" in (
+        result.stdout
+    )
+    assert PASSWORD not in result.stdout + result.stderr
+    query = bankrace(
+        tmp_path, "config", BANK_DATABASE_URL=f"postgresql://bank@db/bank?password={PASSWORD}"
+    )
+    assert query.returncode == 0 and PASSWORD not in query.stdout + query.stderr
+
+
+def unreachable_postgresql() -> str:
+    """A PostgreSQL URL with a password, on a loopback port nobody listens on."""
+    return f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:{free_port()}/bank"
+
+
+def unwritable_sqlite(tmp_path: Path) -> str:
+    """An SQLite file under a regular file: no one, not even root, can create it."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the database folder should be")
+    return f"sqlite:///{blocker / 'bank.db'}"
+
+
+@pytest.mark.parametrize("command", [["serve"], ["db", "upgrade"], ["db", "current"]])
+@pytest.mark.parametrize(
+    ("where", "reasons"),
+    [
+        (lambda _: unreachable_postgresql(), ("connection refused",)),
+        (unwritable_sqlite, ("not a folder", "not a directory", "unable to open")),
+    ],
+    ids=["postgresql-unreachable", "sqlite-unwritable"],
+)
+def test_a_database_that_cannot_be_used_is_one_line_without_traceback(
+    tmp_path: Path, command: list[str], where: Callable[[Path], str], reasons: tuple[str, ...]
+) -> None:
+    """serve, db upgrade and db current fail with one line naming the database and the cause."""
+    url = where(tmp_path)
+    result = bankrace(tmp_path, *command, BANK_DATABASE_URL=url)
+    output = result.stdout + result.stderr
+    print(f"{' '.join(command)}: exit {result.returncode}: {result.stderr.strip()}")
+    assert result.returncode == 1
+    assert "Traceback" not in output and PASSWORD not in output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("bankrace: ")
+    shown = f" {redacted_url(url)}: "
+    assert shown in lines[0], lines[0]
+    assert any(reason in lines[0].split(shown, 1)[1].lower() for reason in reasons), lines[0]
 
 
 def test_serve_creates_the_default_sqlite_database(tmp_path: Path) -> None:

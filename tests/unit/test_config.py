@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.config import Config, ConfigError
+from service.config import Config, ConfigError, redacted_url
 from service.domain import LockMode
 
 DEFAULTS = Config(
@@ -310,3 +310,74 @@ def test_admin_token_that_no_header_could_carry_is_refused(token: str) -> None:
     """A token with spaces or control characters could never be presented, so it is refused."""
     with pytest.raises(ConfigError, match="BANK_ADMIN_TOKEN"):
         Config.from_env({"BANK_ADMIN_TOKEN": token})
+
+
+SECRET = "hunter2-Secret"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://bank:{SECRET}@db:notaport/bank",
+        f"postgresql+psycopg://bank:{SECRET}@[::1/bank",
+        f"postgresql://bank:{SECRET}@db:99999/bank",
+        f"postgresql+psycopg2://bank:{SECRET}@db/bank",
+        f"mysql://bank:{SECRET}@db/bank",
+        f"bank:{SECRET}@db/bank",
+    ],
+    ids=[
+        "port-not-a-number",
+        "broken-ipv6",
+        "port-out-of-range",
+        "driver",
+        "database",
+        "no-scheme",
+    ],
+)
+def test_a_refused_database_url_is_named_without_its_password(url: str) -> None:
+    """Every bad BANK_DATABASE_URL is one ConfigError line that never echoes the password."""
+    with pytest.raises(ConfigError, match="BANK_DATABASE_URL") as raised:
+        Config.from_env({"BANK_DATABASE_URL": url})
+    assert SECRET not in str(raised.value) and "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("token", [f" {SECRET} ", f"has {SECRET}", f"{SECRET}\t"])
+def test_a_refused_admin_token_is_not_echoed(token: str) -> None:
+    """The message for a bad BANK_ADMIN_TOKEN names the variable, never the token."""
+    with pytest.raises(ConfigError, match="BANK_ADMIN_TOKEN") as raised:
+        Config.from_env({"BANK_ADMIN_TOKEN": token})
+    assert SECRET not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"postgresql+psycopg://bank:{SECRET}@db/bank", "postgresql+psycopg://bank:***@db/bank"),
+        (
+            "postgresql+psycopg://bank:p%40ss@db:5433/bank",
+            "postgresql+psycopg://bank:***@db:5433/bank",
+        ),
+        (
+            f"postgresql+psycopg://bank@db/bank?password={SECRET}&sslmode=require",
+            "postgresql+psycopg://bank@db/bank?password=***&sslmode=require",
+        ),
+        ("postgresql+psycopg://bank@db/bank", "postgresql+psycopg://bank@db/bank"),
+        ("sqlite:///var/bank.db", "sqlite:///var/bank.db"),
+        ("memory://", "memory://"),
+    ],
+)
+def test_redacted_url_hides_the_password_wherever_it_is(url: str, shown: str) -> None:
+    """A URL shown to people hides a password in the user part or in the query."""
+    assert redacted_url(url) == shown
+
+
+def test_repr_and_shown_settings_hide_the_secrets() -> None:
+    """repr(config) and the printable settings carry neither the password nor the admin token."""
+    config = Config(
+        database_url=f"postgresql+psycopg://bank:{SECRET}@db/bank", admin_token="admin-token-42"
+    )
+    for text in (repr(config), str(config.shown_settings())):
+        assert SECRET not in text and "admin-token-42" not in text
+        assert "postgresql+psycopg://bank:***@db/bank" in text
+    assert config.shown_settings()["admin_token"] == "***"
+    assert Config().shown_settings()["admin_token"] is None
