@@ -9,20 +9,19 @@ own database pools after the fork.
 from __future__ import annotations
 
 import logging
-import re
-import uuid
 
-from flask import Flask, Response, g, request
+from flask import Flask, request
 from werkzeug.routing import BaseConverter
 
-from service.api import accounts, admin, ops, transfers
+from service.api import accounts, admin, ops, request_log, transfers
 from service.api.admin import ADMIN_TOKEN_KEY
-from service.api.context import EXTENSION_KEY, current_bank
+from service.api.context import EXTENSION_KEY
 from service.api.errors import register_error_handlers
 from service.api.parsing import MAX_BODY_BYTES, MAX_ID_DIGITS
 from service.config import Config
 from service.domain import StoreUnavailable
 from service.keyed_locks import KeyedLocks
+from service.logs import configure_service_logging
 from service.schema import head_revision
 from service.services import Bank, ModeSource
 from service.stores.base import Store
@@ -31,7 +30,6 @@ from service.stores.sql import SqlStore
 
 logger = logging.getLogger(__name__)
 BODY_READ_TIMEOUT_SECONDS = 10
-REQUEST_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,200}")
 
 
 class IdConverter(BaseConverter):
@@ -59,6 +57,7 @@ def build_store(config: Config) -> Store:
 
 def create_app(config: Config | None = None, store: Store | None = None) -> Flask:
     config = config or Config.from_env()
+    configure_service_logging()  # before anything below can log
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config[ADMIN_TOKEN_KEY] = config.admin_token
@@ -80,23 +79,9 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
     for blueprint in (accounts.blueprint, transfers.blueprint, admin.blueprint, ops.blueprint):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
-    app.before_request(_remember_request_id)
+    request_log.install(app)
     app.before_request(_bound_body_reads)
-    app.after_request(_tag_response)
-    _configure_logging()
     return app
-
-
-def _configure_logging() -> None:
-    """Service logs to stderr (gunicorn's error log), once per process."""
-    service_logger = logging.getLogger("service")
-    service_logger.setLevel(logging.INFO)
-    if not service_logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(
-            logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
-        )
-        service_logger.addHandler(handler)
 
 
 def _seed_mode(store: Store, config: Config) -> None:
@@ -123,23 +108,3 @@ def _bound_body_reads() -> None:
     connection = request.environ.get("gunicorn.socket")
     if connection is not None:
         connection.settimeout(BODY_READ_TIMEOUT_SECONDS)
-
-
-def _remember_request_id() -> None:
-    given = request.headers.get("X-Request-ID", "")
-    g.request_id = given if REQUEST_ID_PATTERN.fullmatch(given) else uuid.uuid4().hex
-
-
-def _tag_response(response: Response) -> Response:
-    response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
-    if request.method == "POST":
-        lock_mode = g.get("lock_mode")
-        if lock_mode is None:
-            # Refused before a mode was chosen (415, 422, ...): name the mode
-            # that would have served it.
-            try:
-                lock_mode = current_bank().modes.current().lock_mode.value
-            except Exception:  # the store is down: the header must not turn a 4xx into a 500
-                lock_mode = "unknown"
-        response.headers["X-Lock-Mode"] = lock_mode
-    return response

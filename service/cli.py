@@ -29,6 +29,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from service import build_store, create_app
 from service.config import HIDDEN, SECRET_QUERY_KEYS, Config, ConfigError, redacted_url
 from service.domain import DomainError
+from service.logs import logging_config
 from service.schema import head_revision, upgrade
 
 GUNICORN_TIMEOUT_SECONDS = 30
@@ -58,6 +59,7 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             # user; several instances on one machine would fight over it.
             "control_socket_disable": True,
             "post_worker_init": _announce_worker_ready,
+            "logconfig_dict": logging_config(),
         }
         for key, value in settings.items():
             if key in self.cfg.settings:  # older gunicorn lacks newer settings

@@ -1,8 +1,15 @@
-"""The lock mode: read it, and change it at run time with the admin token."""
+"""The lock mode: read it, and change it at run time with the admin token.
+
+Every `PUT /mode` is logged, changed or refused: who asked (client address;
+the request id is stamped by service/logs.py) and the mode and race window
+before and after. A change that leaves the service in a mode that loses
+money is a WARNING. The token is never logged, right or wrong.
+"""
 
 from __future__ import annotations
 
 import hmac
+import logging
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
@@ -10,6 +17,7 @@ from service.api.context import current_bank
 from service.api.errors import ProblemError
 from service.api.parsing import json_object, validated
 from service.domain import (
+    DomainError,
     FieldError,
     LockMode,
     ModeSetting,
@@ -17,6 +25,8 @@ from service.domain import (
     lock_mode_error,
     race_window_error,
 )
+
+logger = logging.getLogger(__name__)
 
 blueprint = Blueprint("admin", __name__)
 
@@ -39,6 +49,36 @@ def get_mode() -> Response:
 
 @blueprint.put("/mode")
 def put_mode() -> Response:
+    try:
+        before, after = _change_mode()
+    except (ProblemError, DomainError) as refusal:
+        logger.warning(
+            "lock mode not changed: %s",
+            refusal.code,
+            extra={"code": refusal.code, "client_address": request.remote_addr},
+        )
+        raise
+    level = logging.WARNING if after.lock_mode.is_unsafe else logging.INFO
+    logger.log(
+        level,
+        "lock mode changed from %s (race window %d ms) to %s (race window %d ms)",
+        before.lock_mode.value,
+        before.race_window_ms,
+        after.lock_mode.value,
+        after.race_window_ms,
+        extra={
+            "client_address": request.remote_addr,
+            "from_lock_mode": before.lock_mode.value,
+            "from_race_window_ms": before.race_window_ms,
+            "to_lock_mode": after.lock_mode.value,
+            "to_race_window_ms": after.race_window_ms,
+        },
+    )
+    return jsonify(mode_json(after))
+
+
+def _change_mode() -> tuple[ModeSetting, ModeSetting]:
+    """The mode stored before the change (what every worker and replica was told), and after."""
     _require_admin()
     fields = validated(
         json_object(),
@@ -48,8 +88,11 @@ def put_mode() -> Response:
     if not fields:
         raise ValidationFailed([FieldError("lock_mode", "give lock_mode, race_window_ms or both")])
     lock_mode = LockMode(fields["lock_mode"]) if "lock_mode" in fields else None
-    setting = current_bank().modes.change(lock_mode, fields.get("race_window_ms"))
-    return jsonify(mode_json(setting))
+    bank = current_bank()
+    # Read from the store, not this worker's cache, which may be up to
+    # MODE_REFRESH_SECONDS behind a change made through another worker.
+    before = bank.store.load_mode() or bank.modes.current()
+    return before, bank.modes.change(lock_mode, fields.get("race_window_ms"))
 
 
 def _require_admin() -> None:

@@ -3,7 +3,8 @@
 Domain refusals map to the status and `code` of DESIGN §3; Werkzeug's HTTP
 errors (404 route, 405, 413, 415, 400) get the same shape; anything else is
 a bug: it is logged with its traceback on the server and the client gets a
-bare 500 problem with no detail from the exception.
+bare 500 problem with no detail from the exception. The code and detail of
+every problem are kept in `flask.g` for the request's log line.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from flask import Flask, Response, json, request
+from flask import Flask, Response, g, has_request_context, json, request
 from werkzeug.exceptions import HTTPException
 
 from service.domain import (
@@ -84,6 +85,8 @@ def problem(
         body["errors"] = [{"field": error.field, "message": error.message} for error in errors]
     response = Response(json.dumps(body), status=status, mimetype=PROBLEM_MEDIA_TYPE)
     response.headers.update(headers or {})
+    if has_request_context():  # the request's log line names it (service/api/request_log.py)
+        g.problem = (code, detail)
     return response
 
 
@@ -120,6 +123,8 @@ def handle_http_exception(error: HTTPException) -> Response:
 
 
 def handle_unexpected(error: Exception) -> Response:
+    # The traceback goes to the server's log only, stamped with the request id
+    # that the client gets back in X-Request-ID, so the two can be matched.
     logger.exception("unhandled error on %s %s", request.method, request.path)
     return problem(500, "internal_error", "an internal error occurred; it has been logged")
 

@@ -1,0 +1,128 @@
+"""Per-request bookkeeping: the request id, the response headers, one log line per request.
+
+`X-Request-ID` is taken from the request when it is printable ASCII of at
+most 200 characters (so nginx's id, or the client's, follows the request
+into this replica's log), otherwise generated; it is echoed on the response
+and stamped on every line logged while the request is served
+(service/logs.py). Every POST response names the lock mode in `X-Lock-Mode`.
+
+The line logged per request says who asked what and how it ended: method,
+path, status, duration, the lock mode of a POST, the account ids involved
+(named in the path, a transfer's two, the one just opened), the problem code
+and detail of a refusal. It never holds a header, a query
+string, a body or anything read from an account; the only values taken from
+a transfer's body are its two account ids, and only once that body parsed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+from service.api.context import current_bank
+from service.api.errors import ProblemError
+from service.api.parsing import json_object
+from service.api.transfers import MAX_ACCOUNT_ID
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,200}")
+TRANSFER_ENDPOINT = "transfers.create_transfer"
+# Statuses a transfer only gets after its body was read and parsed as a JSON
+# object (a 400, 408, 413 or 415 comes before; a 500 may come from anywhere):
+# only then is the cached body looked at again, so the log never reads a
+# body from the socket that the request itself did not read.
+TRANSFER_PARSED_STATUSES = frozenset({201, 404, 409, 422, 503})
+OPEN_ACCOUNT_ENDPOINT = "accounts.open_account"
+OPENED_ACCOUNT_LOCATION = re.compile(r"/accounts/(?P<account_id>[0-9]+)")
+SERVICE_UNAVAILABLE = 503
+
+
+def install(app: Flask) -> None:
+    app.before_request(remember_request_id)
+    # after_request hooks run in reverse order of registration: the headers
+    # are set first, then the line is logged with the response as sent.
+    app.after_request(log_request)
+    app.after_request(tag_response)
+
+
+def remember_request_id() -> None:
+    g.request_started = time.perf_counter()
+    given = request.headers.get("X-Request-ID", "")
+    g.request_id = given if REQUEST_ID_PATTERN.fullmatch(given) else uuid.uuid4().hex
+
+
+def tag_response(response: Response) -> Response:
+    response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
+    if request.method == "POST":
+        lock_mode = g.get("lock_mode")
+        if lock_mode is None:
+            # Refused before a mode was chosen (415, 422, ...): name the mode
+            # that would have served it.
+            try:
+                lock_mode = current_bank().modes.current().lock_mode.value
+            except Exception:  # the store is down: the header must not turn a 4xx into a 500
+                lock_mode = "unknown"
+        response.headers["X-Lock-Mode"] = lock_mode
+    return response
+
+
+def log_request(response: Response) -> Response:
+    status = response.status_code
+    fields: dict[str, Any] = {
+        "method": request.method,
+        "path": request.path,
+        "status": status,
+        "duration_ms": _duration_ms(),
+        "client_address": request.remote_addr,
+        "account_ids": _account_ids(response),
+    }
+    if request.method == "POST":
+        fields["lock_mode"] = response.headers.get("X-Lock-Mode")
+    problem = g.get("problem")
+    if problem is not None:
+        fields["code"], fields["detail"] = problem
+    logger.log(_level(status), "%s %s %s", request.method, request.path, status, extra=fields)
+    return response
+
+
+def _level(status: int) -> int:
+    if status == SERVICE_UNAVAILABLE:
+        return logging.WARNING  # busy or down: expected under load, worth watching
+    if status >= 500:
+        return logging.ERROR  # a bug; its traceback is the line before this one
+    return logging.INFO
+
+
+def _duration_ms() -> float | None:
+    started: float | None = g.get("request_started")
+    return None if started is None else round((time.perf_counter() - started) * 1000, 3)
+
+
+def _account_ids(response: Response) -> list[int]:
+    """The accounts the request names (route, parsed transfer body) or opened (Location)."""
+    view_args = request.view_args or {}
+    account_ids = [view_args["account_id"]] if "account_id" in view_args else []
+    if request.endpoint == TRANSFER_ENDPOINT and response.status_code in TRANSFER_PARSED_STATUSES:
+        account_ids += _transfer_account_ids()
+    if request.endpoint == OPEN_ACCOUNT_ENDPOINT and response.status_code == 201:
+        opened = OPENED_ACCOUNT_LOCATION.fullmatch(response.headers.get("Location", ""))
+        account_ids += [int(opened["account_id"])] if opened else []
+    return account_ids
+
+
+def _transfer_account_ids() -> list[int]:
+    try:
+        body = json_object()  # the body the view parsed, from Flask's cache
+    except ProblemError:
+        return []
+    return [
+        value
+        for value in (body.get("from_account"), body.get("to_account"))
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ACCOUNT_ID
+    ]

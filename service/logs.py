@@ -1,0 +1,95 @@
+"""Structured logs: one JSON object per line on stderr, for the service and for gunicorn.
+
+`logging_config()` is the `logging.config.dictConfig` that `bankrace serve`
+hands gunicorn (`logconfig_dict`): the master applies it before it forks,
+so gunicorn's own lines and the service's come out in one format, every one
+through `JsonLogHandler`. `configure_service_logging()` gives the service's
+loggers that handler when nothing did (tests, a bare `gunicorn
+'service:create_app()'`).
+
+Every line written while a request is served carries that request's id
+(`RequestIdFilter` reads it from `flask.g`), so one request can be followed
+from the balancer's log into the replica's. This module formats and routes
+lines; it knows nothing of the bank, and what a line says is decided where
+it is logged (service/api/request_log.py, service/api/admin.py, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from flask import g, has_request_context
+from pythonjsonlogger.json import JsonFormatter
+
+SERVICE_LOGGER = "service"
+# Standard fields first, in this order; anything a call passes in `extra`
+# follows them. Renamed to the names the docs promise.
+STANDARD_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s %(process)d"
+RENAMED_FIELDS = {"asctime": "time", "levelname": "level", "name": "logger"}
+
+
+class RequestIdFilter(logging.Filter):
+    """Stamp the id of the request being served (if any) on every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id") and has_request_context():
+            request_id = g.get("request_id")
+            if request_id is not None:
+                record.request_id = request_id
+        return True
+
+
+class JsonLineFormatter(JsonFormatter):
+    """python-json-logger's formatter with an RFC 3339 UTC time (`2026-11-29T10:00:00.123Z`)."""
+
+    def __init__(self) -> None:
+        super().__init__(STANDARD_FIELDS, rename_fields=RENAMED_FIELDS)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        moment = datetime.fromtimestamp(record.created, tz=UTC)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JsonLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """One JSON line per record on stderr (or the given stream), request id included."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        super().__init__(stream if stream is not None else sys.stderr)
+        self.setFormatter(JsonLineFormatter())
+        self.addFilter(RequestIdFilter())
+
+
+def logging_config() -> dict[str, Any]:
+    """The dictConfig for a whole `bankrace serve` process tree (gunicorn's `logconfig_dict`).
+
+    gunicorn merges it over its defaults key by key, so it names every
+    handler, logger and the root it relies on. One handler on the root
+    serves everyone: the service (INFO and up), gunicorn's error log
+    (start, worker boots and exits, timeouts) and any library's warnings.
+    gunicorn's access log stays off: the service writes its own line per
+    request, with the request id and the lock mode.
+    """
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"json": {"()": JsonLogHandler}},
+        "root": {"level": "WARNING", "handlers": ["json"]},
+        "loggers": {
+            SERVICE_LOGGER: {"level": "INFO", "handlers": [], "propagate": True},
+            "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+            "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
+        },
+    }
+
+
+def configure_service_logging() -> None:
+    """Make sure the service's INFO lines reach stderr as JSON, once per process."""
+    service_logger = logging.getLogger(SERVICE_LOGGER)
+    service_logger.setLevel(logging.INFO)
+    for owner in (logging.getLogger(), service_logger):
+        if any(isinstance(handler, JsonLogHandler) for handler in owner.handlers):
+            return  # gunicorn applied logging_config(), or an earlier app did this
+    service_logger.addHandler(JsonLogHandler())
