@@ -19,7 +19,7 @@ from service.api.context import EXTENSION_KEY
 from service.api.errors import register_error_handlers
 from service.api.parsing import MAX_BODY_BYTES, MAX_ID_DIGITS
 from service.config import Config
-from service.domain import StoreUnavailable
+from service.domain import Unavailable
 from service.keyed_locks import KeyedLocks
 from service.logs import configure_service_logging
 from service.schema import head_revision
@@ -66,7 +66,9 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
     app.url_map.strict_slashes = False
 
     store = store or build_store(config)
-    modes = ModeSource(store, allow_unsafe_modes=config.allow_unsafe_modes)
+    modes = ModeSource(
+        store, allow_unsafe_modes=config.allow_unsafe_modes, initial=config.initial_mode
+    )
     _seed_mode(store, config)
     app.extensions[EXTENSION_KEY] = Bank(
         store=store,
@@ -89,12 +91,15 @@ def _seed_mode(store: Store, config: Config) -> None:
 
     `bankrace serve` overwrites it once per start (the latest start wins);
     a worker must not, or a restarted worker would undo a `PUT /mode`. A
-    store that is down or unmigrated must not stop the worker from booting:
-    it answers 503 and /readyz says why until the store is back.
+    store that is down, unmigrated or busy (another writer holding SQLite's
+    lock past the lock timeout) must not stop the worker from booting --
+    gunicorn stops the whole service when a worker fails to boot: the worker
+    serves the configured mode, answers 503 and /readyz says why until the
+    store is back, and the mode source seeds it later.
     """
     try:
         store.save_mode(config.initial_mode, overwrite=not store.shared_across_processes)
-    except StoreUnavailable as error:
+    except Unavailable as error:
         logger.warning("store not usable at start-up: %s", error.detail)
 
 

@@ -112,6 +112,13 @@ class WriteConflict(Unavailable):
     code = "write_conflict"
 
 
+class AuditTimeout(Unavailable):
+    """An audit ran past its time bound and was cancelled (it reads; it changed nothing)."""
+
+    code = "audit_timeout"
+    retry_after_seconds = 30
+
+
 class StoreUnavailable(Unavailable):
     code = "store_unavailable"
     retry_after_seconds = 5

@@ -134,8 +134,10 @@ def run_process_lock(operation: Operation, context: ModeContext) -> Written:
 def run_locked(operation: Operation, context: ModeContext) -> Written:
     # The store's lock is shared by every process using the store, and the
     # read and the write are one transaction under it.
-    with context.store.exclusive(operation.lock_order) as writer:
-        return read_modify_write(writer, operation, context, LockMode.LOCKED)
+    return context.store.exclusive(
+        operation.lock_order,
+        lambda writer: read_modify_write(writer, operation, context, LockMode.LOCKED),
+    )
 
 
 def run_optimistic(operation: Operation, context: ModeContext) -> Written:

@@ -28,9 +28,9 @@ from service.domain import (
     Transaction,
     TransactionKind,
     Transfer,
+    Unavailable,
     UnsafeModeRefused,
     WriteConflict,
-    audit_bank,
 )
 from service.keyed_locks import KeyedLocks
 from service.modes import STRATEGIES, ModeContext, Operation
@@ -46,14 +46,27 @@ DATABASE_RETRY_BACKOFF_CAP_MS = 50
 # How stale a worker's view of the shared mode setting may be; DESIGN asks
 # for a `PUT /mode` to reach every worker and replica within one second.
 MODE_REFRESH_SECONDS = 0.5
+DEFAULT_MODE = ModeSetting(LockMode.LOCKED, 0)
 
 
 class ModeSource:
-    """The current lock mode, shared through the store, cached briefly per process."""
+    """The current lock mode, shared through the store, cached briefly per process.
 
-    def __init__(self, store: Store, *, allow_unsafe_modes: bool) -> None:
+    Whatever another replica stored, a process that does not allow unsafe
+    modes never serves, answers or stores one: the guard applies to what is
+    read, to what a change starts from, and so to what is saved.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        allow_unsafe_modes: bool,
+        initial: ModeSetting = DEFAULT_MODE,
+    ) -> None:
         self._store = store
         self.allow_unsafe_modes = allow_unsafe_modes
+        self._initial = initial
         self._guard = threading.Lock()
         self._cached: ModeSetting | None = None
         self._fetched_at = 0.0
@@ -64,22 +77,13 @@ class ModeSource:
         if cached is not None and time.monotonic() - fetched_at < MODE_REFRESH_SECONDS:
             return cached
         try:
-            loaded = self._store.load_mode()
+            setting = self._guarded(self._stored())
         except Exception:
             if cached is None:
                 raise
             logger.warning("could not refresh the lock mode; serving %s", cached.lock_mode)
             return cached
-        setting = self._guarded(loaded or ModeSetting(LockMode.LOCKED, 0))
-        with self._guard:
-            self._cached, self._fetched_at = setting, time.monotonic()
-        return setting
-
-    def _guarded(self, setting: ModeSetting) -> ModeSetting:
-        # A replica that does not allow unsafe modes never serves one, even if
-        # another replica (which does) stored it in the shared database.
-        if setting.lock_mode.is_unsafe and not self.allow_unsafe_modes:
-            return ModeSetting(LockMode.LOCKED, setting.race_window_ms)
+        self._remember(setting)
         return setting
 
     def change(
@@ -90,15 +94,36 @@ class ModeSource:
                 f"lock mode {lock_mode.value} loses money and is not allowed here "
                 "(start the service with BANK_ALLOW_UNSAFE_MODES=1 to allow it)"
             )
-        base = self._store.load_mode() or ModeSetting(LockMode.LOCKED, 0)
+        base = self._guarded(self._stored())
         updated = ModeSetting(
             lock_mode if lock_mode is not None else base.lock_mode,
             race_window_ms if race_window_ms is not None else base.race_window_ms,
         )
         self._store.save_mode(updated)
-        with self._guard:
-            self._cached, self._fetched_at = updated, time.monotonic()
+        self._remember(updated)
         return updated
+
+    def _stored(self) -> ModeSetting:
+        """The shared setting; the configured one while none is stored (seeding it then)."""
+        stored = self._store.load_mode()
+        if stored is not None:
+            return stored
+        try:
+            self._store.save_mode(self._initial, overwrite=False)
+        except Unavailable as error:  # serve the configured mode; seed on a later refresh
+            logger.warning("could not store the initial lock mode: %s", error.detail)
+        return self._store.load_mode() or self._initial
+
+    def _guarded(self, setting: ModeSetting) -> ModeSetting:
+        # A replica that does not allow unsafe modes never serves one, even if
+        # another replica (which does) stored it in the shared database.
+        if setting.lock_mode.is_unsafe and not self.allow_unsafe_modes:
+            return ModeSetting(LockMode.LOCKED, setting.race_window_ms)
+        return setting
+
+    def _remember(self, setting: ModeSetting) -> None:
+        with self._guard:
+            self._cached, self._fetched_at = setting, time.monotonic()
 
 
 @dataclass
@@ -187,8 +212,8 @@ def _apply(operation: Operation, setting: ModeSetting, bank: Bank) -> Written:
 
 
 def account_audit(account_id: int, bank: Bank) -> AccountAudit:
-    return next(bank.store.audit(account_id))
+    return bank.store.audit_account(account_id)
 
 
 def bank_audit(bank: Bank) -> BankAudit:
-    return audit_bank(bank.store.audit())
+    return bank.store.audit_bank()

@@ -13,14 +13,14 @@ Stores know the domain; they know nothing of HTTP or of lock-mode policy.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from service.domain import (
     Account,
     AccountAudit,
     BalanceState,
+    BankAudit,
     Leg,
     ModeSetting,
     Transaction,
@@ -90,12 +90,16 @@ class Store(LegWriter):
     shared_across_processes: bool = True
 
     @abc.abstractmethod
-    def exclusive(self, account_ids: Sequence[int]) -> AbstractContextManager[LegWriter]:
-        """Hold the store's exclusive lock on the accounts, taken in the given order.
+    def exclusive(
+        self, account_ids: Sequence[int], work: Callable[[LegWriter], Written]
+    ) -> Written:
+        """Run `work` holding the store's exclusive lock on the accounts, taken in the given order.
 
         Every wait is bounded by the lock timeout (LockTimeout). Reads and
-        writes through the yielded writer happen in one transaction that
-        commits when the block ends without an exception.
+        writes through the writer `work` is given happen in one transaction,
+        committed (durably) before this returns; if `work` raises, nothing
+        it wrote stays. A callback rather than a `with` block, because a
+        store may run it on another thread (SQLite's group commit).
         """
 
     @abc.abstractmethod
@@ -122,8 +126,12 @@ class Store(LegWriter):
     def get_transfer(self, transfer_id: int) -> Transfer: ...
 
     @abc.abstractmethod
-    def audit(self, account_id: int | None = None) -> Iterator[AccountAudit]:
-        """Audit one account (NotFound if unknown) or every account, in id order."""
+    def audit_account(self, account_id: int) -> AccountAudit:
+        """One account's balance against its journal (NotFound if unknown)."""
+
+    @abc.abstractmethod
+    def audit_bank(self) -> BankAudit:
+        """Totals over every account, in bounded time and memory at any journal length."""
 
     @abc.abstractmethod
     def load_mode(self) -> ModeSetting | None: ...

@@ -18,6 +18,7 @@ fork, so no pool is ever shared across processes.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,10 @@ def ensure_sqlite_directory(url: str) -> None:
 
 
 def _sqlite_engine(url: str, *, lock_timeout_ms: int, pool_size: int) -> Engine:
-    ensure_sqlite_directory(url)
+    # A worker must boot even where the folder cannot be made: connecting then
+    # fails, and every request is answered 503 store_unavailable until it can.
+    with contextlib.suppress(OSError):
+        ensure_sqlite_directory(url)
     engine = create_engine(
         url,
         connect_args={"timeout": lock_timeout_ms / 1000, "check_same_thread": False},

@@ -1,19 +1,27 @@
 """The in-memory store: plain dicts in one process.
 
 One short internal mutex keeps the dicts themselves intact (each primitive
-holds it for microseconds, never across a race window); the per-account
-locks of `exclusive` are the "database row locks" of this store. Data lives
-only as long as the process, so this store refuses to be shared by several
-worker processes (see `service.cli`).
+holds it for microseconds, never across a race window). The per-account
+locks are this store's "database row locks", and they behave like
+PostgreSQL's: `exclusive` holds them across a read-modify-write (SELECT ...
+FOR UPDATE), and every write takes them too (an UPDATE locks its row), so a
+write in any mode waits for a `locked` request that holds the account
+instead of slipping into its race window -- also while the mode changes.
+
+The audit is kept up to date with every journal entry (the running books of
+each account and the bank's totals), so `GET /audit` is O(1) under the
+mutex at any journal length instead of a walk over the whole journal.
+
+Data lives only as long as the process, so this store refuses to be shared
+by several worker processes (see `service.cli`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 from service.domain import (
     MAX_BALANCE_MINOR,
@@ -21,13 +29,13 @@ from service.domain import (
     AccountAudit,
     BalanceLimitExceeded,
     BalanceState,
+    BankAudit,
     InsufficientFunds,
     ModeSetting,
     NotFound,
     Transaction,
     TransactionKind,
     Transfer,
-    audit_account,
     utc_now,
 )
 from service.keyed_locks import KeyedLocks
@@ -41,6 +49,59 @@ from service.stores.base import (
 )
 
 
+@dataclass
+class _Books:
+    """One account's audit, kept up to date with every entry (see domain.audit_account)."""
+
+    journal_balance: int = 0
+    lowest_journal_balance: int = 0
+    chain_breaks: int = 0
+    last_balance_after: int = 0
+
+    def audit(self, account: Account) -> AccountAudit:
+        return AccountAudit(
+            account.id,
+            account.balance,
+            self.journal_balance,
+            self.chain_breaks,
+            self.lowest_journal_balance,
+        )
+
+
+@dataclass
+class _BankTotals:
+    total_balance: int = 0
+    total_journal: int = 0
+    chain_breaks: int = 0
+    inconsistent: set[int] = field(default_factory=set)
+    negative: set[int] = field(default_factory=set)
+
+    def track(self, audit: AccountAudit) -> None:
+        for flagged, member in (
+            (self.inconsistent, not audit.consistent),
+            (self.negative, audit.went_negative),
+        ):
+            if member:
+                flagged.add(audit.account_id)
+            else:
+                flagged.discard(audit.account_id)
+
+
+class _HoldingLocks(LegWriter):
+    """The store seen from inside `exclusive`: its row locks are already held."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+
+    def read_states(self, account_ids: Sequence[int]) -> dict[int, BalanceState]:
+        return self._store.read_states(account_ids)
+
+    def write_legs(
+        self, writes: Sequence[LegWrite], lock_mode: str, transfer: TransferSpec | None = None
+    ) -> Written:
+        return self._store.write_legs_holding_locks(writes, lock_mode, transfer)
+
+
 class MemoryStore(Store):
     shared_across_processes = False
 
@@ -52,6 +113,8 @@ class MemoryStore(Store):
         self._transfers: dict[int, Transfer] = {}
         self._row_locks = KeyedLocks(lock_timeout_ms)
         self._mode: ModeSetting | None = None
+        self._books: dict[int, _Books] = {}
+        self._totals = _BankTotals()
 
     # ------------------------------------------------------------------ balances
 
@@ -66,6 +129,15 @@ class MemoryStore(Store):
     def write_legs(
         self, writes: Sequence[LegWrite], lock_mode: str, transfer: TransferSpec | None = None
     ) -> Written:
+        # Like an UPDATE, a write takes its rows' locks (in the order given,
+        # which is the lock order): it waits for whoever holds them.
+        with self._row_locks.holding([write.leg.account_id for write in writes]):
+            return self.write_legs_holding_locks(writes, lock_mode, transfer)
+
+    def write_legs_holding_locks(
+        self, writes: Sequence[LegWrite], lock_mode: str, transfer: TransferSpec | None
+    ) -> Written:
+        """`write_legs` for a caller that already holds the accounts' row locks."""
         now = utc_now()
         with self._mutex:
             # Check every condition before changing anything: all or nothing.
@@ -74,6 +146,7 @@ class MemoryStore(Store):
             entries = []
             for write, new_balance in zip(writes, new_balances, strict=True):
                 account = self._accounts[write.leg.account_id]
+                self._totals.total_balance += new_balance - account.balance
                 self._accounts[account.id] = replace(
                     account, balance=new_balance, version=account.version + 1, updated_at=now
                 )
@@ -117,11 +190,14 @@ class MemoryStore(Store):
             raise BalanceLimitExceeded(f"account {account.id} would pass {MAX_BALANCE_MINOR}")
         return new_balance
 
-    @contextmanager
-    def exclusive(self, account_ids: Sequence[int]) -> Iterator[LegWriter]:
+    def exclusive(
+        self, account_ids: Sequence[int], work: Callable[[LegWriter], Written]
+    ) -> Written:
         self.read_states(account_ids)  # NotFound before any lock is taken
         with self._row_locks.holding(account_ids):
-            yield self
+            # The locks are held: writes inside must not take them again
+            # (a lock acquired twice is the seed's self-deadlock).
+            return work(_HoldingLocks(self))
 
     # ------------------------------------------------------------------ accounts
 
@@ -141,6 +217,8 @@ class MemoryStore(Store):
             )
             self._accounts[account.id] = account
             self._journal_by_account[account.id] = []
+            self._books[account.id] = _Books()
+            self._totals.total_balance += opening_balance
             if opening_balance > 0:
                 self._append(
                     account.id,
@@ -187,20 +265,21 @@ class MemoryStore(Store):
             except KeyError:
                 raise NotFound(f"transfer {transfer_id} does not exist") from None
 
-    def audit(self, account_id: int | None = None) -> Iterator[AccountAudit]:
+    def audit_account(self, account_id: int) -> AccountAudit:
         with self._mutex:
-            ids = (
-                [self._require(account_id).id] if account_id is not None else sorted(self._accounts)
+            return self._books[self._require(account_id).id].audit(self._accounts[account_id])
+
+    def audit_bank(self) -> BankAudit:
+        with self._mutex:
+            totals = self._totals
+            return BankAudit(
+                accounts=len(self._accounts),
+                inconsistent_accounts=len(totals.inconsistent),
+                negative_accounts=len(totals.negative),
+                chain_breaks=totals.chain_breaks,
+                total_balance=totals.total_balance,
+                total_journal=totals.total_journal,
             )
-            audits = [
-                audit_account(
-                    i,
-                    self._accounts[i].balance,
-                    (self._transactions[t] for t in self._journal_by_account[i]),
-                )
-                for i in ids
-            ]
-        return iter(audits)
 
     # ------------------------------------------------------------------ settings
 
@@ -245,4 +324,17 @@ class MemoryStore(Store):
         )
         self._transactions[entry.id] = entry
         self._journal_by_account[account_id].append(entry.id)
+        self._post_to_books(entry)
         return entry
+
+    def _post_to_books(self, entry: Transaction) -> None:
+        """Advance the account's audit and the bank's totals by one entry (under the mutex)."""
+        books = self._books[entry.account_id]
+        books.journal_balance += entry.signed_amount
+        books.lowest_journal_balance = min(books.lowest_journal_balance, books.journal_balance)
+        if entry.balance_after != books.last_balance_after + entry.signed_amount:
+            books.chain_breaks += 1
+            self._totals.chain_breaks += 1
+        books.last_balance_after = entry.balance_after
+        self._totals.total_journal += entry.signed_amount
+        self._totals.track(books.audit(self._accounts[entry.account_id]))

@@ -441,12 +441,13 @@ class FailingStore(MemoryStore):
         self.read_error: Exception | None = None
         self.ready_error: Exception | None = None
 
-    def write_legs(
+    def write_legs_holding_locks(
         self, writes: Sequence[LegWrite], lock_mode: str, transfer: TransferSpec | None = None
     ) -> Written:
+        # Every mode's write ends here (outside `exclusive` after taking the row locks).
         if self.write_error is not None:
             raise self.write_error
-        return super().write_legs(writes, lock_mode, transfer)
+        return super().write_legs_holding_locks(writes, lock_mode, transfer)
 
     def get_account(self, account_id: int) -> Any:
         if self.read_error is not None:

@@ -17,7 +17,7 @@ from service.domain import (
     NotFound,
     TransactionKind,
 )
-from service.stores.base import LegWrite, Store, TransferSpec, VersionConflict
+from service.stores.base import LegWrite, LegWriter, Store, TransferSpec, VersionConflict, Written
 
 
 def deposit_leg(account_id: int, amount: int) -> Leg:
@@ -46,7 +46,7 @@ def test_unknown_ids_raise_not_found(store: Store) -> None:
         lambda: store.get_transfer(999),
         lambda: store.read_states([999]),
         lambda: store.list_transactions(999, None, 10),
-        lambda: list(store.audit(999)),
+        lambda: store.audit_account(999),
         lambda: store.write_legs([LegWrite(deposit_leg(999, 1))], "atomic"),
     ):
         with pytest.raises(NotFound):
@@ -120,9 +120,9 @@ def test_transfer_records_both_legs(store: Store) -> None:
     stored = store.get_transfer(written.transfer.id)
     assert [leg.balance_after for leg in stored.legs] == [70, 30]
     assert {leg.transfer_id for leg in stored.legs} == {stored.id}
-    audits = list(store.audit())
-    assert all(audit.consistent for audit in audits)
-    assert sum(audit.balance for audit in audits) == 100
+    bank = store.audit_bank()
+    assert bank.consistent
+    assert (bank.accounts, bank.total_balance, bank.total_journal) == (2, 100, 100)
 
 
 def test_exclusive_lock_excludes_a_second_holder(store: Store) -> None:
@@ -132,15 +132,17 @@ def test_exclusive_lock_excludes_a_second_holder(store: Store) -> None:
     release = threading.Event()
     outcome: list[BaseException] = []
 
+    def hold(writer: LegWriter) -> Written:
+        holding.set()
+        release.wait(timeout=30)
+        return Written(())
+
     def holder() -> None:
-        with store.exclusive([account.id]):
-            holding.set()
-            release.wait(timeout=30)
+        store.exclusive([account.id], hold)
 
     def contender() -> None:
         try:
-            with store.exclusive([account.id]):
-                pass
+            store.exclusive([account.id], lambda writer: Written(()))
         except LockTimeout as error:
             outcome.append(error)
 
@@ -158,11 +160,14 @@ def test_exclusive_lock_excludes_a_second_holder(store: Store) -> None:
 def test_exclusive_section_commits_its_writes(store: Store) -> None:
     """Reads and writes inside the exclusive section are one committed transaction."""
     account = store.open_account("a", "USD", 5, "locked")
-    with store.exclusive([account.id]) as section:
+
+    def deposit_five(section: LegWriter) -> Written:
         state = section.read_states([account.id])[account.id]
-        section.write_legs(
+        return section.write_legs(
             [LegWrite(deposit_leg(account.id, 5), new_balance=state.balance + 5)], "locked"
         )
+
+    store.exclusive([account.id], deposit_five)
     assert store.get_account(account.id).balance == 10
 
 
@@ -172,7 +177,7 @@ def test_audit_sees_a_lost_update(store: Store) -> None:
     # Two deposits of 5 both read balance 0: the second write overwrites the first.
     store.write_legs([LegWrite(deposit_leg(account.id, 5), new_balance=5)], "unlocked")
     store.write_legs([LegWrite(deposit_leg(account.id, 5), new_balance=5)], "unlocked")
-    [audit] = list(store.audit(account.id))
+    audit = store.audit_account(account.id)
     assert (audit.balance, audit.journal_balance, audit.drift) == (5, 10, -5)
     assert audit.chain_breaks == 1 and not audit.consistent
 

@@ -1,0 +1,178 @@
+"""Group commit: one writer thread per process applies queued writes in shared transactions.
+
+Why: SQLite has one database-wide write lock. When every request thread
+takes it itself (`BEGIN IMMEDIATE`), the losers sleep in SQLite's busy
+handler (1, 2, 5, 10 ... 100 ms) and retry, so threads queue in convoys and
+the tail latency explodes; and every commit pays its own fsync. Here the
+request threads hand their write to the process's one writer, which takes
+the lock once, applies every write waiting at that moment one after another
+-- each in its own SAVEPOINT, so one refusal never undoes another -- and
+commits them all with one fsync. Nothing is acknowledged before that commit
+is durable. (TigerBeetle batches the same way; PostgreSQL's `commit_delay`
+is the database-side version.)
+
+A write is a *job*: a function of the open connection. The writer runs a
+job only if its request is still waiting for it: a request whose deadline
+passes while the job is queued cancels it and answers 503 (nothing
+happened); once the writer has claimed a job, its request waits for the
+batch's outcome, so a 503 never hides a write that was committed.
+
+What a job does inside the transaction (and so which lock mode is served)
+is the caller's business; this module knows transactions, not money.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Connection, Engine
+
+from service.domain import DomainError, LockTimeout, StoreUnavailable
+from service.stores.sql_errors import translated_errors
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A batch is bounded so one commit's latency stays bounded too: at most this
+# many jobs wait for one fsync.
+MAX_BATCH_JOBS = 64
+
+
+class _State(enum.Enum):
+    QUEUED = "queued"
+    CLAIMED = "claimed"
+    CANCELLED = "cancelled"
+
+
+class Job(Generic[T]):
+    """One request's write, waiting for the writer."""
+
+    def __init__(self, work: Callable[[Connection], T], deadline: float) -> None:
+        self.work = work
+        self.deadline = deadline
+        self._state = _State.QUEUED
+        self._state_guard = threading.Lock()
+        self._done = threading.Event()
+        self._result: T | None = None
+        self._error: BaseException | None = None
+
+    def claim(self) -> bool:
+        """The writer takes the job, unless its request gave up first."""
+        with self._state_guard:
+            if self._state is _State.QUEUED:
+                self._state = _State.CLAIMED
+                return True
+            return False
+
+    def cancel(self) -> bool:
+        """The request gives up, unless the writer already took the job."""
+        with self._state_guard:
+            if self._state is _State.QUEUED:
+                self._state = _State.CANCELLED
+                return True
+            return False
+
+    def succeed(self, result: T) -> None:
+        self._result = result
+        self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+    def outcome(self) -> T:
+        """Wait for the job: until its deadline while queued, to the end once claimed."""
+        if not self._done.wait(max(0.0, self.deadline - time.monotonic())):
+            if self.cancel():
+                raise LockTimeout("the write waited too long for the database; nothing changed")
+            self._done.wait()  # claimed: the batch decides, and it is already running
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]
+
+
+class GroupCommitter:
+    """The process's one writer: a thread started on first use (after gunicorn forks)."""
+
+    def __init__(self, engine: Engine, *, prepare: Callable[[Connection], None]) -> None:
+        self._engine = engine
+        self._prepare = prepare  # per-dialect set-up of the connection (BEGIN IMMEDIATE)
+        self._queue: queue.SimpleQueue[Job[Any]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_guard = threading.Lock()
+
+    def run(self, work: Callable[[Connection], T], deadline: float) -> T:
+        """Run `work` in the writer's next transaction; its result once committed."""
+        job: Job[T] = Job(work, deadline)
+        self._ensure_started()
+        self._queue.put(job)
+        return job.outcome()
+
+    def _ensure_started(self) -> None:
+        if self._thread is not None:
+            return
+        with self._start_guard:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._serve, name="bankrace-group-commit", daemon=True
+                )
+                self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < MAX_BATCH_JOBS:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._apply(batch)
+            except BaseException:  # never let the writer die: every request would hang
+                logger.exception("group commit writer failed a batch")
+
+    def _apply(self, batch: list[Job[Any]]) -> None:
+        claimed: list[Job[Any]] = []
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            with translated_errors(), self._engine.connect() as connection:
+                self._prepare(connection)
+                with connection.begin():  # waits for the database's write lock
+                    for job in batch:
+                        if job.claim():
+                            claimed.append(job)
+                            outcomes.append(self._run_in_savepoint(connection, job))
+        except Exception as error:
+            # Nothing of this batch was committed: every job in it fails the same way.
+            if not isinstance(error, DomainError):
+                logger.error("group commit of %d writes failed: %r", len(claimed), error)
+                error = StoreUnavailable("the database failed to commit; nothing changed")
+            for job in batch:
+                if job in claimed or job.claim():
+                    job.fail(error)
+            return
+        for job, (succeeded, value) in zip(claimed, outcomes, strict=True):
+            if succeeded:
+                job.succeed(value)
+            else:
+                job.fail(value)
+
+    @staticmethod
+    def _run_in_savepoint(connection: Connection, job: Job[Any]) -> tuple[bool, Any]:
+        """One job in its own SAVEPOINT: a refusal (or a bug) undoes that job only."""
+        savepoint = connection.begin_nested()
+        try:
+            with translated_errors():
+                result = job.work(connection)
+        except Exception as refusal:
+            savepoint.rollback()
+            return False, refusal
+        savepoint.commit()
+        return True, result

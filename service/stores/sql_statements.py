@@ -1,0 +1,53 @@
+"""The write path's SQL, written once, in the `:name` parameter style.
+
+These are the statements the lock modes are made of; `SqlStore.sql`
+rewrites the parameters for psycopg. Every write of a balance bumps the
+version (optimistic locking compares it) and returns the balance it wrote,
+which the journal entry records as `balance_after`.
+"""
+
+from __future__ import annotations
+
+# The exclusive lock of `locked` on PostgreSQL; it reads what it locks.
+LOCK_ROW = "SELECT balance, version FROM accounts WHERE id = :id FOR UPDATE"
+
+READ_STATE = "SELECT balance, version FROM accounts WHERE id = :id"
+
+# A read-modify-write's last step: write what was computed from the read.
+SET_BALANCE = (
+    "UPDATE accounts SET balance = :new_balance, version = version + 1, updated_at = :updated_at"
+    " WHERE id = :id RETURNING balance"
+)
+
+# Optimistic: the same write, only if nobody wrote since the read.
+SET_BALANCE_IF_VERSION = (
+    "UPDATE accounts SET balance = :new_balance, version = version + 1, updated_at = :updated_at"
+    " WHERE id = :id AND version = :expected_version RETURNING balance"
+)
+
+# Atomic: the database does the arithmetic and the range check in one statement.
+ADD_TO_BALANCE = (
+    "UPDATE accounts SET balance = balance + :delta, version = version + 1,"
+    " updated_at = :updated_at"
+    " WHERE id = :id AND balance + :delta >= 0 AND balance + :delta <= :max_balance"
+    " RETURNING balance"
+)
+
+INSERT_TRANSACTION = (
+    "INSERT INTO transactions"
+    " (account_id, kind, amount, balance_after, transfer_id, lock_mode, created_at)"
+    " VALUES (:account_id, :kind, :amount, :balance_after, :transfer_id, :lock_mode, :created_at)"
+    " RETURNING id"
+)
+
+INSERT_TRANSFER = (
+    "INSERT INTO transfers (from_account, to_account, amount, lock_mode, created_at)"
+    " VALUES (:from_account, :to_account, :amount, :lock_mode, :created_at) RETURNING id"
+)
+
+INSERT_ACCOUNT = (
+    "INSERT INTO accounts (owner, currency, balance, version, created_at, updated_at)"
+    " VALUES (:owner, :currency, :balance, 0, :created_at, :created_at) RETURNING id"
+)
+
+LOAD_MODE = "SELECT lock_mode, race_window_ms FROM settings WHERE id = :id"
