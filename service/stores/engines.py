@@ -8,9 +8,29 @@ emit `BEGIN IMMEDIATE` ourselves: a read-modify-write that starts DEFERRED
 and upgrades to a write lock fails at once with SQLITE_BUSY under WAL
 instead of waiting.
 
-PostgreSQL (psycopg 3): READ COMMITTED, lock_timeout and statement_timeout
-on every connection, a pool sized to the worker's threads, pre-ping so a
-restarted database is noticed without restarting the service.
+PostgreSQL (psycopg 3): READ COMMITTED, a pool sized to the worker's
+threads, pre-ping so a restarted database is noticed without restarting
+the service. Every wait on PostgreSQL is bounded:
+- connecting: CONNECT_TIMEOUT_SECONDS (5 s, libpq connect_timeout);
+- a free pooled connection: the lock timeout (pool_timeout);
+- a row lock: BANK_LOCK_TIMEOUT_MS (server-side lock_timeout);
+- a statement: the lock timeout + STATEMENT_TIMEOUT_MARGIN_MS (server side);
+- a transaction left idle by a client: IDLE_IN_TRANSACTION_TIMEOUT_MS (server side);
+- a silently dead network or host (no FIN, no RST: the server's timeouts
+  never reach us, so only our kernel can tell): TCP keepalive probes an
+  idle connection after KEEPALIVE_IDLE_SECONDS, every
+  KEEPALIVE_INTERVAL_SECONDS, KEEPALIVE_COUNT times, and TCP_USER_TIMEOUT_MS
+  drops a connection whose sent data stays unacknowledged that long. A
+  thread waiting on a dead peer therefore gets an error (hence 503) within
+  DEAD_PEER_NOTICED_SECONDS (11 s) of the last packet, whether it was
+  sending or waiting for an answer; a request that finds its pooled
+  connection dead (pre-ping) and cannot reconnect is answered after about
+  TCP_USER_TIMEOUT_MS + CONNECT_TIMEOUT_SECONDS (15 s).
+Not bounded on the client: a peer whose kernel is alive but whose process
+(or a proxy in between) stops answering. Its kernel acknowledges our data
+and keepalive probes, and a query the server never received is under no
+server-side timeout either; the thread waits until the peer closes the
+connection or the worker stops.
 
 Engines are built by `create_app`, i.e. in each gunicorn worker after the
 fork, so no pool is ever shared across processes.
@@ -30,6 +50,18 @@ from sqlalchemy.engine import make_url
 STATEMENT_TIMEOUT_MARGIN_MS = 5000
 POOL_OVERFLOW_CONNECTIONS = 4
 CONNECT_TIMEOUT_SECONDS = 5
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
+# A dead peer (see the module docstring). Probing every 2 s after 5 s of
+# silence costs a few bytes per idle connection; a live server's kernel
+# answers at once, so a slow query (up to statement_timeout) is never cut.
+KEEPALIVE_IDLE_SECONDS = 5
+KEEPALIVE_INTERVAL_SECONDS = 2
+KEEPALIVE_COUNT = 3
+TCP_USER_TIMEOUT_MS = 10_000
+DEAD_PEER_NOTICED_SECONDS = max(
+    KEEPALIVE_IDLE_SECONDS + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL_SECONDS,
+    -(-TCP_USER_TIMEOUT_MS // 1000),
+)
 
 
 def build_engine(url: str, *, lock_timeout_ms: int, pool_size: int) -> Engine:
@@ -85,11 +117,19 @@ def _postgresql_engine(url: str, *, lock_timeout_ms: int, pool_size: int) -> Eng
     options = (
         f"-c lock_timeout={int(lock_timeout_ms)} "
         f"-c statement_timeout={int(lock_timeout_ms) + STATEMENT_TIMEOUT_MARGIN_MS} "
-        "-c idle_in_transaction_session_timeout=60000"
+        f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
     )
     return create_engine(
         url,
-        connect_args={"options": options, "connect_timeout": CONNECT_TIMEOUT_SECONDS},
+        connect_args={
+            "options": options,
+            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+            "keepalives": 1,
+            "keepalives_idle": KEEPALIVE_IDLE_SECONDS,
+            "keepalives_interval": KEEPALIVE_INTERVAL_SECONDS,
+            "keepalives_count": KEEPALIVE_COUNT,
+            "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+        },
         isolation_level="READ COMMITTED",
         pool_size=pool_size,
         max_overflow=POOL_OVERFLOW_CONNECTIONS,
