@@ -1,0 +1,233 @@
+"""Drive one benchmark run with wrk and read what it measured.
+
+`run_wrk` starts wrk with loadtest/bench.lua for the run's duration plus a
+drain limit, waits (polling, against a deadline) until every wrk thread has
+had every request answered after the deadline, then stops wrk with SIGINT and
+parses its output: wrk's own summary (`--latency`: percentiles, max, socket
+errors) and the `bench-result` lines of the script (answers by status, the
+accounts each acknowledgement moved, requests still unanswered).
+
+`ensure_wrk` finds wrk, installing the Debian package when it is missing and
+the process may (root with apt-get).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loadtest.service_process import stop_process_group
+
+LUA_SCRIPT = Path(__file__).resolve().parent / "bench.lua"
+DRAIN_LIMIT_SECONDS = 10  # beyond the service's lock-wait bound (5 s)
+WRK_TIMEOUT_SECONDS = 30  # wrk counts slower answers as timeouts
+EXIT_DEADLINE_SECONDS = 15.0
+POLL_INTERVAL_SECONDS = 0.02
+INSTALL_DEADLINE_SECONDS = 600
+UNIT_MILLISECONDS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+SOCKET_ERROR_KINDS = ("connect", "read", "write", "timeout")
+
+
+class LoadError(RuntimeError):
+    """The load generator failed; the run has no figures."""
+
+
+@dataclass
+class LoadResult:
+    """One run's figures and counts, whichever tool produced them."""
+
+    duration_s: float
+    answered_in_window: int = 0  # money answers that arrived before the deadline
+    sent: int = 0  # money requests sent
+    answered: int = 0  # money requests answered
+    statuses: dict[int, int] = field(default_factory=dict)
+    retry_after_503: int = 0
+    socket_errors: dict[str, int] = field(default_factory=dict)
+    credits: dict[int, int] = field(default_factory=dict)
+    debits: dict[int, int] = field(default_factory=dict)
+    served_modes: dict[str, int] = field(default_factory=dict)
+    mode_mismatches: int = 0
+    unparsed: int = 0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    drained: bool = True
+    tool: str = "wrk"
+
+    @property
+    def requests_per_second(self) -> float:
+        return self.answered_in_window / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def unanswered(self) -> int:
+        return max(self.sent - self.answered, 0)
+
+    def count(self, *, low: int, high: int) -> int:
+        return sum(n for status, n in self.statuses.items() if low <= status <= high)
+
+    @property
+    def successes(self) -> int:
+        return self.count(low=200, high=299)
+
+    @property
+    def refusals_409(self) -> int:
+        return self.statuses.get(409, 0)
+
+    @property
+    def server_errors(self) -> int:
+        """5xx answers other than the honest refusal, a 503 with Retry-After."""
+        return self.count(low=500, high=599) - self.retry_after_503
+
+
+def ensure_wrk() -> str | None:
+    """The path of wrk; installs Debian's package if missing and possible; None otherwise."""
+    found = shutil.which("wrk")
+    if found or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return found
+    print("[bench] wrk is missing: apt-get install wrk ...", flush=True)
+    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "wrk"]):
+        completed = subprocess.run(
+            command,
+            env=environment,
+            capture_output=True,
+            timeout=INSTALL_DEADLINE_SECONDS,
+            check=False,
+        )
+        if completed.returncode != 0:
+            print(f"[bench] {' '.join(command)} failed: {completed.stderr[-500:]!r}", flush=True)
+            return None
+    return shutil.which("wrk")
+
+
+def milliseconds(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
+    if not match:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(match.group(1)) * UNIT_MILLISECONDS[match.group(2)]
+
+
+def parse_wrk_output(text: str, duration_s: float) -> LoadResult:
+    """wrk's summary (--latency) and the bench.lua `bench-result` lines, as one result."""
+    result = LoadResult(duration_s=duration_s)
+    latency = re.search(r"^\s+Latency\s+(\S+)\s+(\S+)\s+(\S+)\s+", text, re.MULTILINE)
+    if latency:
+        result.max_ms = milliseconds(latency.group(3))
+    percentiles = dict(re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)\s*$", text, re.MULTILINE))
+    if "50" in percentiles:
+        result.p50_ms = milliseconds(percentiles["50"])
+    if "99" in percentiles:
+        result.p99_ms = milliseconds(percentiles["99"])
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    result.socket_errors = dict.fromkeys(SOCKET_ERROR_KINDS, 0)
+    if errors:
+        result.socket_errors = dict(zip(SOCKET_ERROR_KINDS, map(int, errors.groups()), strict=True))
+    if "bench-result threads" not in text:
+        raise LoadError("wrk printed no bench-result lines (did the Lua script fail?)")
+    probes_answered = 0
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[0] == "bench-result":
+            scalar, value = fields[1], int(fields[2])
+            if scalar == "probes_answered":
+                probes_answered = value
+            elif scalar in ("sent", "answered_in_window", "retry_after_503", "mode_mismatches",
+                            "unparsed"):  # fmt: skip
+                setattr(result, scalar, value)
+            elif scalar == "answered":
+                result.answered = value
+        elif len(fields) == 4 and fields[0] == "bench-result":
+            kind, key, count = fields[1], fields[2], int(fields[3])
+            if kind == "status":
+                result.statuses[int(key)] = count
+            elif kind == "credit":
+                result.credits[int(key)] = count
+            elif kind == "debit":
+                result.debits[int(key)] = count
+            elif kind == "mode":
+                result.served_modes[key] = count
+    result.answered -= probes_answered  # the /healthz probes after the deadline move no money
+    return result
+
+
+def write_account_ids(path: Path, account_ids: Sequence[int]) -> None:
+    path.write_text("".join(f"{account}\n" for account in account_ids))
+
+
+def wrk_command(
+    wrk: str, url: str, *, threads: int, connections: int, duration_s: int, arguments: list[str]
+) -> list[str]:
+    return [
+        wrk, "-t", str(min(threads, connections)), "-c", str(connections),
+        "-d", f"{duration_s + DRAIN_LIMIT_SECONDS}s", "--latency",
+        "--timeout", f"{WRK_TIMEOUT_SECONDS}s", "-s", str(LUA_SCRIPT), url, "--", *arguments,
+    ]  # fmt: skip
+
+
+def run_wrk(
+    wrk: str,
+    url: str,
+    *,
+    operation: str,
+    amount: int,
+    account_ids: Sequence[int],
+    expected_mode: str,
+    duration_s: int,
+    connections: int,
+    threads: int,
+    workdir: Path,
+) -> LoadResult:
+    """One run: load for `duration_s`, drain, stop wrk, parse. Raises LoadError."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ids_file, signal_dir = workdir / "accounts.txt", workdir / "signals"
+    write_account_ids(ids_file, account_ids)
+    shutil.rmtree(signal_dir, ignore_errors=True)
+    signal_dir.mkdir(parents=True)
+    arguments = [operation, str(amount), str(duration_s), str(ids_file), str(signal_dir),
+                 expected_mode]  # fmt: skip
+    command = wrk_command(
+        wrk, url, threads=threads, connections=connections, duration_s=duration_s,
+        arguments=arguments,
+    )  # fmt: skip
+    wrk_threads = min(threads, connections)
+    output_path = workdir / "wrk.out"
+    with output_path.open("wb") as output:
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            drained = wait_for_drain(process, signal_dir, wrk_threads, duration_s)
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)  # wrk stops and prints its summary
+            process.wait(timeout=EXIT_DEADLINE_SECONDS)
+        except subprocess.TimeoutExpired as timeout:
+            raise LoadError("wrk did not stop after SIGINT") from timeout
+        finally:
+            stop_process_group(process, signal.SIGKILL)
+    text = output_path.read_text(errors="replace")
+    if process.returncode != 0:
+        raise LoadError(f"wrk exited with {process.returncode}: {text[-1000:]}")
+    result = parse_wrk_output(text, float(duration_s))
+    result.drained = drained
+    return result
+
+
+def wait_for_drain(
+    process: subprocess.Popen[bytes], signal_dir: Path, threads: int, duration_s: int
+) -> bool:
+    """Poll until every wrk thread signalled that it has nothing in flight after the deadline."""
+    deadline = time.monotonic() + duration_s + DRAIN_LIMIT_SECONDS
+    while time.monotonic() < deadline and process.poll() is None:
+        if len(list(signal_dir.glob("drained-*"))) >= threads:
+            return True
+        time.sleep(POLL_INTERVAL_SECONDS)  # polling interval under a deadline
+    return False
