@@ -74,10 +74,20 @@ def tag_response(response: Response) -> Response:
 
 def log_request(response: Response) -> Response:
     status = response.status_code
+    try:
+        fields = _request_fields(response)
+    except Exception:  # the log line must never change the answer
+        logger.exception("could not describe %s %s %s", request.method, request.path, status)
+        fields = {"method": request.method, "path": request.path, "status": status}
+    logger.log(_level(status), "%s %s %s", request.method, request.path, status, extra=fields)
+    return response
+
+
+def _request_fields(response: Response) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "method": request.method,
         "path": request.path,
-        "status": status,
+        "status": response.status_code,
         "duration_ms": _duration_ms(),
         "client_address": request.remote_addr,
         "account_ids": _account_ids(response),
@@ -87,8 +97,7 @@ def log_request(response: Response) -> Response:
     problem = g.get("problem")
     if problem is not None:
         fields["code"], fields["detail"] = problem
-    logger.log(_level(status), "%s %s %s", request.method, request.path, status, extra=fields)
-    return response
+    return fields
 
 
 def _level(status: int) -> int:

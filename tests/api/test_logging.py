@@ -23,6 +23,7 @@ from flask.testing import FlaskClient
 
 from loadtest.service_process import free_port
 from service import create_app
+from service.api import request_log
 from service.domain import LockTimeout, StoreUnavailable, WriteConflict
 from service.logs import JsonLogHandler
 from tests.api.helpers import ADMIN_HEADERS, open_account
@@ -442,3 +443,24 @@ def test_lines_outside_a_request_have_no_request_id(log_lines: LogLines) -> None
     )
     assert "request_id" not in line
     assert_rfc_3339_utc(line["time"])
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+def test_a_failure_to_describe_a_request_never_changes_its_answer(
+    log_lines: LogLines, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If building the request line fails, the answer stands and a shorter line is still written."""
+
+    def broken(_response: object) -> list[int]:
+        raise RuntimeError("cannot read the ids")
+
+    monkeypatch.setattr(request_log, "_account_ids", broken)
+    log_lines.take()
+    response = client.get("/healthz", headers={"X-Request-ID": "shaky-1"})
+    assert (response.status_code, response.get_json()) == (200, {"status": "ok"})
+    lines = log_lines.take()
+    assert all(line["request_id"] == "shaky-1" for line in lines)
+    (trouble,) = [line for line in lines if "exc_info" in line]
+    assert trouble["level"] == "ERROR" and "cannot read the ids" in trouble["exc_info"]
+    line = only_request_line([line for line in lines if "exc_info" not in line])
+    assert (line["method"], line["path"], line["status"]) == ("GET", "/healthz", 200)
