@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck format loadtest compare clean
+.PHONY: install run test lint typecheck format loadtest compare bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ loadtest: $(STAMP)
 # Every lock mode side by side: reports/<timestamp>/report.md, results.csv, chart.png.
 compare: $(STAMP)
 	$(BIN)/python -m loadtest.compare
+
+# Throughput against the echo ceiling, every mode, store and operation, audited:
+# reports/bench-<timestamp>.json and .md (PostgreSQL too when BANK_TEST_POSTGRES_URL is set).
+bench: $(STAMP)
+	$(BIN)/python -m loadtest.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var reports .pytest_cache .mypy_cache .ruff_cache
