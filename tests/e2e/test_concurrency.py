@@ -5,8 +5,9 @@ store, which lives in one process, by 1 worker x 8 threads. Every mode runs
 with the same 20 ms race window, so the safe modes are shown losing nothing
 under the very pressure that makes the unsafe ones lose: no lost update, no
 overdraft, each account's balance exactly what the acknowledged operations
-make it, money conserved, no 5xx but an honest 503. The unsafe modes must be
-caught by the very same checks.
+make it, money conserved, no 5xx. Only the in-memory store's optimistic mode
+may refuse a request, with an honest 503 write_conflict that changed nothing
+(counted and printed). The unsafe modes must be caught by the very same checks.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def assert_unsafe_mode_is_caught(base_url: str, label: str) -> None:
 def test_safe_mode_keeps_every_invariant(
     start_server: StartServer, server_backend: str, mode: str
 ) -> None:
-    """2x8 workers, 20 ms window: a safe mode loses nothing and refuses nothing."""
+    """2x8 workers, 20 ms window: a safe mode loses nothing and never answers 503."""
     server = start_server(lock_mode=mode, race_window_ms=RACE_WINDOW_MS)
     assert_safe_mode_invariants(server.url, mode, f"{server_backend}, 2x8", conflicts=False)
 
@@ -162,7 +163,7 @@ def test_safe_mode_keeps_every_invariant(
 def test_unlocked_loses_updates_and_the_audit_sees_it(
     start_server: StartServer, server_backend: str
 ) -> None:
-    """Unlocked with a race window: the same checks catch lost deposits and overdrafts."""
+    """Unlocked, 20 ms window: the same checks catch lost deposits, overdrafts, lost transfers."""
     server = start_server(lock_mode="unlocked", race_window_ms=RACE_WINDOW_MS)
     assert_unsafe_mode_is_caught(server.url, f"{server_backend}, 2x8")
 

@@ -47,8 +47,8 @@ CLIENTS = 8
 OPERATIONS = 480  # a bound: the kill comes long before the last one is sent
 KILL_AFTER_ACKNOWLEDGED = 120
 LOAD_DEADLINE_SECONDS = 60
-# A short window keeps requests between their read and their write (locks
-# held, transactions open) when the kill lands.
+# A short race window keeps requests in the middle of their operation when the
+# kill lands (in `locked`, between the read and the write, with the lock held).
 RACE_WINDOW_MS = 2
 # Far above the sum of every amount, so no withdrawal or transfer is refused
 # for want of money: each refusal would be a 503, counted apart.
