@@ -4,6 +4,7 @@
                              [--modes locked,atomic,...] [--operations deposit,withdraw,transfer]
                              [--accounts 5,1000] [--stores sqlite,postgresql]
                              [--postgres-url URL] [--race-window-ms 0] [--out reports]
+                             [--load-tool auto|wrk|locust] (--help for the rest)
 
 In one run, on the same gunicorn settings: wrk against a minimal Flask JSON
 echo app (loadtest/echo_app.py, the ceiling), then deposits, withdrawals and
@@ -17,28 +18,27 @@ against the acknowledged operations (loadtest/bench_judge.py).
 Writes <out>/bench-<timestamp>.json and .md (the servers' logs beside them in
 bench-<timestamp>-logs/) and prints the table. Exit code 0 when every run was
 measured and every safe mode kept every invariant; 1 otherwise (a fast run
-that lost money in a safe mode is a failure, never a result); 2 when wrk
-cannot be had.
+that lost money in a safe mode is a failure, never a result); 2 when
+--load-tool wrk was asked for and wrk cannot be had (auto falls back to Locust).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
 
 import requests
 
 from loadtest.bank_http import BankError
 from loadtest.bench_bank import BenchBank
-from loadtest.bench_judge import OPERATIONS, SAFE_MODES, UNSAFE_MODES, RunEvidence, judge
+from loadtest.bench_judge import SAFE_MODES, UNSAFE_MODES, RunEvidence, judge
+from loadtest.bench_locust import run_locust
+from loadtest.bench_options import configuration, parse_arguments
 from loadtest.bench_report import (
     OPERATION_LABELS,
     RunRecord,
@@ -51,26 +51,16 @@ from loadtest.bench_report import (
 from loadtest.bench_targets import (
     EchoProcess,
     gunicorn_settings,
-    hide_password,
     new_admin_token,
     postgres_database,
     service_settings,
     sqlite_database,
 )
 from loadtest.bench_wrk import LoadError, LoadResult, ensure_wrk, run_wrk
-from loadtest.service_process import REPOSITORY_ROOT, ServiceProcess
+from loadtest.service_process import ServiceProcess
 
-ALL_MODES = ("unlocked", "locked", "process-lock", "optimistic", "atomic")
-STORES = ("sqlite", "postgresql")
-POSTGRES_URL_VARIABLE = "BANK_TEST_POSTGRES_URL"
-DEFAULT_DURATION_S = 1
-DEFAULT_ACCOUNTS = (5, 1000)
 FRESH_ACCOUNTS_LIMIT = 20  # sets this small are opened anew for every run
-DEFAULT_AMOUNT = 1
-DEFAULT_OPENING_BALANCE = 1_000_000
 RUN_ATTEMPTS = 2  # a run served partly by the previous mode is measured once more
-DURATION_LIMIT_S = 600
-ACCOUNTS_LIMIT = 10_000
 # What makes one run unmeasurable without stopping the others.
 MEASUREMENT_ERRORS = (
     LoadError,
@@ -82,114 +72,6 @@ MEASUREMENT_ERRORS = (
 )
 
 
-def bounded_int(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low} and {high}")
-        return value
-
-    return parse
-
-
-def choices(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        chosen = [item.strip() for item in text.split(",") if item.strip()]
-        unknown = [item for item in chosen if item not in allowed]
-        if unknown or not chosen:
-            raise argparse.ArgumentTypeError(f"choose from {', '.join(allowed)}")
-        return chosen
-
-    return parse
-
-
-def account_counts(text: str) -> list[int]:
-    try:
-        counts = [int(item) for item in text.split(",") if item.strip()]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError("a comma-separated list of account counts") from error
-    if not counts or any(not 2 <= count <= ACCOUNTS_LIMIT for count in counts):
-        raise argparse.ArgumentTypeError(f"each count between 2 and {ACCOUNTS_LIMIT}")
-    return counts
-
-
-def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m loadtest.bench", description=__doc__.split("\n\n")[0]
-    )
-    add = parser.add_argument
-    add(
-        "--duration",
-        type=bounded_int(1, DURATION_LIMIT_S),
-        default=DEFAULT_DURATION_S,
-        help=f"seconds of load per run (default {DEFAULT_DURATION_S})",
-    )
-    add("--connections", type=bounded_int(1, 1000), default=32, help="wrk connections (default 32)")
-    add("--wrk-threads", type=bounded_int(1, 64), default=2, help="wrk threads (default 2)")
-    add("--workers", type=bounded_int(1, 64), default=2, help="gunicorn workers (default 2)")
-    add(
-        "--threads",
-        type=bounded_int(1, 256),
-        default=8,
-        help="gunicorn threads per worker (default 8)",
-    )
-    add(
-        "--modes",
-        type=choices(ALL_MODES),
-        default=list(ALL_MODES),
-        help="comma-separated lock modes (default: all five)",
-    )
-    add(
-        "--operations",
-        type=choices(OPERATIONS),
-        default=list(OPERATIONS),
-        help="comma-separated: deposit, withdraw, transfer (default: all three)",
-    )
-    add(
-        "--accounts",
-        type=account_counts,
-        default=list(DEFAULT_ACCOUNTS),
-        help="comma-separated account counts per run (default 5,1000: hot and spread)",
-    )
-    add(
-        "--stores",
-        type=choices(STORES),
-        default=None,
-        help="sqlite, postgresql (default: sqlite, and postgresql when a URL is known)",
-    )
-    add(
-        "--postgres-url",
-        default=os.environ.get(POSTGRES_URL_VARIABLE, ""),
-        help=f"PostgreSQL server for a fresh database (default ${POSTGRES_URL_VARIABLE})",
-    )
-    add(
-        "--race-window-ms",
-        type=bounded_int(0, 5000),
-        default=0,
-        help="BANK_RACE_WINDOW_MS in every mode (default 0)",
-    )
-    add(
-        "--amount",
-        type=bounded_int(1, 10**6),
-        default=DEFAULT_AMOUNT,
-        help=f"amount of every operation (default {DEFAULT_AMOUNT})",
-    )
-    add(
-        "--opening-balance",
-        type=bounded_int(0, 10**12),
-        default=DEFAULT_OPENING_BALANCE,
-        help=f"opening balance of every account (default {DEFAULT_OPENING_BALANCE:,})",
-    )
-    add("--out", type=Path, default=Path("reports"),
-        help="directory of bench-<timestamp>.json and .md (default reports)")  # fmt: skip
-    arguments = parser.parse_args(argv)
-    if arguments.stores is None:
-        arguments.stores = ["sqlite", "postgresql"] if arguments.postgres_url else ["sqlite"]
-    if "postgresql" in arguments.stores and not arguments.postgres_url:
-        parser.error(f"postgresql needs --postgres-url or ${POSTGRES_URL_VARIABLE}")
-    return arguments
-
-
 def execution_order(modes: list[str]) -> list[str]:
     """Safe modes first, so that their audits start from a bank no unsafe mode has touched."""
     return [mode for mode in modes if mode in SAFE_MODES] + [
@@ -197,54 +79,8 @@ def execution_order(modes: list[str]) -> list[str]:
     ]
 
 
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPOSITORY_ROOT, capture_output=True, text=True,
-            timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPOSITORY_ROOT,
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{commit} (with uncommitted changes)" if dirty else commit
-
-
-def configuration(arguments: argparse.Namespace, wrk: str, stamp: str) -> dict[str, Any]:
-    stores = [
-        hide_password(arguments.postgres_url) if store == "postgresql" else store
-        for store in arguments.stores
-    ]
-    return {
-        "started": stamp,
-        "gunicorn": f"{arguments.workers} workers x {arguments.threads} threads (gthread)",
-        "workers": arguments.workers,
-        "threads": arguments.threads,
-        "load tool": wrk_version(wrk),
-        "connections": arguments.connections,
-        "duration per run (s)": arguments.duration,
-        "race window (ms)": arguments.race_window_ms,
-        "amount": arguments.amount,
-        "opening balance": arguments.opening_balance,
-        "accounts per run": ", ".join(map(str, arguments.accounts)),
-        "modes": ", ".join(arguments.modes),
-        "operations": ", ".join(arguments.operations),
-        "stores": ", ".join(stores),
-        "git commit": git_commit(),
-        "machine cores": os.cpu_count(),
-    }
-
-
-def wrk_version(wrk: str) -> str:
-    completed = subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False)
-    first_line = (completed.stdout or completed.stderr).splitlines()[:1]
-    return " ".join(first_line[0].split()[:2]) if first_line else "wrk"
-
-
 class Benchmark:
-    def __init__(self, arguments: argparse.Namespace, wrk: str, log_directory: Path) -> None:
+    def __init__(self, arguments: argparse.Namespace, wrk: str | None, log_directory: Path) -> None:
         self.arguments = arguments
         self.wrk = wrk
         self.log_directory = log_directory
@@ -254,6 +90,12 @@ class Benchmark:
         self, url: str, operation: str, accounts: list[int], mode: str, workdir: Path
     ) -> LoadResult:
         arguments = self.arguments
+        if self.wrk is None:
+            return run_locust(
+                url, operation=operation, amount=arguments.amount, account_ids=accounts,
+                expected_mode=mode, duration_s=arguments.duration,
+                connections=arguments.connections, workdir=workdir,
+            )  # fmt: skip
         return run_wrk(
             self.wrk, url, operation=operation, amount=arguments.amount, account_ids=accounts,
             expected_mode=mode, duration_s=arguments.duration, connections=arguments.connections,
@@ -341,6 +183,8 @@ class Benchmark:
         for attempt in range(1, RUN_ATTEMPTS + 1):
             record.attempts = attempt
             try:
+                if attempt > 1:  # the last run was served partly by the previous mode
+                    bank.confirm_mode(record.mode, arguments.race_window_ms)
                 accounts = shared or bank.open_accounts(
                     record.accounts, f"hot-{record.mode}-{record.operation}",
                     arguments.opening_balance,
@@ -351,17 +195,16 @@ class Benchmark:
                 record.verdict = "ERROR"
                 record.problems = [f"not measured: {error}"]
                 return
-            if load.mode_mismatches and attempt < RUN_ATTEMPTS:
-                bank.confirm_mode(record.mode, arguments.race_window_ms)
-                continue
-            break
+            if not load.mode_mismatches:
+                break
         record.fill_load(load)
         if self.echo_requests_per_second:
             record.ratio_to_echo = record.requests_per_second / self.echo_requests_per_second
         record.fill_judgement(judge(evidence))
         if not load.drained:
             record.problems.append(
-                f"{load.unanswered} requests were still unanswered when wrk was stopped"
+                f"{load.unanswered} requests were still unanswered when the load stopped "
+                "(counted as unknown outcomes)"
             )
 
     def observe(
@@ -444,11 +287,13 @@ def new_stamp(out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     arguments = parse_arguments(argv)
-    wrk = ensure_wrk()
-    if wrk is None:
+    wrk = None if arguments.load_tool == "locust" else ensure_wrk()
+    if wrk is None and arguments.load_tool == "wrk":
         print("[bench] wrk is not installed and cannot be installed here "
               "(Debian package wrk: apt-get install wrk)", file=sys.stderr)  # fmt: skip
         return 2
+    if wrk is None:
+        print("[bench] load tool: Locust FastHttpUser (wrk cannot be had)", flush=True)
     arguments.out.mkdir(parents=True, exist_ok=True)
     stamp = new_stamp(arguments.out)
     log_directory = arguments.out / f"bench-{stamp}-logs"

@@ -239,3 +239,32 @@ def test_a_short_benchmark_run_writes_its_reports_and_the_safe_mode_holds(
     assert "Every safe-mode run kept every invariant." in markdown
     assert markdown.count("| sqlite | locked | deposits |") == 2
     assert "| sqlite | locked | deposits |" in completed.stdout
+
+
+@pytest.mark.e2e
+def test_the_locust_fallback_measures_and_audits_like_wrk(tmp_path: Path) -> None:
+    """--load-tool locust (what runs where wrk cannot be had): a 1-second audited transfer run."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "loadtest.bench", "--stores", "sqlite", "--modes", "atomic",
+         "--operations", "transfer", "--accounts", "3", "--duration", "1",
+         "--load-tool", "locust", "--out", str(tmp_path)],
+        cwd=REPOSITORY_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_DEADLINE_SECONDS,
+        check=False,
+    )  # fmt: skip
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output[-4000:]
+    (json_path,) = tmp_path.glob("bench-*.json")
+    document = json.loads(json_path.read_text())
+    assert document["configuration"]["load tool"].startswith("locust ")
+    echo, transfers = document["runs"]
+    assert echo["verdict"] == "CEILING" and echo["requests_per_second"] > 0
+    assert (transfers["mode"], transfers["operation"], transfers["accounts"]) == (
+        "atomic", "transfer", 3,
+    )  # fmt: skip
+    assert transfers["verdict"] == "PASS" and transfers["invariants_held"] is True, transfers
+    assert transfers["ok_2xx"] > 0 and transfers["unknown_outcomes"] == 0, transfers
+    assert transfers["served_modes"] == {"atomic": transfers["ok_2xx"] + transfers["refused_409"]
+                                         + transfers["retry_503"] + transfers["other"]}  # fmt: skip
