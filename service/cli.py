@@ -29,16 +29,19 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from service import build_store, create_app
 from service.config import HIDDEN, SECRET_QUERY_KEYS, Config, ConfigError, redacted_url
 from service.domain import DomainError
+from service.gunicorn_worker import HeadBoundedThreadWorker
 from service.logs import logging_config
 from service.schema import head_revision, upgrade
 
 GUNICORN_TIMEOUT_SECONDS = 30
 GUNICORN_GRACEFUL_TIMEOUT_SECONDS = 10
 GUNICORN_KEEPALIVE_SECONDS = 5
+# gthread with a deadline on every request head (service/gunicorn_worker.py).
+WORKER_CLASS = f"{HeadBoundedThreadWorker.__module__}.{HeadBoundedThreadWorker.__qualname__}"
 
 
 class GunicornServer(BaseApplication):  # type: ignore[misc]
-    """gunicorn with gthread workers, configured from `Config` only."""
+    """gunicorn with (head-bounded) gthread workers, configured from `Config` only."""
 
     def __init__(self, config: Config) -> None:
         self.bank_config = config
@@ -49,7 +52,7 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             "bind": [self.bank_config.bind],
             "workers": self.bank_config.workers,
             "threads": self.bank_config.threads,
-            "worker_class": "gthread",
+            "worker_class": WORKER_CLASS,
             "timeout": GUNICORN_TIMEOUT_SECONDS,
             "graceful_timeout": GUNICORN_GRACEFUL_TIMEOUT_SECONDS,
             "keepalive": GUNICORN_KEEPALIVE_SECONDS,

@@ -2,7 +2,7 @@
 
 Someone else holding the database's lock makes a request wait at most
 BANK_LOCK_TIMEOUT_MS and answer 503 lock_timeout ("database is locked" never
-becomes a 500); `PUT /mode` reaches every worker process.
+becomes a 500); `PUT /mode` reaches every worker process within one second.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from tests.support.load import balance_of, open_account, set_mode
 pytestmark = pytest.mark.e2e
 
 LOCK_TIMEOUT_MS = 300
-MODE_CONVERGENCE_DEADLINE_SECONDS = 3.0
+# DESIGN §3: a mode changed through PUT /mode reaches every worker within one second.
+MODE_CONVERGENCE_BOUND_SECONDS = 1.0
+MODE_POLL_DEADLINE_SECONDS = 15.0
 CONSECUTIVE_AGREEING_ANSWERS = 20
 
 
@@ -76,19 +78,33 @@ def test_lock_wait_is_bounded_and_answered_503(
 
 
 def test_mode_change_reaches_every_worker(start_server: StartServer) -> None:
-    """After PUT /mode, fresh connections (spread over both workers) all see the new mode."""
+    """After PUT /mode, no fresh connection (to either worker) sees the old mode after 1 s."""
     server = start_server(lock_mode="locked", workers=2)
     set_mode(server.url, E2E_ADMIN_TOKEN, "atomic", 7)
-    started = time.monotonic()
+    changed_at = time.monotonic()
+    last_stale_request_seconds: float | None = None
     agreeing = 0
-    while agreeing < CONSECUTIVE_AGREEING_ANSWERS:
-        assert time.monotonic() - started < MODE_CONVERGENCE_DEADLINE_SECONDS, "mode never spread"
+    # Ask until the bound has passed and many answers in a row agree, so that
+    # requests sent after the bound are checked on both workers.
+    while agreeing < CONSECUTIVE_AGREEING_ANSWERS or (
+        time.monotonic() - changed_at <= MODE_CONVERGENCE_BOUND_SECONDS
+    ):
+        asked_seconds = time.monotonic() - changed_at
+        assert asked_seconds < MODE_POLL_DEADLINE_SECONDS, "the mode never spread"
         answer = requests.get(f"{server.url}/mode", headers={"Connection": "close"}, timeout=10)
-        agreeing = agreeing + 1 if answer.json()["lock_mode"] == "atomic" else 0
+        if answer.json()["lock_mode"] == "atomic":
+            agreeing += 1
+        else:
+            agreeing, last_stale_request_seconds = 0, asked_seconds
+    stale = "none" if last_stale_request_seconds is None else f"{last_stale_request_seconds:.2f} s"
     print(
-        f"PUT /mode seen by {CONSECUTIVE_AGREEING_ANSWERS} answers in a row after "
-        f"{time.monotonic() - started:.2f} s"
+        f"PUT /mode: last stale answer to a request sent after {stale} "
+        f"(bound {MODE_CONVERGENCE_BOUND_SECONDS} s)"
     )
+    assert (
+        last_stale_request_seconds is None
+        or last_stale_request_seconds < MODE_CONVERGENCE_BOUND_SECONDS
+    ), f"a request sent {last_stale_request_seconds:.2f} s after PUT /mode saw the old mode"
     account = open_account(server.url, 0)
     deposit = requests.post(
         f"{server.url}/accounts/{account}/deposit", json={"amount": 1}, timeout=10
