@@ -31,6 +31,12 @@ REQUEST_TIMEOUT_SECONDS = 30.0
 POLL_INTERVAL_SECONDS = 0.02
 
 
+def bench_options(environment: Environment) -> Any:
+    if environment.parsed_options is None:
+        raise RuntimeError("run this locustfile with the locust command (bench_locust.py does)")
+    return environment.parsed_options
+
+
 class Counts:
     def __init__(self) -> None:
         self.deadline = float("inf")
@@ -95,7 +101,7 @@ class BenchUser(FastHttpUser):
     max_retries = 0  # a retried POST could move money twice
 
     def on_start(self) -> None:
-        options = self.environment.parsed_options
+        options = bench_options(self.environment)
         self.operation = options.bench_operation
         self.amount = options.bench_amount
         path = options.bench_ids_file
@@ -124,7 +130,7 @@ class BenchUser(FastHttpUser):
         gevent.spawn(self.exchange, path, body).join()
 
     def exchange(self, path: str, body: dict[str, int]) -> None:
-        options = self.environment.parsed_options
+        options = bench_options(self.environment)
         try:
             with self.client.post(
                 path, json=body, name=self.operation, catch_response=True
@@ -141,7 +147,7 @@ class BenchUser(FastHttpUser):
 
 @events.test_start.add_listener
 def on_test_start(environment: Environment, **_kwargs: Any) -> None:
-    COUNTS.deadline = time.monotonic() + environment.parsed_options.bench_duration
+    COUNTS.deadline = time.monotonic() + bench_options(environment).bench_duration
 
 
 @events.test_stopping.add_listener
@@ -172,4 +178,4 @@ def on_test_stop(environment: Environment, **_kwargs: Any) -> None:
         "p99_ms": total.get_response_time_percentile(0.99) if total.num_requests else None,
         "max_ms": total.max_response_time if total.num_requests else None,
     }
-    Path(environment.parsed_options.bench_result).write_text(json.dumps(result))
+    Path(bench_options(environment).bench_result).write_text(json.dumps(result))

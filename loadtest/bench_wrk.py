@@ -33,6 +33,14 @@ POLL_INTERVAL_SECONDS = 0.02
 INSTALL_DEADLINE_SECONDS = 600
 UNIT_MILLISECONDS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 SOCKET_ERROR_KINDS = ("connect", "read", "write", "timeout")
+COUNTERS = (
+    "sent",
+    "answered",
+    "answered_in_window",
+    "retry_after_503",
+    "mode_mismatches",
+    "unparsed",
+)
 
 
 class LoadError(RuntimeError):
@@ -116,11 +124,20 @@ def milliseconds(text: str) -> float:
 
 def parse_wrk_output(text: str, duration_s: float) -> LoadResult:
     """wrk's summary (--latency) and the bench.lua `bench-result` lines, as one result."""
+    if "bench-result threads" not in text:
+        raise LoadError("wrk printed no bench-result lines (did the Lua script fail?)")
     result = LoadResult(duration_s=duration_s)
+    read_summary(text, result)
+    read_counters(text, result)
+    return result
+
+
+def read_summary(text: str, result: LoadResult) -> None:
+    """Latencies and socket errors from wrk's own summary."""
     latency = re.search(r"^\s+Latency\s+(\S+)\s+(\S+)\s+(\S+)\s+", text, re.MULTILINE)
-    if latency:
+    if latency:  # average, standard deviation, max
         result.max_ms = milliseconds(latency.group(3))
-    percentiles = dict(re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)\s*$", text, re.MULTILINE))
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", text, re.MULTILINE))
     if "50" in percentiles:
         result.p50_ms = milliseconds(percentiles["50"])
     if "99" in percentiles:
@@ -128,35 +145,28 @@ def parse_wrk_output(text: str, duration_s: float) -> LoadResult:
     errors = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
     )
-    result.socket_errors = dict.fromkeys(SOCKET_ERROR_KINDS, 0)
-    if errors:
-        result.socket_errors = dict(zip(SOCKET_ERROR_KINDS, map(int, errors.groups()), strict=True))
-    if "bench-result threads" not in text:
-        raise LoadError("wrk printed no bench-result lines (did the Lua script fail?)")
-    probes_answered = 0
+    counts = map(int, errors.groups()) if errors else [0] * len(SOCKET_ERROR_KINDS)
+    result.socket_errors = dict(zip(SOCKET_ERROR_KINDS, counts, strict=True))
+
+
+def read_counters(text: str, result: LoadResult) -> None:
+    """The counters bench.lua's done() printed: `bench-result NAME N` or `... MAP KEY N`."""
+    scalars: dict[str, int] = {}
+    maps: dict[str, dict[str, int]] = {"status": {}, "credit": {}, "debit": {}, "mode": {}}
     for line in text.splitlines():
         fields = line.split()
         if len(fields) == 3 and fields[0] == "bench-result":
-            scalar, value = fields[1], int(fields[2])
-            if scalar == "probes_answered":
-                probes_answered = value
-            elif scalar in ("sent", "answered_in_window", "retry_after_503", "mode_mismatches",
-                            "unparsed"):  # fmt: skip
-                setattr(result, scalar, value)
-            elif scalar == "answered":
-                result.answered = value
-        elif len(fields) == 4 and fields[0] == "bench-result":
-            kind, key, count = fields[1], fields[2], int(fields[3])
-            if kind == "status":
-                result.statuses[int(key)] = count
-            elif kind == "credit":
-                result.credits[int(key)] = count
-            elif kind == "debit":
-                result.debits[int(key)] = count
-            elif kind == "mode":
-                result.served_modes[key] = count
-    result.answered -= probes_answered  # the /healthz probes after the deadline move no money
-    return result
+            scalars[fields[1]] = int(fields[2])
+        elif len(fields) == 4 and fields[0] == "bench-result" and fields[1] in maps:
+            maps[fields[1]][fields[2]] = int(fields[3])
+    for name in COUNTERS:
+        setattr(result, name, scalars.get(name, 0))
+    # The /healthz probes sent after the deadline (answered 200) move no money.
+    result.answered -= scalars.get("probes_answered", 0)
+    result.statuses = {int(status): count for status, count in maps["status"].items()}
+    result.credits = {int(account): count for account, count in maps["credit"].items()}
+    result.debits = {int(account): count for account, count in maps["debit"].items()}
+    result.served_modes = maps["mode"]
 
 
 def write_account_ids(path: Path, account_ids: Sequence[int]) -> None:
