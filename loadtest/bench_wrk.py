@@ -173,11 +173,18 @@ def write_account_ids(path: Path, account_ids: Sequence[int]) -> None:
     path.write_text("".join(f"{account}\n" for account in account_ids))
 
 
+def thread_count(threads: int, connections: int) -> int:
+    """At most `threads`, dividing `connections`: wrk gives each thread connections // threads."""
+    return max(
+        count for count in range(1, min(threads, connections) + 1) if connections % count == 0
+    )
+
+
 def wrk_command(
     wrk: str, url: str, *, threads: int, connections: int, duration_s: int, arguments: list[str]
 ) -> list[str]:
     return [
-        wrk, "-t", str(min(threads, connections)), "-c", str(connections),
+        wrk, "-t", str(thread_count(threads, connections)), "-c", str(connections),
         "-d", f"{duration_s + DRAIN_LIMIT_SECONDS}s", "--latency",
         "--timeout", f"{WRK_TIMEOUT_SECONDS}s", "-s", str(LUA_SCRIPT), url, "--", *arguments,
     ]  # fmt: skip
@@ -208,7 +215,7 @@ def run_wrk(
         wrk, url, threads=threads, connections=connections, duration_s=duration_s,
         arguments=arguments,
     )  # fmt: skip
-    wrk_threads = min(threads, connections)
+    wrk_threads = thread_count(threads, connections)
     output_path = workdir / "wrk.out"
     with output_path.open("wb") as output:
         process = subprocess.Popen(

@@ -11,7 +11,7 @@ import pytest
 
 from loadtest.bench_judge import RunEvidence, judge
 from loadtest.bench_report import RunRecord, markdown_table
-from loadtest.bench_wrk import LoadError, milliseconds, parse_wrk_output
+from loadtest.bench_wrk import LoadError, milliseconds, parse_wrk_output, thread_count
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 SMOKE_DEADLINE_SECONDS = 240
@@ -96,6 +96,14 @@ def test_wrk_output_without_the_script_counters_is_an_error() -> None:
 def test_wrk_durations_convert_to_milliseconds(text: str, expected: float) -> None:
     """Every unit wrk prints a latency in converts to milliseconds."""
     assert milliseconds(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("threads", "connections", "expected"), [(2, 32, 2), (2, 5, 1), (4, 6, 3), (8, 1, 1)]
+)
+def test_wrk_threads_divide_the_connections(threads: int, connections: int, expected: int) -> None:
+    """wrk opens connections // threads per thread, so the thread count must divide them."""
+    assert thread_count(threads, connections) == expected
 
 
 def test_a_clean_run_holds_every_invariant() -> None:
