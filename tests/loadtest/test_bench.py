@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from loadtest import bench
 from loadtest.bench_judge import RunEvidence, judge
 from loadtest.bench_report import RunRecord, markdown_table
 from loadtest.bench_wrk import LoadError, milliseconds, parse_wrk_output, thread_count
@@ -178,6 +179,30 @@ def test_anomalies_fail_a_run_in_any_mode() -> None:
         judgement = judge(evidence(**changes))
         assert judgement.anomalies, changes
         assert judgement.failed("unlocked") and judgement.failed("locked")
+
+
+def test_a_failed_safe_mode_run_makes_the_command_exit_non_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A safe-mode run judged FAIL: both reports are still written, and the exit code is 1."""
+    failed = RunRecord(store="sqlite", mode="locked", operation="deposit", accounts=2)
+    failed.fill_judgement(judge(evidence(after={1: 115, 2: 120})))
+    echo = RunRecord(store="-", mode="-", operation="echo", accounts=0, verdict="CEILING")
+    monkeypatch.setattr(bench, "ensure_wrk", lambda: "wrk")
+    monkeypatch.setattr(bench, "configuration", lambda *_arguments: {"workers": 2})
+    monkeypatch.setattr(bench.Benchmark, "measure_echo", lambda _self: echo)
+    monkeypatch.setattr(bench.Benchmark, "measure_store", lambda _self, _store: [failed])
+    exit_code = bench.main(["--stores", "sqlite", "--modes", "locked", "--out", str(tmp_path)])
+    assert exit_code == 1
+    (json_path,) = tmp_path.glob("bench-*.json")
+    document = json.loads(json_path.read_text())
+    assert document["passed"] is False
+    assert [run["verdict"] for run in document["runs"]] == ["CEILING", "FAIL"]
+    assert (
+        document["runs"][1]["problems"][0] == "3 lost updates (15 money off the acknowledgements)"
+    )
+    markdown = json_path.with_suffix(".md").read_text()
+    assert "**1 run(s) FAILED**" in markdown and "| sqlite | locked | deposits | 2 |" in markdown
 
 
 def test_the_markdown_table_has_one_row_per_run() -> None:
