@@ -109,15 +109,40 @@ def markdown_table(records: Sequence[RunRecord]) -> list[str]:
     return lines
 
 
-def problem_lines(records: Sequence[RunRecord]) -> list[str]:
-    lines = []
-    for record in records:
-        for problem in record.problems:
-            lines.append(
-                f"- {record.store} {record.mode} {OPERATION_LABELS[record.operation]} "
-                f"on {record.accounts:,} accounts ({record.verdict}): {problem}"
-            )
-    return lines
+def run_label(record: RunRecord) -> str:
+    return (
+        f"{record.store} {record.mode} {OPERATION_LABELS[record.operation]} "
+        f"on {record.accounts:,} accounts"
+    )
+
+
+def failure_lines(records: Sequence[RunRecord]) -> list[str]:
+    """Every finding of every failed run, one line each."""
+    return [
+        f"- {run_label(record)} ({record.verdict}): {problem}"
+        for record in records
+        if record.failed
+        for problem in record.problems
+    ]
+
+
+def loss_lines(records: Sequence[RunRecord]) -> list[str]:
+    """One line per unsafe-mode run that lost money: the demonstration, not a failure."""
+    return [
+        f"- {run_label(record)}: {'; '.join(record.problems)}"
+        for record in records
+        if record.verdict == "LOST (unsafe)"
+    ]
+
+
+def note_lines(records: Sequence[RunRecord]) -> list[str]:
+    """Findings of passing runs (requests left unanswered when the load stopped)."""
+    return [
+        f"- {run_label(record)}: {problem}"
+        for record in records
+        if record.verdict in ("PASS", "CEILING")
+        for problem in record.problems
+    ]
 
 
 def summary_line(records: Sequence[RunRecord]) -> str:
@@ -135,9 +160,13 @@ def write_markdown(
     lines = ["# bankrace benchmark", ""]
     lines += [f"- {key}: {value}" for key, value in configuration.items()]
     lines += ["", summary_line(records), "", *markdown_table(records)]
-    problems = problem_lines(records)
-    if problems:
-        lines += ["", "## Problems", "", *problems]
+    for title, section in (
+        ("Failures", failure_lines(records)),
+        ("What the unsafe modes lost", loss_lines(records)),
+        ("Notes", note_lines(records)),
+    ):
+        if section:
+            lines += ["", f"## {title}", "", *section]
     lines += ["", READING_NOTE]
     path.write_text("\n".join(lines) + "\n")
 
