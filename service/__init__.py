@@ -24,6 +24,7 @@ from service.keyed_locks import KeyedLocks
 from service.logs import configure_service_logging
 from service.schema import head_revision
 from service.services import Bank, ModeSource
+from service.single_process import refuse_a_second_worker
 from service.stores.base import Store
 from service.stores.memory import MemoryStore
 from service.stores.sql import SqlStore
@@ -46,6 +47,7 @@ class IdConverter(BaseConverter):
 
 def build_store(config: Config) -> Store:
     if config.is_memory:
+        refuse_a_second_worker("in-memory")  # one process, one bank (service/single_process.py)
         return MemoryStore(lock_timeout_ms=config.lock_timeout_ms)
     return SqlStore(
         config.database_url,
