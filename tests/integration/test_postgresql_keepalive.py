@@ -52,4 +52,3 @@ def test_every_connection_carries_keepalive_and_a_user_timeout() -> None:
         "TCP_KEEPCNT": engines.KEEPALIVE_COUNT,
         "TCP_USER_TIMEOUT": engines.TCP_USER_TIMEOUT_MS,
     }
-
