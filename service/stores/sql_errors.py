@@ -8,9 +8,11 @@ StoreUnavailable. Anything else is a bug and propagates.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psycopg
 from sqlalchemy import exc as sa_exc
 
 from service.domain import LockTimeout, StoreUnavailable
@@ -24,8 +26,14 @@ QUERY_CANCELED = "57014"
 UNDEFINED_TABLE = "42P01"
 
 
-def sqlstate(error: sa_exc.DBAPIError) -> str | None:
-    return getattr(error.orig, "sqlstate", None)
+# What the write path's driver-level cursors raise (SQLAlchemy wraps the same
+# errors in DBAPIError when it runs the statement itself).
+DRIVER_ERRORS = (sqlite3.Error, psycopg.Error)
+DRIVER_UNREACHABLE = (sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError)
+
+
+def sqlstate(error: BaseException) -> str | None:
+    return getattr(getattr(error, "orig", error), "sqlstate", None)
 
 
 @contextmanager
@@ -35,9 +43,10 @@ def translated_errors() -> Iterator[None]:
         yield
     except sa_exc.TimeoutError as error:  # pool checkout waited too long
         raise StoreUnavailable("no database connection became free in time") from error
-    except sa_exc.DBAPIError as error:
+    except (sa_exc.DBAPIError, *DRIVER_ERRORS) as error:
         state = sqlstate(error)
-        message = str(error.orig).lower()
+        original = error.orig if isinstance(error, sa_exc.DBAPIError) else error
+        message = str(original).lower()
         if state == DEADLOCK_DETECTED:
             raise RetryableConflict("deadlock detected", deadlock=True) from error
         if state == SERIALIZATION_FAILURE:
@@ -48,8 +57,12 @@ def translated_errors() -> Iterator[None]:
             raise StoreUnavailable(
                 "the schema is not migrated (run `bankrace db upgrade`)"
             ) from error
-        if error.connection_invalidated or isinstance(
-            error, sa_exc.OperationalError | sa_exc.InterfaceError
-        ):
+        if isinstance(error, sa_exc.DBAPIError):
+            unreachable = error.connection_invalidated or isinstance(
+                error, sa_exc.OperationalError | sa_exc.InterfaceError
+            )
+        else:
+            unreachable = isinstance(error, DRIVER_UNREACHABLE)
+        if unreachable:
             raise StoreUnavailable("the database cannot be reached") from error
         raise
