@@ -12,6 +12,7 @@ import pytest
 from loadtest.service_process import free_port
 from service.config import redacted_url
 from tests.support.load import Call, audit_of, balance_of, fire, open_account
+from tests.support.packet_loss import dropped_packets
 from tests.support.servers import ServerProcess, clean_environment
 
 pytestmark = pytest.mark.e2e
@@ -144,6 +145,24 @@ def test_a_database_that_cannot_be_used_is_one_line_without_traceback(
     shown = f" {redacted_url(url)}: "
     assert shown in lines[0], lines[0]
     assert any(reason in lines[0].split(shown, 1)[1].lower() for reason in reasons), lines[0]
+
+
+def test_db_upgrade_gives_up_on_a_silent_postgresql_host(tmp_path: Path) -> None:
+    """`db upgrade` against a host that drops packets fails on the connect timeout, in one line.
+
+    Without the 5 s connect timeout (migrations/env.py) the kernel retries the SYN for
+    about two minutes, so the command outlives `bankrace`'s 60 s subprocess bound.
+    """
+    port = free_port()
+    url = f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:{port}/bank"
+    with dropped_packets(port):
+        result = bankrace(tmp_path, "db", "upgrade", BANK_DATABASE_URL=url)
+    print(f"db upgrade: exit {result.returncode}: {result.stderr.strip()}")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stdout + result.stderr, result.stderr
+    assert lines[0].startswith(f"bankrace: cannot migrate the database at {redacted_url(url)}: ")
+    assert "timeout expired" in lines[0] and PASSWORD not in lines[0]
 
 
 def test_serve_creates_the_default_sqlite_database(tmp_path: Path) -> None:
