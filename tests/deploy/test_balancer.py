@@ -3,8 +3,8 @@
 No service and no database: one stub upstream reads each request and hangs up without
 answering (a replica dying mid-request), a backup stub answers. A GET must be retried on the
 backup; a POST that reached the first replica must not be (it may have moved money); a POST
-that could not be delivered at all may be. Also: X-Request-ID passes through, and failures
-answer problem+json.
+that could not be delivered at all may be. Also: an X-Request-ID the replicas accept passes
+through and any other is replaced by nginx's own, and failures answer problem+json.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from service.api.request_log import REQUEST_ID_PATTERN
 from tests.deploy import balancer as balancer_module
 from tests.deploy.balancer import (
     NGINX_TEMPLATE_PATH,
@@ -80,6 +81,8 @@ def answer_handler(seen: Seen) -> type[BaseHTTPRequestHandler]:
             body = json.dumps({"served_by": "backup"}).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
+            # Like a replica, which answers with the request id it was sent (when it accepts it).
+            self.send_header("X-Request-ID", self.headers.get("X-Request-ID", ""))
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -213,6 +216,69 @@ def test_request_id_and_forwarding_headers_reach_the_replica(tmp_path: Path, stu
     assert first["x-forwarded-proto"] == "http"
     assert first["host"] == f"127.0.0.1:{balancer.port}"
     assert first.get("connection", "") == ""  # upstream keep-alive needs no `Connection: close`
+
+
+# Ids a client may send: the replica accepts the first three and refuses the others.
+CLIENT_REQUEST_IDS = {
+    "plain": "order-1234",
+    "longest": "x" * 200,
+    "punctuation": "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~",
+    "too-long": "x" * 201,
+    "space": "order 1234",
+    "tab": "order\t1234",
+    "non-ascii": "caf\u00e9",
+    "empty": "",
+}
+NGINX_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
+LOGGED_REQUEST = re.compile(
+    r'"GET /healthz\?case=(?P<case>[\w-]+) HTTP/1\.1" .* request_id=(?P<id>\S+) '
+)
+
+
+def unescaped(logged: str) -> str:
+    """A value as nginx's access log writes it, `"` and `\\` as \\x22 and \\x5C, restored."""
+    return re.sub(r"\\x([0-9A-F]{2})", lambda match: chr(int(match[1], 16)), logged)
+
+
+def test_only_an_id_the_replica_accepts_passes_through(tmp_path: Path, stubs: tuple) -> None:
+    """An id the replica would refuse is replaced by nginx's own in its log, upstream and reply.
+
+    Otherwise the balancer would log the client's id and the replica one it made up, and
+    the two logs would no longer share an id. The test holds nginx's rule against the
+    replica's REQUEST_ID_PATTERN for every id sent.
+    """
+    _hang_up, _hang_up_seen, answer, answer_seen = stubs
+    replies: dict[str, str] = {}
+    with Balancer(workdir=tmp_path, upstream_servers=[f"127.0.0.1:{port_of(answer)}"]) as balancer:
+        for case, request_id in CLIENT_REQUEST_IDS.items():
+            response = requests.get(
+                f"{balancer.url}/healthz?case={case}",
+                headers={"X-Request-ID": request_id.encode("latin-1")},
+                timeout=REQUEST_TIMEOUT_SECONDS,
+            )
+            assert response.status_code == 200, case
+            replies[case] = response.headers["X-Request-ID"]
+    # Read once nginx has stopped: every access-log line is written by then.
+    logged = {
+        match["case"]: unescaped(match["id"])
+        for match in map(LOGGED_REQUEST.search, balancer.read_logs().splitlines())
+        if match
+    }
+    upstream = {
+        path.removeprefix("/healthz?case="): headers["x-request-id"]
+        for _method, path, headers in answer_seen.requests
+    }
+    for case, request_id in CLIENT_REQUEST_IDS.items():
+        expected = request_id if REQUEST_ID_PATTERN.fullmatch(request_id) else None
+        assert logged[case] == upstream[case] == replies[case], case
+        if expected is None:
+            assert NGINX_REQUEST_ID.fullmatch(logged[case]), (case, logged[case])
+        else:
+            assert logged[case] == expected, case
+    accepted = {
+        case for case, rid in CLIENT_REQUEST_IDS.items() if REQUEST_ID_PATTERN.fullmatch(rid)
+    }
+    assert accepted == {"plain", "longest", "punctuation"}
 
 
 @pytest.mark.parametrize(
