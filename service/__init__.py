@@ -78,6 +78,7 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
         process_locks=KeyedLocks(config.lock_timeout_ms),
         lock_timeout_ms=config.lock_timeout_ms,
         transfer_lock_order=config.transfer_lock_order,
+        idempotency_ttl_hours=config.idempotency_ttl_hours,
     )
 
     for blueprint in (accounts.blueprint, transfers.blueprint, admin.blueprint, ops.blueprint):

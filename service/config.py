@@ -26,6 +26,7 @@ from service.domain import (
     LockMode,
     ModeSetting,
 )
+from service.idempotency import DEFAULT_TTL_HOURS, MAX_TTL_HOURS
 
 DEFAULT_DATABASE_URL = "sqlite:///var/bank.db"
 MEMORY_DATABASE_URL = "memory://"
@@ -63,6 +64,7 @@ class Config:
     bind: str = DEFAULT_BIND
     workers: int = DEFAULT_WORKERS
     threads: int = DEFAULT_THREADS
+    idempotency_ttl_hours: int = DEFAULT_TTL_HOURS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -86,6 +88,9 @@ class Config:
             bind=_bind(env, "BANK_BIND"),
             workers=_integer(env, "BANK_WORKERS", DEFAULT_WORKERS, 1, MAX_WORKERS),
             threads=_integer(env, "BANK_THREADS", DEFAULT_THREADS, 1, MAX_THREADS),
+            idempotency_ttl_hours=_integer(
+                env, "BANK_IDEMPOTENCY_TTL_HOURS", DEFAULT_TTL_HOURS, 1, MAX_TTL_HOURS
+            ),
         )
         config.validate()
         return config

@@ -35,6 +35,7 @@ from service.domain import (
     WriteConflict,
     check_new_balance,
 )
+from service.idempotency import Completion
 from service.keyed_locks import KeyedLocks
 from service.stores.base import (
     LegWrite,
@@ -60,6 +61,8 @@ class Operation:
     legs: tuple[Leg, ...]
     lock_order: tuple[int, ...]
     transfer: TransferSpec | None = None
+    #: The idempotency key's response, stored in the same transaction.
+    completion: Completion | None = None
 
     @property
     def account_ids(self) -> tuple[int, ...]:
@@ -115,7 +118,7 @@ def read_modify_write(
     states = writer.read_states(operation.account_ids)
     writes = plan_writes(in_lock_order(operation), states, compare_versions=False)
     pause_in_race_window(context.race_window_ms)
-    return writer.write_legs(writes, mode.value, operation.transfer)
+    return writer.write_legs(writes, mode.value, operation.transfer, operation.completion)
 
 
 def run_unlocked(operation: Operation, context: ModeContext) -> Written:
@@ -146,7 +149,9 @@ def run_optimistic(operation: Operation, context: ModeContext) -> Written:
         writes = plan_writes(in_lock_order(operation), states, compare_versions=True)
         pause_in_race_window(context.race_window_ms)
         try:
-            return context.store.write_legs(writes, LockMode.OPTIMISTIC.value, operation.transfer)
+            return context.store.write_legs(
+                writes, LockMode.OPTIMISTIC.value, operation.transfer, operation.completion
+            )
         except VersionConflict:
             backoff_ms = random.uniform(
                 0, min(OPTIMISTIC_BACKOFF_CAP_MS, OPTIMISTIC_BACKOFF_BASE_MS * 2**attempt)
@@ -162,7 +167,9 @@ def run_optimistic(operation: Operation, context: ModeContext) -> Written:
 def run_atomic(operation: Operation, context: ModeContext) -> Written:
     pause_in_race_window(context.race_window_ms)
     writes = [LegWrite(leg) for leg in in_lock_order(operation)]
-    return context.store.write_legs(writes, LockMode.ATOMIC.value, operation.transfer)
+    return context.store.write_legs(
+        writes, LockMode.ATOMIC.value, operation.transfer, operation.completion
+    )
 
 
 Strategy = Callable[[Operation, ModeContext], Written]

@@ -25,13 +25,12 @@ from service.domain import (
     LockTimeout,
     ModeSetting,
     SameAccount,
-    Transaction,
     TransactionKind,
-    Transfer,
     Unavailable,
     UnsafeModeRefused,
     WriteConflict,
 )
+from service.idempotency import DEFAULT_TTL_HOURS, Completion
 from service.keyed_locks import KeyedLocks
 from service.modes import STRATEGIES, ModeContext, Operation
 from service.stores.base import RetryableConflict, Store, TransferSpec, Written
@@ -135,29 +134,60 @@ class Bank:
     process_locks: KeyedLocks
     lock_timeout_ms: int
     transfer_lock_order: str = "sorted"
+    idempotency_ttl_hours: int = DEFAULT_TTL_HOURS
+
+
+# Every money operation takes an optional `completion`: the idempotency key
+# whose response is stored in the operation's own transaction.
 
 
 def open_account(
-    owner: str, currency: str | None, opening_balance: int, setting: ModeSetting, bank: Bank
+    owner: str,
+    currency: str | None,
+    opening_balance: int,
+    setting: ModeSetting,
+    bank: Bank,
+    completion: Completion | None = None,
 ) -> Account:
     return bank.store.open_account(
-        owner.strip(), currency or DEFAULT_CURRENCY, opening_balance, setting.lock_mode.value
+        owner.strip(),
+        currency or DEFAULT_CURRENCY,
+        opening_balance,
+        setting.lock_mode.value,
+        completion,
     )
 
 
-def deposit(account_id: int, amount: int, setting: ModeSetting, bank: Bank) -> Transaction:
+def deposit(
+    account_id: int,
+    amount: int,
+    setting: ModeSetting,
+    bank: Bank,
+    completion: Completion | None = None,
+) -> Written:
     leg = Leg(account_id, TransactionKind.DEPOSIT, amount)
-    return _apply(Operation((leg,), (account_id,)), setting, bank).transactions[0]
+    return _apply(Operation((leg,), (account_id,), completion=completion), setting, bank)
 
 
-def withdraw(account_id: int, amount: int, setting: ModeSetting, bank: Bank) -> Transaction:
+def withdraw(
+    account_id: int,
+    amount: int,
+    setting: ModeSetting,
+    bank: Bank,
+    completion: Completion | None = None,
+) -> Written:
     leg = Leg(account_id, TransactionKind.WITHDRAWAL, amount)
-    return _apply(Operation((leg,), (account_id,)), setting, bank).transactions[0]
+    return _apply(Operation((leg,), (account_id,), completion=completion), setting, bank)
 
 
 def transfer(
-    from_account: int, to_account: int, amount: int, setting: ModeSetting, bank: Bank
-) -> Transfer:
+    from_account: int,
+    to_account: int,
+    amount: int,
+    setting: ModeSetting,
+    bank: Bank,
+    completion: Completion | None = None,
+) -> Written:
     if from_account == to_account:
         raise SameAccount("a transfer needs two different accounts")
     source = bank.store.get_account(from_account)
@@ -180,11 +210,12 @@ def transfer(
         ),
         lock_order=lock_order,
         transfer=TransferSpec(from_account, to_account, amount),
+        completion=completion,
     )
     written = _apply(operation, setting, bank)
     if written.transfer is None:
         raise RuntimeError("the store did not record the transfer it was given")
-    return written.transfer
+    return written
 
 
 def _apply(operation: Operation, setting: ModeSetting, bank: Bank) -> Written:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
 )
 
 from service.domain import MAX_BALANCE_MINOR
@@ -96,3 +97,22 @@ settings = Table(
 )
 
 SETTINGS_ROW_ID = 1
+
+# Idempotency keys (service.idempotency): the claim of the first request with
+# a key, and once it is done the response every repeat is answered.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("scope", String(64), primary_key=True),
+    Column("idempotency_key", String(255), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("owner", String(32), nullable=False),
+    Column("claimed_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("response_status", Integer, nullable=True),
+    Column("response_headers", Text, nullable=True),
+    Column("response_body", Text, nullable=True),
+    CheckConstraint("state IN ('in_progress', 'done')", name="state_known"),
+    Index("ix_idempotency_keys_expires_at", "expires_at"),
+)

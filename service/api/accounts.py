@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flask import Blueprint, Response, jsonify, url_for
 
 from service import services
+from service.api import idempotent
 from service.api.context import current_bank, serving_setting
 from service.api.parsing import (
     MAX_ID_DIGITS,
@@ -22,6 +25,8 @@ from service.domain import (
     opening_balance_error,
     owner_error,
 )
+from service.idempotency import StoredResponse
+from service.stores.base import Written
 
 blueprint = Blueprint("accounts", __name__)
 
@@ -29,21 +34,28 @@ MAX_CURSOR = 10**MAX_ID_DIGITS - 1
 
 
 @blueprint.post("/accounts")
-def open_account() -> tuple[Response, int, dict[str, str]]:
+def open_account() -> Response:
+    body = json_object()
     fields = validated(
-        json_object(),
+        body,
         required={"owner": owner_error},
         optional={"currency": currency_error, "opening_balance": opening_balance_error},
     )
-    account = services.open_account(
-        fields["owner"],
-        fields.get("currency"),
-        fields.get("opening_balance", 0),
-        serving_setting(),
-        current_bank(),
+    setting = serving_setting()
+    return idempotent.answer(
+        body,
+        lambda completion: services.open_account(
+            fields["owner"],
+            fields.get("currency"),
+            fields.get("opening_balance", 0),
+            setting,
+            current_bank(),
+            completion,
+        ),
+        lambda account: idempotent.created(
+            account_json(account), f"/accounts/{account.id}", setting.lock_mode.value
+        ),
     )
-    location = url_for("accounts.get_account", account_id=account.id)
-    return jsonify(account_json(account)), 201, {"Location": location}
 
 
 @blueprint.get("/accounts")
@@ -63,22 +75,30 @@ def get_account(account_id: int) -> Response:
 
 
 @blueprint.post("/accounts/<id:account_id>/deposit")
-def deposit(account_id: int) -> tuple[Response, int, dict[str, str]]:
-    fields = validated(json_object(), required={"amount": amount_error})
-    entry = services.deposit(account_id, fields["amount"], serving_setting(), current_bank())
-    return _created_transaction(entry)
+def deposit(account_id: int) -> Response:
+    return _move_money(services.deposit, account_id)
 
 
 @blueprint.post("/accounts/<id:account_id>/withdraw")
-def withdraw(account_id: int) -> tuple[Response, int, dict[str, str]]:
-    fields = validated(json_object(), required={"amount": amount_error})
-    entry = services.withdraw(account_id, fields["amount"], serving_setting(), current_bank())
-    return _created_transaction(entry)
+def withdraw(account_id: int) -> Response:
+    return _move_money(services.withdraw, account_id)
 
 
-def _created_transaction(entry: Transaction) -> tuple[Response, int, dict[str, str]]:
-    location = url_for("transfers.get_transaction", transaction_id=entry.id)
-    return jsonify(transaction_json(entry)), 201, {"Location": location}
+def _move_money(operation: Callable[..., Written], account_id: int) -> Response:
+    body = json_object()
+    fields = validated(body, required={"amount": amount_error})
+    setting = serving_setting()
+    return idempotent.answer(
+        body,
+        lambda completion: operation(
+            account_id, fields["amount"], setting, current_bank(), completion
+        ),
+        lambda written: created_transaction(written.transactions[0], setting.lock_mode.value),
+    )
+
+
+def created_transaction(entry: Transaction, lock_mode: str) -> StoredResponse:
+    return idempotent.created(transaction_json(entry), f"/transactions/{entry.id}", lock_mode)
 
 
 @blueprint.get("/accounts/<id:account_id>/transactions")

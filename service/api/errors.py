@@ -27,6 +27,11 @@ from service.domain import (
     UnsafeModeRefused,
     ValidationFailed,
 )
+from service.idempotency import (
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    InvalidIdempotencyKey,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +46,9 @@ DOMAIN_STATUS: dict[type[DomainError], int] = {
     ValidationFailed: 422,
     UnsafeModeRefused: 403,
     Unavailable: 503,
+    InvalidIdempotencyKey: 400,
+    IdempotencyKeyReused: 422,
+    IdempotencyInProgress: 409,
 }
 
 HTTP_CODES = {
@@ -100,7 +108,7 @@ def _status_for(error: DomainError) -> int:
 def handle_domain_error(error: DomainError) -> Response:
     status = _status_for(error)
     headers = {}
-    if isinstance(error, Unavailable):
+    if isinstance(error, Unavailable | IdempotencyInProgress):
         headers["Retry-After"] = str(error.retry_after_seconds)
     errors = error.errors if isinstance(error, ValidationFailed) else ()
     return problem(status, error.code, error.detail, errors=errors, headers=headers)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, url_for
+from flask import Blueprint, Response, jsonify
 
 from service import services
+from service.api import idempotent
 from service.api.context import current_bank, serving_setting
 from service.api.parsing import MAX_ID_DIGITS, json_object, validated
 from service.api.representations import transaction_json, transfer_json
 from service.domain import amount_error
+from service.idempotency import StoredResponse
+from service.stores.base import Written
 
 blueprint = Blueprint("transfers", __name__)
 
@@ -26,24 +29,36 @@ def _account_id_error(value: object) -> str | None:
 
 
 @blueprint.post("/transfers")
-def create_transfer() -> tuple[Response, int, dict[str, str]]:
+def create_transfer() -> Response:
+    body = json_object()
     fields = validated(
-        json_object(),
+        body,
         required={
             "from_account": _account_id_error,
             "to_account": _account_id_error,
             "amount": amount_error,
         },
     )
-    recorded = services.transfer(
-        fields["from_account"],
-        fields["to_account"],
-        fields["amount"],
-        serving_setting(),
-        current_bank(),
+    setting = serving_setting()
+    return idempotent.answer(
+        body,
+        lambda completion: services.transfer(
+            fields["from_account"],
+            fields["to_account"],
+            fields["amount"],
+            setting,
+            current_bank(),
+            completion,
+        ),
+        lambda written: _created_transfer(written, setting.lock_mode.value),
     )
-    location = url_for("transfers.get_transfer", transfer_id=recorded.id)
-    return jsonify(transfer_json(recorded)), 201, {"Location": location}
+
+
+def _created_transfer(written: Written, lock_mode: str) -> StoredResponse:
+    recorded = written.transfer
+    if recorded is None:
+        raise RuntimeError("the store did not record the transfer it was given")
+    return idempotent.created(transfer_json(recorded), f"/transfers/{recorded.id}", lock_mode)
 
 
 @blueprint.get("/transfers/<id:transfer_id>")

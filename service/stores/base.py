@@ -13,6 +13,7 @@ Stores know the domain; they know nothing of HTTP or of lock-mode policy.
 from __future__ import annotations
 
 import abc
+import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from service.domain import (
     Transaction,
     Transfer,
 )
+from service.idempotency import Claim, Completion, KeyRecord, StoredResponse
 
 
 class VersionConflict(Exception):
@@ -78,9 +80,18 @@ class LegWriter(abc.ABC):
 
     @abc.abstractmethod
     def write_legs(
-        self, writes: Sequence[LegWrite], lock_mode: str, transfer: TransferSpec | None = None
+        self,
+        writes: Sequence[LegWrite],
+        lock_mode: str,
+        transfer: TransferSpec | None = None,
+        completion: Completion | None = None,
     ) -> Written:
-        """Apply every write and journal every leg, all or nothing."""
+        """Apply every write and journal every leg, all or nothing.
+
+        With a `completion`, the idempotency key's response is stored in the
+        same transaction (ClaimLost, and nothing written, if the claim no
+        longer holds).
+        """
 
 
 class Store(LegWriter):
@@ -104,7 +115,12 @@ class Store(LegWriter):
 
     @abc.abstractmethod
     def open_account(
-        self, owner: str, currency: str, opening_balance: int, lock_mode: str
+        self,
+        owner: str,
+        currency: str,
+        opening_balance: int,
+        lock_mode: str,
+        completion: Completion | None = None,
     ) -> Account: ...
 
     @abc.abstractmethod
@@ -139,6 +155,28 @@ class Store(LegWriter):
     @abc.abstractmethod
     def save_mode(self, setting: ModeSetting, *, overwrite: bool = True) -> None:
         """Store the shared mode; with overwrite=False only if none is stored yet (atomically)."""
+
+    # ------------------------------------------------------------ idempotency keys
+
+    @abc.abstractmethod
+    def claim_key(self, claim: Claim) -> KeyRecord | None:
+        """Claim the key for this request (None) or say what another request holds.
+
+        Committed at once, so every worker and replica sees the claim. An
+        expired key, or a stale claim of the same request, is taken over.
+        """
+
+    @abc.abstractmethod
+    def finish_key(self, claim: Claim, response: StoredResponse) -> None:
+        """Store a response decided without moving money (a refusal), if the claim holds."""
+
+    @abc.abstractmethod
+    def release_key(self, claim: Claim) -> None:
+        """Forget this request's in-progress claim: it could not run, a retry may."""
+
+    @abc.abstractmethod
+    def purge_keys(self, now: dt.datetime, limit: int) -> int:
+        """Delete up to `limit` expired keys; how many went."""
 
     @abc.abstractmethod
     def check_ready(self) -> None:

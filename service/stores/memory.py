@@ -38,6 +38,7 @@ from service.domain import (
     Transfer,
     utc_now,
 )
+from service.idempotency import Claim, ClaimLost, Completion, KeyRecord, StoredResponse
 from service.keyed_locks import KeyedLocks
 from service.stores.base import (
     LegWrite,
@@ -69,6 +70,15 @@ class _Books:
 
 
 @dataclass
+class _KeyRow:
+    fingerprint: str
+    owner: str
+    claimed_at: dt.datetime
+    expires_at: dt.datetime
+    response: StoredResponse | None = None
+
+
+@dataclass
 class _BankTotals:
     total_balance: int = 0
     total_journal: int = 0
@@ -97,9 +107,13 @@ class _HoldingLocks(LegWriter):
         return self._store.read_states(account_ids)
 
     def write_legs(
-        self, writes: Sequence[LegWrite], lock_mode: str, transfer: TransferSpec | None = None
+        self,
+        writes: Sequence[LegWrite],
+        lock_mode: str,
+        transfer: TransferSpec | None = None,
+        completion: Completion | None = None,
     ) -> Written:
-        return self._store.write_legs_holding_locks(writes, lock_mode, transfer)
+        return self._store.write_legs_holding_locks(writes, lock_mode, transfer, completion)
 
 
 class MemoryStore(Store):
@@ -115,6 +129,7 @@ class MemoryStore(Store):
         self._mode: ModeSetting | None = None
         self._books: dict[int, _Books] = {}
         self._totals = _BankTotals()
+        self._keys: dict[tuple[str, str], _KeyRow] = {}
 
     # ------------------------------------------------------------------ balances
 
@@ -127,20 +142,29 @@ class MemoryStore(Store):
             }
 
     def write_legs(
-        self, writes: Sequence[LegWrite], lock_mode: str, transfer: TransferSpec | None = None
+        self,
+        writes: Sequence[LegWrite],
+        lock_mode: str,
+        transfer: TransferSpec | None = None,
+        completion: Completion | None = None,
     ) -> Written:
         # Like an UPDATE, a write takes its rows' locks (in the order given,
         # which is the lock order): it waits for whoever holds them.
         with self._row_locks.holding([write.leg.account_id for write in writes]):
-            return self.write_legs_holding_locks(writes, lock_mode, transfer)
+            return self.write_legs_holding_locks(writes, lock_mode, transfer, completion)
 
     def write_legs_holding_locks(
-        self, writes: Sequence[LegWrite], lock_mode: str, transfer: TransferSpec | None
+        self,
+        writes: Sequence[LegWrite],
+        lock_mode: str,
+        transfer: TransferSpec | None,
+        completion: Completion | None = None,
     ) -> Written:
         """`write_legs` for a caller that already holds the accounts' row locks."""
         now = utc_now()
         with self._mutex:
             # Check every condition before changing anything: all or nothing.
+            self._check_claim(completion)
             new_balances = [self._new_balance(write) for write in writes]
             transfer_id = len(self._transfers) + 1 if transfer else None
             entries = []
@@ -173,7 +197,9 @@ class MemoryStore(Store):
                     tuple(entries),
                 )
                 self._transfers[transfer_id] = recorded
-            return Written(tuple(entries), recorded)
+            written = Written(tuple(entries), recorded)
+            self._complete(completion, written)
+            return written
 
     def _new_balance(self, write: LegWrite) -> int:
         account = self._require(write.leg.account_id)
@@ -202,10 +228,16 @@ class MemoryStore(Store):
     # ------------------------------------------------------------------ accounts
 
     def open_account(
-        self, owner: str, currency: str, opening_balance: int, lock_mode: str
+        self,
+        owner: str,
+        currency: str,
+        opening_balance: int,
+        lock_mode: str,
+        completion: Completion | None = None,
     ) -> Account:
         now = utc_now()
         with self._mutex:
+            self._check_claim(completion)
             account = Account(
                 id=len(self._accounts) + 1,
                 owner=owner,
@@ -229,6 +261,7 @@ class MemoryStore(Store):
                     lock_mode,
                     now,
                 )
+            self._complete(completion, account)
             return account
 
     def get_account(self, account_id: int) -> Account:
@@ -280,6 +313,62 @@ class MemoryStore(Store):
                 total_balance=totals.total_balance,
                 total_journal=totals.total_journal,
             )
+
+    # ------------------------------------------------------------------ idempotency keys
+
+    def claim_key(self, claim: Claim) -> KeyRecord | None:
+        with self._mutex:
+            held = self._keys.get((claim.scope, claim.key))
+            takes_over = (
+                held is None
+                or held.expires_at < claim.now
+                or (
+                    held.response is None
+                    and held.claimed_at < claim.stale_before
+                    and held.fingerprint == claim.fingerprint
+                )
+            )
+            if takes_over:
+                self._keys[(claim.scope, claim.key)] = _KeyRow(
+                    claim.fingerprint, claim.owner, claim.now, claim.expires_at
+                )
+                return None
+            assert held is not None
+            return KeyRecord(held.fingerprint, held.response)
+
+    def finish_key(self, claim: Claim, response: StoredResponse) -> None:
+        with self._mutex:
+            self._check_claim_held(claim)
+            self._keys[(claim.scope, claim.key)].response = response
+
+    def release_key(self, claim: Claim) -> None:
+        with self._mutex:
+            held = self._keys.get((claim.scope, claim.key))
+            if held is not None and held.owner == claim.owner and held.response is None:
+                del self._keys[(claim.scope, claim.key)]
+
+    def purge_keys(self, now: dt.datetime, limit: int) -> int:
+        with self._mutex:
+            expired = [name for name, row in self._keys.items() if row.expires_at < now][:limit]
+            for name in expired:
+                del self._keys[name]
+            return len(expired)
+
+    def _check_claim(self, completion: Completion | None) -> None:
+        if completion is not None:
+            self._check_claim_held(completion.claim)
+
+    def _check_claim_held(self, claim: Claim) -> None:
+        held = self._keys.get((claim.scope, claim.key))
+        if held is None or held.owner != claim.owner or held.response is not None:
+            raise ClaimLost(
+                "another attempt with this Idempotency-Key took it over; nothing was written"
+            )
+
+    def _complete(self, completion: Completion | None, result: object) -> None:
+        if completion is not None:
+            claim = completion.claim
+            self._keys[(claim.scope, claim.key)].response = completion.respond(result)
 
     # ------------------------------------------------------------------ settings
 

@@ -50,6 +50,14 @@ from service.domain import (
     Transfer,
     utc_now,
 )
+from service.idempotency import (
+    Claim,
+    ClaimLost,
+    Completion,
+    IdempotencyInProgress,
+    KeyRecord,
+    StoredResponse,
+)
 from service.stores import sql_audit
 from service.stores import sql_statements as statements
 from service.stores.base import (
@@ -92,6 +100,11 @@ class _SqlWriter(LegWriter):
         row: tuple[Any, ...] | None = self._cursor.fetchone()
         return row
 
+    def _row_count(self, sql: str, parameters: dict[str, Any]) -> int:
+        self._cursor.execute(self._store.sql(sql), parameters)
+        count: int = self._cursor.rowcount
+        return count
+
     def _value(self, sql: str, parameters: dict[str, Any]) -> Any:
         row = self._row(sql, parameters)
         return None if row is None else row[0]
@@ -123,7 +136,11 @@ class _SqlWriter(LegWriter):
         return states
 
     def write_legs(
-        self, writes: Sequence[LegWrite], lock_mode: str, transfer: TransferSpec | None = None
+        self,
+        writes: Sequence[LegWrite],
+        lock_mode: str,
+        transfer: TransferSpec | None = None,
+        completion: Completion | None = None,
     ) -> Written:
         now = utc_now()
         stamp = self._store.timestamp(now)
@@ -153,7 +170,55 @@ class _SqlWriter(LegWriter):
                 now,
                 entries,
             )
-        return Written(entries, recorded)
+        written = Written(entries, recorded)
+        if completion is not None:
+            self.complete(completion, written)
+        return written
+
+    def complete(self, completion: Completion, result: object) -> None:
+        """Store the key's response in this transaction, or undo it all (ClaimLost)."""
+        self.store_response(completion.claim, completion.respond(result))
+
+    def store_response(self, claim: Claim, response: StoredResponse) -> None:
+        self._cursor.execute(
+            self._store.sql(statements.COMPLETE_KEY),
+            {
+                "status": response.status,
+                "headers": response.headers_json(),
+                "body": response.body,
+                "scope": claim.scope,
+                "key": claim.key,
+                "owner": claim.owner,
+            },
+        )
+        if self._cursor.rowcount != 1:
+            raise ClaimLost(
+                "another attempt with this Idempotency-Key took it over; nothing was written"
+            )
+
+    def claim_key(self, claim: Claim) -> KeyRecord | None:
+        owner = self._value(
+            statements.CLAIM_KEY,
+            {
+                "scope": claim.scope,
+                "key": claim.key,
+                "fingerprint": claim.fingerprint,
+                "owner": claim.owner,
+                "now": self._store.timestamp(claim.now),
+                "expires_at": self._store.timestamp(claim.expires_at),
+                "stale_before": self._store.timestamp(claim.stale_before),
+            },
+        )
+        if owner == claim.owner:
+            return None
+        row = self._row(statements.READ_KEY, {"scope": claim.scope, "key": claim.key})
+        if row is None:  # released between the two statements: the caller tries again
+            raise IdempotencyInProgress("the key was just released; retry")
+        fingerprint, state, status, headers, body = row
+        response = None
+        if state == "done":
+            response = StoredResponse.from_columns(status, body, headers)
+        return KeyRecord(fingerprint, response)
 
     def _write_leg(
         self, write: LegWrite, lock_mode: str, transfer_id: int | None, now: dt.datetime, stamp: Any
@@ -211,7 +276,12 @@ class _SqlWriter(LegWriter):
         return BalanceLimitExceeded(f"account {account_id} would pass {MAX_BALANCE_MINOR}")
 
     def open_account(
-        self, owner: str, currency: str, opening_balance: int, lock_mode: str
+        self,
+        owner: str,
+        currency: str,
+        opening_balance: int,
+        lock_mode: str,
+        completion: Completion | None = None,
     ) -> Account:
         now = utc_now()
         stamp = self._store.timestamp(now)
@@ -237,7 +307,10 @@ class _SqlWriter(LegWriter):
                     "created_at": stamp,
                 },
             )
-        return Account(account_id, owner, currency, opening_balance, 0, now, now)
+        account = Account(account_id, owner, currency, opening_balance, 0, now, now)
+        if completion is not None:
+            self.complete(completion, account)
+        return account
 
 
 class SqlStore(Store):
@@ -294,9 +367,15 @@ class SqlStore(Store):
             return _SqlWriter(connection, self).read_states(account_ids)
 
     def write_legs(
-        self, writes: Sequence[LegWrite], lock_mode: str, transfer: TransferSpec | None = None
+        self,
+        writes: Sequence[LegWrite],
+        lock_mode: str,
+        transfer: TransferSpec | None = None,
+        completion: Completion | None = None,
     ) -> Written:
-        return self._write(lambda writer: writer.write_legs(writes, lock_mode, transfer))
+        return self._write(
+            lambda writer: writer.write_legs(writes, lock_mode, transfer, completion)
+        )
 
     def exclusive(
         self, account_ids: Sequence[int], work: Callable[[LegWriter], Written]
@@ -315,11 +394,34 @@ class SqlStore(Store):
     # ------------------------------------------------------------------ accounts
 
     def open_account(
-        self, owner: str, currency: str, opening_balance: int, lock_mode: str
+        self,
+        owner: str,
+        currency: str,
+        opening_balance: int,
+        lock_mode: str,
+        completion: Completion | None = None,
     ) -> Account:
         return self._write(
-            lambda writer: writer.open_account(owner, currency, opening_balance, lock_mode)
+            lambda writer: writer.open_account(
+                owner, currency, opening_balance, lock_mode, completion
+            )
         )
+
+    # ------------------------------------------------------------------ idempotency keys
+
+    def claim_key(self, claim: Claim) -> KeyRecord | None:
+        return self._write(lambda writer: writer.claim_key(claim))
+
+    def finish_key(self, claim: Claim, response: StoredResponse) -> None:
+        self._write(lambda writer: writer.store_response(claim, response))
+
+    def release_key(self, claim: Claim) -> None:
+        parameters = {"scope": claim.scope, "key": claim.key, "owner": claim.owner}
+        self._write(lambda writer: writer._row_count(statements.RELEASE_KEY, parameters))
+
+    def purge_keys(self, now: dt.datetime, limit: int) -> int:
+        parameters = {"now": self.timestamp(now), "limit": limit}
+        return self._write(lambda writer: writer._row_count(statements.PURGE_KEYS, parameters))
 
     def get_account(self, account_id: int) -> Account:
         with self._transaction(write=False) as connection:

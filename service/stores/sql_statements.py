@@ -51,3 +51,45 @@ INSERT_ACCOUNT = (
 )
 
 LOAD_MODE = "SELECT lock_mode, race_window_ms FROM settings WHERE id = :id"
+
+# ---------------------------------------------------------------- idempotency keys
+# One statement claims a key: a new key, an expired one, or a claim whose
+# request died (same request, older than the lease) becomes this request's;
+# otherwise nothing changes and no row is returned.
+CLAIM_KEY = (
+    "INSERT INTO idempotency_keys"
+    " (scope, idempotency_key, fingerprint, state, owner, claimed_at, expires_at)"
+    " VALUES (:scope, :key, :fingerprint, 'in_progress', :owner, :now, :expires_at)"
+    " ON CONFLICT (scope, idempotency_key) DO UPDATE SET"
+    " fingerprint = excluded.fingerprint, state = 'in_progress', owner = excluded.owner,"
+    " claimed_at = excluded.claimed_at, expires_at = excluded.expires_at,"
+    " response_status = NULL, response_headers = NULL, response_body = NULL"
+    " WHERE idempotency_keys.expires_at < :now"
+    " OR (idempotency_keys.state = 'in_progress' AND idempotency_keys.claimed_at < :stale_before"
+    " AND idempotency_keys.fingerprint = excluded.fingerprint)"
+    " RETURNING owner"
+)
+
+READ_KEY = (
+    "SELECT fingerprint, state, response_status, response_headers, response_body"
+    " FROM idempotency_keys WHERE scope = :scope AND idempotency_key = :key"
+)
+
+# Only the attempt that still owns an in-progress claim may complete it.
+COMPLETE_KEY = (
+    "UPDATE idempotency_keys SET state = 'done', response_status = :status,"
+    " response_headers = :headers, response_body = :body"
+    " WHERE scope = :scope AND idempotency_key = :key AND owner = :owner"
+    " AND state = 'in_progress'"
+)
+
+RELEASE_KEY = (
+    "DELETE FROM idempotency_keys WHERE scope = :scope AND idempotency_key = :key"
+    " AND owner = :owner AND state = 'in_progress'"
+)
+
+# A bounded batch, so the purge never holds the write lock for long.
+PURGE_KEYS = (
+    "DELETE FROM idempotency_keys WHERE (scope, idempotency_key) IN"
+    " (SELECT scope, idempotency_key FROM idempotency_keys WHERE expires_at < :now LIMIT :limit)"
+)

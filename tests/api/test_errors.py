@@ -16,6 +16,7 @@ from service.domain import (
     StoreUnavailable,
     WriteConflict,
 )
+from service.idempotency import Completion
 from service.stores.base import LegWrite, TransferSpec, Written
 from service.stores.memory import MemoryStore
 from tests.api.helpers import ADMIN_HEADERS, assert_problem, open_account, snapshot
@@ -442,12 +443,16 @@ class FailingStore(MemoryStore):
         self.ready_error: Exception | None = None
 
     def write_legs_holding_locks(
-        self, writes: Sequence[LegWrite], lock_mode: str, transfer: TransferSpec | None = None
+        self,
+        writes: Sequence[LegWrite],
+        lock_mode: str,
+        transfer: TransferSpec | None = None,
+        completion: Completion | None = None,
     ) -> Written:
         # Every mode's write ends here (outside `exclusive` after taking the row locks).
         if self.write_error is not None:
             raise self.write_error
-        return super().write_legs_holding_locks(writes, lock_mode, transfer)
+        return super().write_legs_holding_locks(writes, lock_mode, transfer, completion)
 
     def get_account(self, account_id: int) -> Any:
         if self.read_error is not None:

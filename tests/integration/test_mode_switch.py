@@ -16,6 +16,7 @@ import pytest
 
 from service import services
 from service.domain import BalanceState, LockMode, ModeSetting
+from service.idempotency import Completion
 from service.keyed_locks import KeyedLocks
 from service.services import Bank, ModeSource
 from service.stores.base import LegWrite, LegWriter, Store, TransferSpec, Written
@@ -38,9 +39,13 @@ class SignalAfterRead(LegWriter):
         return states
 
     def write_legs(
-        self, writes: Sequence[LegWrite], lock_mode: str, transfer: TransferSpec | None = None
+        self,
+        writes: Sequence[LegWrite],
+        lock_mode: str,
+        transfer: TransferSpec | None = None,
+        completion: Completion | None = None,
     ) -> Written:
-        return self._writer.write_legs(writes, lock_mode, transfer)
+        return self._writer.write_legs(writes, lock_mode, transfer, completion)
 
 
 def signalling_exclusive(store: Store, has_read: threading.Event) -> None:

@@ -39,6 +39,7 @@ def test_blank_values_mean_the_default() -> None:
         "BANK_BIND",
         "BANK_WORKERS",
         "BANK_THREADS",
+        "BANK_IDEMPOTENCY_TTL_HOURS",
     ]
     assert Config.from_env(dict.fromkeys(names, "")) == DEFAULTS
     assert Config.from_env(dict.fromkeys(names[:4] + names[5:], "  ")) == DEFAULTS
@@ -67,6 +68,7 @@ def test_every_variable_is_read() -> None:
             "BANK_BIND": "0.0.0.0:9000",
             "BANK_WORKERS": "64",
             "BANK_THREADS": "256",
+            "BANK_IDEMPOTENCY_TTL_HOURS": "1",
         }
     )
     assert config == Config(
@@ -80,6 +82,7 @@ def test_every_variable_is_read() -> None:
         bind="0.0.0.0:9000",
         workers=64,
         threads=256,
+        idempotency_ttl_hours=1,
     )
 
 
@@ -199,6 +202,10 @@ BAD_VALUES = [
     ("BANK_THREADS", "0"),
     ("BANK_THREADS", "257"),
     ("BANK_THREADS", "eight"),
+    ("BANK_IDEMPOTENCY_TTL_HOURS", "0"),
+    ("BANK_IDEMPOTENCY_TTL_HOURS", "8761"),
+    ("BANK_IDEMPOTENCY_TTL_HOURS", "1.5"),
+    ("BANK_IDEMPOTENCY_TTL_HOURS", "a day"),
 ]
 
 
