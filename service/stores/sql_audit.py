@@ -54,7 +54,9 @@ WITH entries AS (
 ),
 books AS (
     SELECT account_id,
-           SUM(signed_amount) AS journal_balance,
+           -- PostgreSQL sums BIGINT as NUMERIC: back to an integer, so the
+           -- halves below are integer divisions on both databases.
+           CAST(SUM(signed_amount) AS BIGINT) AS journal_balance,
            SUM(CASE WHEN chain_gap <> 0 THEN 1 ELSE 0 END) AS chain_breaks,
            MIN(running_balance) AS lowest_running
     FROM entries GROUP BY account_id
