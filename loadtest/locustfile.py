@@ -15,7 +15,9 @@ Who does what, so that a distributed run gives one correct report:
 - on stop, each worker, asked by the master (`bank_finish`), waits for its
   requests in flight and sends its tally (`bank_tally`); the master waits for
   all of them, bounded, and it alone reconciles (`loadtest.reconcile`) and prints;
-- the exit code is 1 when the report found an anomaly, 0 otherwise.
+- the exit code is 1 when the report found an anomaly, 0 otherwise;
+- with the web UI, `loadtest.race_view` shows the race live at /race (the Race
+  tab); workers send it their tally twice a second.
 
 Black-box: this file talks HTTP to the service and never imports it.
 """
@@ -44,7 +46,9 @@ REPOSITORY_ROOT = str(Path(__file__).resolve().parent.parent)
 if REPOSITORY_ROOT not in sys.path:
     sys.path.insert(0, REPOSITORY_ROOT)
 
+from loadtest import race_view  # noqa: E402
 from loadtest.bank_http import BankClient, BankError  # noqa: E402
+from loadtest.race_live import InFlight  # noqa: E402
 from loadtest.race_report import render_text  # noqa: E402
 from loadtest.reconcile import Reconciliation, RunSetup, reconcile  # noqa: E402
 from loadtest.scenarios import (  # noqa: E402
@@ -79,6 +83,7 @@ class LoadTestProcess:
         self.setup_error: str | None = None
         self.setup_ready = Event()
         self.tally = Tally()
+        self.flight = InFlight()  # money of the requests sent and answered, for the Race view
         self.finishing = False
         self.in_flight = 0
         # master only: the workers' tallies for the current run
@@ -92,6 +97,7 @@ class LoadTestProcess:
     def begin(self, setup: RunSetup) -> None:
         self.setup = setup
         self.tally = Tally(run_id=setup.run_id)
+        self.flight = InFlight()
         self.finishing = False
         self.setup_ready.set()
 
@@ -177,11 +183,12 @@ class BankCustomer(FastHttpUser):
         # greenlet of its own so that the request still completes and its answer
         # is tallied (a request cut off halfway would leave its effect unknown).
         PROCESS.in_flight += 1
-        gevent.spawn(self.exchange, operation, PROCESS.tally).join()
+        gevent.spawn(self.exchange, operation, PROCESS.tally, PROCESS.flight).join()
 
-    def exchange(self, operation: Operation, tally: Tally) -> None:
+    def exchange(self, operation: Operation, tally: Tally, flight: InFlight) -> None:
         started = time.perf_counter()
         recorded = False
+        flight.start(operation)
         try:
             with self.client.post(
                 operation.path, json=operation.body, name=operation.kind, catch_response=True
@@ -195,6 +202,7 @@ class BankCustomer(FastHttpUser):
         finally:
             if not recorded:  # the exchange itself failed: the effect is unknown
                 tally.record(operation, Answer(0, elapsed_ms(started)))
+            flight.settle(operation)
             PROCESS.in_flight -= 1
 
 
@@ -465,3 +473,4 @@ def on_init(environment: Environment, **_kwargs: Any) -> None:
             "race_report",
             lambda: (PROCESS.report_text, 200, {"Content-Type": "text/plain; charset=utf-8"}),
         )
+    race_view.install(environment, PROCESS)  # the Race tab (web UI) or live tallies (worker)
