@@ -23,7 +23,7 @@ from service.domain import Unavailable
 from service.keyed_locks import KeyedLocks
 from service.logs import configure_service_logging
 from service.schema import head_revision
-from service.services import Bank, ModeSource
+from service.services import Bank, KeyJanitor, ModeSource
 from service.single_process import refuse_a_second_worker
 from service.stores.base import Store
 from service.stores.memory import MemoryStore
@@ -79,6 +79,7 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
         lock_timeout_ms=config.lock_timeout_ms,
         transfer_lock_order=config.transfer_lock_order,
         idempotency_ttl_hours=config.idempotency_ttl_hours,
+        key_janitor=KeyJanitor(store),
     )
 
     for blueprint in (accounts.blueprint, transfers.blueprint, admin.blueprint, ops.blueprint):

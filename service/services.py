@@ -29,6 +29,7 @@ from service.domain import (
     Unavailable,
     UnsafeModeRefused,
     WriteConflict,
+    utc_now,
 )
 from service.idempotency import DEFAULT_TTL_HOURS, Completion
 from service.keyed_locks import KeyedLocks
@@ -46,6 +47,10 @@ DATABASE_RETRY_BACKOFF_CAP_MS = 50
 # for a `PUT /mode` to reach every worker and replica within one second.
 MODE_REFRESH_SECONDS = 0.5
 DEFAULT_MODE = ModeSetting(LockMode.LOCKED, 0)
+# Expired idempotency keys: purged in batches this small, at most this often.
+PURGE_BATCH_KEYS = 500
+PURGE_MAX_BATCHES = 1000
+PURGE_INTERVAL_SECONDS = 600
 
 
 class ModeSource:
@@ -125,6 +130,51 @@ class ModeSource:
             self._cached, self._fetched_at = setting, time.monotonic()
 
 
+class KeyJanitor:
+    """Purges expired idempotency keys now and then, off the request's path.
+
+    At most one purge runs per process at a time, at most every
+    PURGE_INTERVAL_SECONDS; each deletes PURGE_BATCH_KEYS keys per
+    transaction, so it never holds the write lock a request needs for long.
+    (Expired keys are ignored by a claim anyway: the purge only bounds the
+    table's size.)
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._guard = threading.Lock()
+        self._running = False
+        self._last_started = -float(PURGE_INTERVAL_SECONDS)
+
+    def maybe_purge(self) -> None:
+        with self._guard:
+            if self._running or time.monotonic() - self._last_started < PURGE_INTERVAL_SECONDS:
+                return
+            self._running, self._last_started = True, time.monotonic()
+        threading.Thread(target=self._purge, name="bankrace-key-purge", daemon=True).start()
+
+    def _purge(self) -> None:
+        try:
+            purge_expired_keys(self._store)
+        except Exception:  # the next request tries again after the interval
+            logger.warning("purging expired idempotency keys failed", exc_info=True)
+        finally:
+            with self._guard:
+                self._running = False
+
+
+def purge_expired_keys(store: Store) -> int:
+    """Delete every key expired by now, in bounded batches; how many went."""
+    now = utc_now()
+    purged = 0
+    for _ in range(PURGE_MAX_BATCHES):
+        deleted = store.purge_keys(now, PURGE_BATCH_KEYS)
+        purged += deleted
+        if deleted < PURGE_BATCH_KEYS:
+            break
+    return purged
+
+
 @dataclass
 class Bank:
     """Everything a use case needs, wired once per process by `create_app`."""
@@ -135,6 +185,7 @@ class Bank:
     lock_timeout_ms: int
     transfer_lock_order: str = "sorted"
     idempotency_ttl_hours: int = DEFAULT_TTL_HOURS
+    key_janitor: KeyJanitor | None = None
 
 
 # Every money operation takes an optional `completion`: the idempotency key

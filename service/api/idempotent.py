@@ -81,6 +81,8 @@ def answer(
         return _as_flask(respond(execute(None)))
     key = checked_key(_unquoted(given))
     bank = current_bank()
+    if bank.key_janitor is not None:
+        bank.key_janitor.maybe_purge()
     claim = Claim(
         DEFAULT_SCOPE,
         key,

@@ -6,6 +6,9 @@ controls exactly what the store answers; nothing sleeps to synchronise.
 
 from __future__ import annotations
 
+import datetime as dt
+import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -18,7 +21,9 @@ from service.domain import (
     StoreUnavailable,
     UnsafeModeRefused,
     WriteConflict,
+    utc_now,
 )
+from service.idempotency import Claim
 from service.keyed_locks import KeyedLocks
 from service.modes import Operation
 from service.services import Bank, ModeSource
@@ -167,3 +172,50 @@ def test_a_transfer_between_currencies_or_to_itself_is_refused_before_any_lock()
     with pytest.raises(services.CurrencyMismatch):
         services.transfer(dollars.id, euros.id, 1, setting, bank)
     assert store.audit_bank().total_balance == 20
+
+
+def test_expired_keys_are_purged_in_batches_until_none_is_left() -> None:
+    """purge_expired_keys deletes every expired key, PURGE_BATCH_KEYS per call, and no live one."""
+    store = CountingStore()
+    now = utc_now()
+    expired = services.PURGE_BATCH_KEYS * 2 + 7
+    for index in range(expired):
+        old = Claim(
+            "", f"old-{index}", "f", "o", now - dt.timedelta(hours=30), dt.timedelta(hours=24)
+        )
+        assert store.claim_key(old) is None
+    assert store.claim_key(Claim("", "live", "f", "o", now, dt.timedelta(hours=24))) is None
+    calls: list[int] = []
+    purge = store.purge_keys
+
+    def counting(moment: dt.datetime, limit: int) -> int:
+        deleted = purge(moment, limit)
+        calls.append(deleted)
+        return deleted
+
+    store.purge_keys = counting  # type: ignore[method-assign]
+    assert services.purge_expired_keys(store) == expired
+    assert calls == [services.PURGE_BATCH_KEYS, services.PURGE_BATCH_KEYS, 7]
+    live = store.claim_key(Claim("", "live", "other", "p", now, dt.timedelta(hours=24)))
+    assert live is not None and live.fingerprint == "f"
+
+
+def test_the_janitor_purges_at_most_once_per_interval() -> None:
+    """maybe_purge starts a purge, then none until PURGE_INTERVAL_SECONDS have passed."""
+    store = CountingStore()
+    started: list[threading.Event] = []
+    purge = store.purge_keys
+
+    def signalling(moment: dt.datetime, limit: int) -> int:
+        started.append(threading.Event())
+        return purge(moment, limit)
+
+    store.purge_keys = signalling  # type: ignore[method-assign]
+    janitor = services.KeyJanitor(store)
+    janitor.maybe_purge()
+    deadline = time.monotonic() + 10
+    while (janitor._running or not started) and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling the janitor's state against a deadline
+    assert len(started) == 1 and not janitor._running
+    janitor.maybe_purge()
+    assert len(started) == 1
