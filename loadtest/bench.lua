@@ -1,7 +1,10 @@
 -- wrk script of the benchmark (loadtest/bench.py): money requests spread over
 -- the run's accounts, every answer counted, and a drain at the end.
 --
---   wrk ... -s loadtest/bench.lua URL -- OPERATION AMOUNT DURATION_S IDS_FILE SIGNAL_DIR MODE
+--   wrk ... -s loadtest/bench.lua URL -- OPERATION AMOUNT DURATION_S IDS_FILE SIGNAL_DIR MODE [keyed]
+--
+-- With "keyed", every money request carries its own Idempotency-Key (unique
+-- per run, thread and request), to measure what a keyed request costs.
 --
 -- OPERATION is deposit, withdraw, transfer or echo (POST /echo of the echo app).
 -- Each wrk thread has its own Lua state. Its counters are plain globals
@@ -53,6 +56,9 @@ local accounts = {}
 local probe_request
 local headers = { ["Content-Type"] = "application/json" }
 local drained_signalled = false
+local keyed = false
+local key_prefix = ""
+local key_counter = 0
 -- wrk calls request() once on thread 0 to check the request parses, before
 -- the load starts: that call must not count as a request sent.
 local verification_pending = false
@@ -67,6 +73,7 @@ function init(args)
    local ids_file = args[first + 3]
    signal_dir = args[first + 4]
    expected_mode = args[first + 5] or ""
+   keyed = (args[first + 6] == "keyed")
    for line in io.lines(ids_file) do
       local id = tonumber(line)
       if id then table.insert(accounts, id) end
@@ -79,6 +86,7 @@ function init(args)
    end
    -- LuaJIT seeds every state alike: give each thread its own sequence.
    math.randomseed(os.time() + 7919 * (thread_index + 1))
+   key_prefix = string.format("bench-%d-%d-%d-", os.time(), thread_index, math.random(1, 1000000000))
    probe_request = wrk.format("GET", "/healthz")
    verification_pending = (thread_index == 0)
    for _, name in ipairs(SCALARS) do _G["bench_" .. name] = 0 end
@@ -115,6 +123,12 @@ local function money_request()
    else
       path = string.format("/accounts/%d/%s", accounts[math.random(#accounts)], operation)
       body = string.format('{"amount": %d}', amount)
+   end
+   if keyed and operation ~= "echo" then
+      key_counter = key_counter + 1
+      local keyed_headers = { ["Content-Type"] = "application/json",
+                              ["Idempotency-Key"] = key_prefix .. key_counter }
+      return wrk.format("POST", path, keyed_headers, body)
    end
    return wrk.format("POST", path, headers, body)
 end

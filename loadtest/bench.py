@@ -101,7 +101,7 @@ class Benchmark:
         return run_wrk(
             self.wrk, url, operation=operation, amount=arguments.amount, account_ids=accounts,
             expected_mode=mode, duration_s=arguments.duration, connections=arguments.connections,
-            threads=arguments.wrk_threads, workdir=workdir,
+            threads=arguments.wrk_threads, workdir=workdir, keyed=arguments.idempotency_keys,
         )  # fmt: skip
 
     def measure_echo(self) -> RunRecord:

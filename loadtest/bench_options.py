@@ -141,6 +141,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         default="auto",
         help="auto (default): wrk, installed if missing, else Locust FastHttpUser",
     )
+    add(
+        "--idempotency-keys",
+        action="store_true",
+        help="every money request carries its own Idempotency-Key (wrk only): what a key costs",
+    )
     add("--out", type=Path, default=Path("reports"),
         help="directory of bench-<timestamp>.json and .md (default reports)")  # fmt: skip
     arguments = parser.parse_args(argv)
@@ -186,6 +191,7 @@ def configuration(arguments: argparse.Namespace, wrk: str | None, stamp: str) ->
         "modes": ", ".join(arguments.modes),
         "operations": ", ".join(arguments.operations),
         "stores": ", ".join(stores),
+        "idempotency keys": "one per request" if arguments.idempotency_keys else "none",
         "git commit": git_commit(),
         "machine cores": os.cpu_count(),
     }

@@ -202,6 +202,7 @@ def run_wrk(
     connections: int,
     threads: int,
     workdir: Path,
+    keyed: bool = False,
 ) -> LoadResult:
     """One run: load for `duration_s`, drain, stop wrk, parse. Raises LoadError."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -210,7 +211,7 @@ def run_wrk(
     shutil.rmtree(signal_dir, ignore_errors=True)
     signal_dir.mkdir(parents=True)
     arguments = [operation, str(amount), str(duration_s), str(ids_file), str(signal_dir),
-                 expected_mode]  # fmt: skip
+                 expected_mode, "keyed" if keyed else ""]  # fmt: skip
     command = wrk_command(
         wrk, url, threads=threads, connections=connections, duration_s=duration_s,
         arguments=arguments,
