@@ -23,6 +23,7 @@ is the caller's business; this module knows transactions, not money.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import queue
@@ -114,6 +115,9 @@ class GroupCommitter:
         self._writer_lock = writer_lock  # taken around each batch, across processes
         self._queue: queue.SimpleQueue[Job[Any]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        # The writer keeps one connection (no pool round trip per batch); a
+        # batch that fails drops it, and the next batch opens a fresh one.
+        self._connection: Connection | None = None
         self._start_guard = threading.Lock()
 
     def run(self, work: Callable[[Connection], T], deadline: float) -> T:
@@ -150,12 +154,8 @@ class GroupCommitter:
         claimed: list[Job[Any]] = []
         outcomes: list[tuple[bool, Any]] = []
         try:
-            with (
-                translated_errors(),
-                self._writer_lock(),
-                self._engine.connect() as connection,
-            ):
-                self._prepare(connection)
+            with translated_errors(), self._writer_lock():
+                connection = self._open_connection()
                 cursor = connection.connection.cursor()
                 with connection.begin():  # takes the database's write lock
                     for job in batch:
@@ -163,6 +163,7 @@ class GroupCommitter:
                             claimed.append(job)
                             outcomes.append(self._run_in_savepoint(connection, cursor, job))
         except Exception as error:
+            self._drop_connection()
             # Nothing of this batch was committed: every job in it fails the same way.
             if not isinstance(error, DomainError):
                 logger.error("group commit of %d writes failed: %r", len(claimed), error)
@@ -176,6 +177,18 @@ class GroupCommitter:
                 job.succeed(value)
             else:
                 job.fail(value)
+
+    def _open_connection(self) -> Connection:
+        if self._connection is None:
+            self._connection = self._engine.connect()
+            self._prepare(self._connection)
+        return self._connection
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.close()
+            self._connection = None
 
     @staticmethod
     def _run_in_savepoint(connection: Connection, cursor: Any, job: Job[Any]) -> tuple[bool, Any]:
