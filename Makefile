@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck format loadtest compare bench clean
+.PHONY: install run test lint typecheck format loadtest compare bench demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ compare: $(STAMP)
 # reports/bench-<timestamp>.json and .md (PostgreSQL too when BANK_TEST_POSTGRES_URL is set).
 bench: $(STAMP)
 	$(BIN)/python -m loadtest.bench $(BENCH_ARGS)
+
+# The race, live: the service (unlocked, 20 ms window, a fresh admin token) and Locust's web
+# UI with the Race tab; open the address it prints, switch the mode there; Ctrl-C stops both.
+demo: $(STAMP)
+	$(BIN)/python -m loadtest.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) var reports .pytest_cache .mypy_cache .ruff_cache
