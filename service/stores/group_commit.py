@@ -43,8 +43,12 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # A batch is bounded so one commit's latency stays bounded too: at most this
-# many jobs wait for one fsync.
+# many jobs wait for one fsync, and no job is started once the batch has run
+# this long (a `locked` job may sleep its race window inside the batch; the
+# jobs behind it are carried to the next batch, still cancellable, instead
+# of waiting for every window before them to be committed).
 MAX_BATCH_JOBS = 64
+MAX_BATCH_SECONDS = 0.05
 
 
 class _State(enum.Enum):
@@ -138,27 +142,35 @@ class GroupCommitter:
                 self._thread.start()
 
     def _serve(self) -> None:
+        carried: list[Job[Any]] = []
         while True:
-            batch = [self._queue.get()]
+            batch = carried or [self._queue.get()]
             while len(batch) < MAX_BATCH_JOBS:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
             try:
-                self._apply(batch)
+                carried = self._apply(batch)
             except BaseException:  # never let the writer die: every request would hang
                 logger.exception("group commit writer failed a batch")
+                carried = []
 
-    def _apply(self, batch: list[Job[Any]]) -> None:
+    def _apply(self, batch: list[Job[Any]]) -> list[Job[Any]]:
+        """Run and commit what fits in one batch; the jobs left for the next one."""
         claimed: list[Job[Any]] = []
         outcomes: list[tuple[bool, Any]] = []
+        left: list[Job[Any]] = []
         try:
             with translated_errors(), self._writer_lock():
                 connection = self._open_connection()
                 cursor = connection.connection.cursor()
                 with connection.begin():  # takes the database's write lock
-                    for job in batch:
+                    started = time.monotonic()
+                    for position, job in enumerate(batch):
+                        if claimed and time.monotonic() - started > MAX_BATCH_SECONDS:
+                            left = batch[position:]
+                            break
                         if job.claim():
                             claimed.append(job)
                             outcomes.append(self._run_in_savepoint(connection, cursor, job))
@@ -171,12 +183,13 @@ class GroupCommitter:
             for job in batch:
                 if job in claimed or job.claim():
                     job.fail(error)
-            return
+            return []
         for job, (succeeded, value) in zip(claimed, outcomes, strict=True):
             if succeeded:
                 job.succeed(value)
             else:
                 job.fail(value)
+        return left
 
     def _open_connection(self) -> Connection:
         if self._connection is None:

@@ -23,6 +23,7 @@ Database errors are translated at this boundary (`sql_errors`).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -78,6 +79,7 @@ T = TypeVar("T")
 NAMED_PARAMETER = re.compile(r"(?<!:):([a-z_]+)")
 
 
+@functools.lru_cache(maxsize=64)
 def pyformat(sql: str) -> str:
     """`:name` (sqlite3's style) as `%(name)s` (psycopg's), with a literal `%` doubled."""
     return NAMED_PARAMETER.sub(r"%(\1)s", sql.replace("%", "%%"))
@@ -100,7 +102,7 @@ class _SqlWriter(LegWriter):
         row: tuple[Any, ...] | None = self._cursor.fetchone()
         return row
 
-    def _row_count(self, sql: str, parameters: dict[str, Any]) -> int:
+    def row_count(self, sql: str, parameters: dict[str, Any]) -> int:
         self._cursor.execute(self._store.sql(sql), parameters)
         count: int = self._cursor.rowcount
         return count
@@ -417,11 +419,11 @@ class SqlStore(Store):
 
     def release_key(self, claim: Claim) -> None:
         parameters = {"scope": claim.scope, "key": claim.key, "owner": claim.owner}
-        self._write(lambda writer: writer._row_count(statements.RELEASE_KEY, parameters))
+        self._write(lambda writer: writer.row_count(statements.RELEASE_KEY, parameters))
 
     def purge_keys(self, now: dt.datetime, limit: int) -> int:
         parameters = {"now": self.timestamp(now), "limit": limit}
-        return self._write(lambda writer: writer._row_count(statements.PURGE_KEYS, parameters))
+        return self._write(lambda writer: writer.row_count(statements.PURGE_KEYS, parameters))
 
     def get_account(self, account_id: int) -> Account:
         with self._transaction(write=False) as connection:

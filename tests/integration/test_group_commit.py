@@ -1,0 +1,153 @@
+"""The SQLite group commit: batches, savepoints, deadlines, and the bound on a batch's length.
+
+Jobs here are tiny functions of the writer's connection that write rows of a
+scratch table, so each test sees exactly what was committed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, Engine, text
+
+from service.domain import InsufficientFunds, LockTimeout
+from service.stores.engines import build_engine
+from service.stores.group_commit import MAX_BATCH_SECONDS, GroupCommitter
+from service.stores.writer_lock import WriterLock
+
+JOIN_DEADLINE_SECONDS = 30.0
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    built = build_engine(f"sqlite:///{tmp_path / 'scratch.db'}", lock_timeout_ms=2000, pool_size=4)
+    with built.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE rows (name TEXT PRIMARY KEY)")
+    yield built
+    built.dispose()
+
+
+@pytest.fixture
+def committer(engine: Engine, tmp_path: Path) -> GroupCommitter:
+    lock = WriterLock(str(tmp_path / "scratch.db"))
+    return GroupCommitter(
+        engine,
+        prepare=lambda connection: connection.execution_options(sqlite_begin="IMMEDIATE"),
+        writer_lock=lock.held,
+    )
+
+
+def insert(name: str) -> object:
+    def work(connection: Connection) -> str:
+        connection.exec_driver_sql("INSERT INTO rows (name) VALUES (?)", (name,))
+        return name
+
+    return work
+
+
+def committed(engine: Engine) -> set[str]:
+    with engine.connect() as connection:
+        return {row[0] for row in connection.execute(text("SELECT name FROM rows"))}
+
+
+def later(seconds: float = 10.0) -> float:
+    return time.monotonic() + seconds
+
+
+def test_a_refused_job_is_undone_alone(committer: GroupCommitter, engine: Engine) -> None:
+    """A job that writes then refuses is rolled back to its savepoint; the others commit."""
+
+    def write_then_refuse(connection: Connection) -> None:
+        connection.exec_driver_sql("INSERT INTO rows (name) VALUES ('refused')")
+        raise InsufficientFunds("no")
+
+    results: list[object] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(3, timeout=JOIN_DEADLINE_SECONDS)
+
+    def submit(work: object) -> None:
+        start.wait()
+        try:
+            results.append(committer.run(work, later()))  # type: ignore[arg-type]
+        except BaseException as error:  # reported to the test thread
+            errors.append(error)
+
+    threads = [
+        threading.Thread(target=submit, args=(work,))
+        for work in (insert("a"), write_then_refuse, insert("b"))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(JOIN_DEADLINE_SECONDS)
+    assert sorted(results) == ["a", "b"]  # type: ignore[type-var]
+    assert len(errors) == 1 and isinstance(errors[0], InsufficientFunds)
+    assert committed(engine) == {"a", "b"}
+
+
+def test_a_job_still_queued_at_its_deadline_never_runs(
+    committer: GroupCommitter, engine: Engine
+) -> None:
+    """While the writer is busy, a job whose deadline passes is cancelled: 503, nothing written."""
+    busy = threading.Event()
+    release = threading.Event()
+
+    def hold(connection: Connection) -> None:
+        busy.set()
+        release.wait(JOIN_DEADLINE_SECONDS)
+
+    holder = threading.Thread(target=committer.run, args=(hold, later()))
+    holder.start()
+    assert busy.wait(JOIN_DEADLINE_SECONDS)
+    with pytest.raises(LockTimeout):
+        committer.run(insert("late"), time.monotonic() + 0.2)  # type: ignore[arg-type]
+    release.set()
+    holder.join(JOIN_DEADLINE_SECONDS)
+    assert committer.run(insert("after"), later()) == "after"  # type: ignore[arg-type]
+    assert committed(engine) == {"after"}
+
+
+def wait_until_queued(committer: GroupCommitter, count: int) -> None:
+    deadline = time.monotonic() + JOIN_DEADLINE_SECONDS
+    while committer._queue.qsize() < count:
+        assert time.monotonic() < deadline, "the job was never queued"
+        time.sleep(0.001)  # polling the queue against a deadline
+
+
+def test_jobs_behind_a_long_job_are_committed_in_a_later_batch(
+    committer: GroupCommitter, engine: Engine
+) -> None:
+    """Queued in one batch behind a job that runs past MAX_BATCH_SECONDS, a job waits for the
+    next batch, which starts after the long job was committed (so its request is not held)."""
+    gate_open = threading.Event()
+    gate_holding = threading.Event()
+    seen_by_second: list[set[str]] = []
+
+    def gate(connection: Connection) -> None:
+        gate_holding.set()
+        assert gate_open.wait(JOIN_DEADLINE_SECONDS)
+
+    def slow(connection: Connection) -> str:
+        connection.exec_driver_sql("INSERT INTO rows (name) VALUES ('slow')")
+        time.sleep(MAX_BATCH_SECONDS * 2)  # a race window inside the batch (product behaviour)
+        return "slow"
+
+    def second(connection: Connection) -> str:
+        seen_by_second.append(committed(engine))  # another connection: committed rows only
+        return "second"
+
+    threads = [threading.Thread(target=committer.run, args=(gate, later()))]
+    threads[0].start()
+    assert gate_holding.wait(JOIN_DEADLINE_SECONDS)
+    for position, work in enumerate((slow, second), start=1):
+        threads.append(threading.Thread(target=committer.run, args=(work, later())))
+        threads[-1].start()
+        wait_until_queued(committer, position)  # slow, then second, behind the gate
+    gate_open.set()  # the next batch holds slow and second
+    for thread in threads:
+        thread.join(JOIN_DEADLINE_SECONDS)
+    assert seen_by_second == [{"slow"}]
