@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -266,3 +267,44 @@ def test_request_id_passes_through_the_balancer(cluster: Cluster) -> None:
     assert chosen.headers["X-Request-ID"] == "scale-out-trace-1"
     generated = requests.get(f"{cluster.balancer.url}/readyz", timeout=REQUEST_TIMEOUT_SECONDS)
     assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["X-Request-ID"])
+
+
+KEYED_TWINS = 24
+
+
+@pytest.mark.parametrize("lock_mode", ["locked", "atomic", "unlocked"])
+def test_keyed_twins_across_replicas_move_the_money_once(cluster: Cluster, lock_mode: str) -> None:
+    """24 identical keyed deposits at once through nginx to 2 replicas: one execution, even
+    unlocked -- the key is unique in the shared database, not in any one process."""
+    switch_mode(cluster, lock_mode, RACE_WINDOW_MS)
+    account_id = open_account(cluster, f"keyed twins {lock_mode}")
+    url = f"{cluster.balancer.url}/accounts/{account_id}/deposit"
+    start = threading.Barrier(KEYED_TWINS, timeout=REQUEST_TIMEOUT_SECONDS)
+
+    def deposit(_: int) -> requests.Response:
+        start.wait()
+        return requests.post(
+            url,
+            json={"amount": 7},
+            headers={"Idempotency-Key": f"replica-twins-{lock_mode}"},
+            timeout=REQUEST_TIMEOUT_SECONDS,
+        )
+
+    with ThreadPoolExecutor(max_workers=KEYED_TWINS) as pool:
+        answers = list(pool.map(deposit, range(KEYED_TWINS)))
+    executed = [
+        a for a in answers if a.status_code == 201 and "Idempotent-Replayed" not in a.headers
+    ]
+    replayed = [a for a in answers if a.headers.get("Idempotent-Replayed") == "true"]
+    in_progress = [a for a in answers if a.status_code == 409]
+    print(
+        f"{lock_mode} keyed twins via nginx: {len(executed)} executed, {len(replayed)} "
+        f"replayed, {len(in_progress)} told 409 in progress"
+    )
+    assert len(executed) == 1
+    assert len(executed) + len(replayed) + len(in_progress) == KEYED_TWINS
+    assert all(a.json()["code"] == "idempotency_in_progress" for a in in_progress)
+    assert int(get_json(cluster, f"/accounts/{account_id}")["balance"]) == 7  # type: ignore[call-overload]
+    assert get_json(cluster, f"/accounts/{account_id}/audit")["consistent"] is True
+    served = upstreams_that_served(cluster, account_id, KEYED_TWINS)
+    assert served == {f"127.0.0.1:{replica.port}" for replica in cluster.replicas}
