@@ -16,8 +16,9 @@ and Stripe's behaviour (DESIGN §3):
 - A business refusal decided by executing (insufficient funds, an unknown
   account, ...) is stored and replayed; a request refused before execution
   (validation) or that could not run (503, a bug) leaves no key behind.
-- A claim whose request died with its process is taken over after
-  CLAIM_LEASE_SECONDS; keys are kept `BANK_IDEMPOTENCY_TTL_HOURS`.
+- A claim whose request died with its process is taken over once its lease
+  (`claim_lease`: 3 lock timeouts + 2 race windows + 5 s) has passed; keys are
+  kept `BANK_IDEMPOTENCY_TTL_HOURS`.
 
 Scope: keys are global to the service (there are no client identities yet).
 A stored response is only ever replayed to a request with the same method,
@@ -44,9 +45,23 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 KEY_PATTERN = re.compile(r"[\x20-\x7e]{1,255}")
 DEFAULT_TTL_HOURS = 24
 MAX_TTL_HOURS = 24 * 365
-# Longer than any request can run (lock timeout + race window + group commit,
-# each bounded well below this), so a live request never loses its claim.
-CLAIM_LEASE_SECONDS = 60
+# A claim is its request's for longer than that request can run: its waits are
+# each bounded by the lock timeout (the claim's own write, the lock, the group
+# commit), it sleeps its race window at most twice (optimistic retries stay
+# within the lock timeout), plus a margin. Only then may a retry take it over.
+CLAIM_LEASE_LOCK_TIMEOUTS = 3
+CLAIM_LEASE_RACE_WINDOWS = 2
+CLAIM_LEASE_MARGIN_SECONDS = 5
+
+
+def claim_lease(lock_timeout_ms: int, race_window_ms: int) -> dt.timedelta:
+    return dt.timedelta(
+        milliseconds=CLAIM_LEASE_LOCK_TIMEOUTS * lock_timeout_ms
+        + CLAIM_LEASE_RACE_WINDOWS * race_window_ms,
+        seconds=CLAIM_LEASE_MARGIN_SECONDS,
+    )
+
+
 IN_PROGRESS_RETRY_AFTER_SECONDS = 1
 # Headers of a response that are part of what is replayed.
 STORED_HEADERS = ("Location", "X-Lock-Mode")
@@ -107,6 +122,7 @@ class Claim:
     owner: str
     now: dt.datetime
     ttl: dt.timedelta
+    lease: dt.timedelta = dt.timedelta(seconds=60)
 
     @property
     def expires_at(self) -> dt.datetime:
@@ -115,7 +131,7 @@ class Claim:
     @property
     def stale_before(self) -> dt.datetime:
         """Claims older than this belong to requests that died."""
-        return self.now - dt.timedelta(seconds=CLAIM_LEASE_SECONDS)
+        return self.now - self.lease
 
 
 @dataclass(frozen=True)

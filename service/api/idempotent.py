@@ -44,6 +44,7 @@ from service.idempotency import (
     KeyRecord,
     StoredResponse,
     checked_key,
+    claim_lease,
     fingerprint,
 )
 
@@ -90,6 +91,7 @@ def answer(
         uuid.uuid4().hex,
         utc_now(),
         timedelta(hours=bank.idempotency_ttl_hours),
+        claim_lease(bank.lock_timeout_ms, bank.modes.current().race_window_ms),
     )
     record = _claim(claim)
     if record is not None:
