@@ -13,7 +13,7 @@ import logging
 from flask import Flask, request
 from werkzeug.routing import BaseConverter
 
-from service.api import accounts, admin, ops, request_log, transfers
+from service.api import accounts, admin, docs, ops, request_log, transfers
 from service.api.admin import ADMIN_TOKEN_KEY
 from service.api.context import EXTENSION_KEY
 from service.api.errors import register_error_handlers
@@ -60,7 +60,7 @@ def build_store(config: Config) -> Store:
 def create_app(config: Config | None = None, store: Store | None = None) -> Flask:
     config = config or Config.from_env()
     configure_service_logging()  # before anything below can log
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # no /static route: every route is in the API
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config[ADMIN_TOKEN_KEY] = config.admin_token
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -82,7 +82,13 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
         key_janitor=KeyJanitor(store),
     )
 
-    for blueprint in (accounts.blueprint, transfers.blueprint, admin.blueprint, ops.blueprint):
+    for blueprint in (
+        accounts.blueprint,
+        transfers.blueprint,
+        admin.blueprint,
+        ops.blueprint,
+        docs.blueprint,
+    ):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     request_log.install(app)

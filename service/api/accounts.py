@@ -10,17 +10,33 @@ from service import services
 from service.api import idempotent
 from service.api.context import current_bank, serving_setting
 from service.api.parsing import (
+    DEFAULT_PAGE_SIZE,
     MAX_ID_DIGITS,
+    MAX_PAGE_SIZE,
     json_object,
-    page_size,
-    query_integer,
-    unknown_query_parameters,
+    query_values,
     validated,
 )
 from service.api.representations import account_audit_json, account_json, transaction_json
+from service.api.spec import (
+    AMOUNT,
+    BODY_PROBLEMS,
+    IDEMPOTENCY_PROBLEMS,
+    INTEGER_ONLY,
+    MONEY_PROBLEMS,
+    WRITE_PROBLEMS,
+    Body,
+    BodyField,
+    Endpoint,
+    QueryInteger,
+    Success,
+    documented,
+)
 from service.domain import (
+    DEFAULT_CURRENCY,
+    MAX_BALANCE_MINOR,
+    OWNER_MAX_LENGTH,
     Transaction,
-    amount_error,
     currency_error,
     opening_balance_error,
     owner_error,
@@ -31,16 +47,73 @@ from service.stores.base import Written
 blueprint = Blueprint("accounts", __name__)
 
 MAX_CURSOR = 10**MAX_ID_DIGITS - 1
+TAG = "accounts"
+
+NEW_ACCOUNT = Body(
+    "NewAccount",
+    (
+        BodyField(
+            "owner",
+            owner_error,
+            {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": OWNER_MAX_LENGTH,
+                "pattern": r"\S",
+                "description": f"1 to {OWNER_MAX_LENGTH} characters once edge white space is "
+                "trimmed (it is trimmed); no control characters (Unicode category C) and no "
+                "line or paragraph separators",
+                "examples": ["alice"],
+            },
+        ),
+        BodyField(
+            "currency",
+            currency_error,
+            {
+                "type": "string",
+                "pattern": "^[A-Z]{3}$",
+                "default": DEFAULT_CURRENCY,
+                "description": "three uppercase letters, ISO 4217 style",
+            },
+            required=False,
+        ),
+        BodyField(
+            "opening_balance",
+            opening_balance_error,
+            {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": MAX_BALANCE_MINOR,
+                "default": 0,
+                "description": f"minor units; {INTEGER_ONLY}. An `open` journal entry records it",
+            },
+            required=False,
+        ),
+    ),
+)
+PAGE_SIZE = QueryInteger(
+    "limit", 1, MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE, "items per page; `next` links the next page"
+)
+AFTER = QueryInteger("after", 0, MAX_CURSOR, 0, "list accounts with an id above this one")
+BEFORE = QueryInteger(
+    "before", 1, MAX_CURSOR, None, "list entries with an id below this one (newest first)"
+)
 
 
 @blueprint.post("/accounts")
+@documented(
+    Endpoint(
+        "Open an account",
+        TAG,
+        Success(201, "the account", "Account", location=True),
+        body=NEW_ACCOUNT,
+        problems=(*BODY_PROBLEMS, *IDEMPOTENCY_PROBLEMS, *WRITE_PROBLEMS),
+        idempotent=True,
+    )
+)
 def open_account() -> Response:
     body = json_object()
-    fields = validated(
-        body,
-        required={"owner": owner_error},
-        optional={"currency": currency_error, "opening_balance": opening_balance_error},
-    )
+    fields = validated(body, NEW_ACCOUNT)
     setting = serving_setting()
     return idempotent.answer(
         body,
@@ -59,10 +132,19 @@ def open_account() -> Response:
 
 
 @blueprint.get("/accounts")
+@documented(
+    Endpoint(
+        "List accounts, by ascending id",
+        TAG,
+        Success(200, "one page of accounts", "AccountPage"),
+        query=(PAGE_SIZE, AFTER),
+        problems=("validation_error", "store_unavailable"),
+    )
+)
 def list_accounts() -> Response:
-    unknown_query_parameters({"limit", "after"})
-    limit = page_size()
-    after = query_integer("after", 0, 0, MAX_CURSOR) or 0
+    query = query_values((PAGE_SIZE, AFTER))
+    limit = query["limit"] or DEFAULT_PAGE_SIZE
+    after = query["after"] or 0
     page = current_bank().store.list_accounts(after, limit + 1)
     items, more = page[:limit], len(page) > limit
     next_url = url_for("accounts.list_accounts", limit=limit, after=items[-1].id) if more else None
@@ -70,23 +152,51 @@ def list_accounts() -> Response:
 
 
 @blueprint.get("/accounts/<id:account_id>")
+@documented(
+    Endpoint(
+        "Read an account",
+        TAG,
+        Success(200, "the account", "Account"),
+        problems=("not_found", "store_unavailable"),
+    )
+)
 def get_account(account_id: int) -> Response:
     return jsonify(account_json(current_bank().store.get_account(account_id)))
 
 
 @blueprint.post("/accounts/<id:account_id>/deposit")
+@documented(
+    Endpoint(
+        "Deposit money",
+        TAG,
+        Success(201, "the journal entry", "Transaction", location=True),
+        body=AMOUNT,
+        problems=(*MONEY_PROBLEMS, "balance_limit_exceeded"),
+        idempotent=True,
+    )
+)
 def deposit(account_id: int) -> Response:
     return _move_money(services.deposit, account_id)
 
 
 @blueprint.post("/accounts/<id:account_id>/withdraw")
+@documented(
+    Endpoint(
+        "Withdraw money",
+        TAG,
+        Success(201, "the journal entry", "Transaction", location=True),
+        body=AMOUNT,
+        problems=(*MONEY_PROBLEMS, "insufficient_funds"),
+        idempotent=True,
+    )
+)
 def withdraw(account_id: int) -> Response:
     return _move_money(services.withdraw, account_id)
 
 
 def _move_money(operation: Callable[..., Written], account_id: int) -> Response:
     body = json_object()
-    fields = validated(body, required={"amount": amount_error})
+    fields = validated(body, AMOUNT)
     setting = serving_setting()
     return idempotent.answer(
         body,
@@ -102,10 +212,19 @@ def created_transaction(entry: Transaction, lock_mode: str) -> StoredResponse:
 
 
 @blueprint.get("/accounts/<id:account_id>/transactions")
+@documented(
+    Endpoint(
+        "An account's journal, newest first",
+        TAG,
+        Success(200, "one page of journal entries", "TransactionPage"),
+        query=(PAGE_SIZE, BEFORE),
+        problems=("validation_error", "not_found", "store_unavailable"),
+    )
+)
 def list_transactions(account_id: int) -> Response:
-    unknown_query_parameters({"limit", "before"})
-    limit = page_size()
-    before = query_integer("before", None, 1, MAX_CURSOR)
+    query = query_values((PAGE_SIZE, BEFORE))
+    limit = query["limit"] or DEFAULT_PAGE_SIZE
+    before = query["before"]
     page = current_bank().store.list_transactions(account_id, before, limit + 1)
     items, more = page[:limit], len(page) > limit
     next_url = (
@@ -119,5 +238,16 @@ def list_transactions(account_id: int) -> Response:
 
 
 @blueprint.get("/accounts/<id:account_id>/audit")
+@documented(
+    Endpoint(
+        "Audit one account: stored balance against its journal",
+        TAG,
+        Success(200, "the account's audit", "AccountAudit"),
+        description="Lost updates show here: `drift` is the stored balance minus the sum of "
+        "the journal; `chain_breaks` counts entries whose `balance_after` does not follow "
+        "from the previous one.",
+        problems=("not_found", "audit_timeout", "store_unavailable"),
+    )
+)
 def audit_account(account_id: int) -> Response:
     return jsonify(account_audit_json(services.account_audit(account_id, current_bank())))

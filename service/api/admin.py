@@ -16,12 +16,21 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from service.api.context import current_bank
 from service.api.errors import ProblemError
 from service.api.parsing import json_object, validated
+from service.api.spec import (
+    BODY_PROBLEMS,
+    INTEGER_ONLY,
+    WRITE_PROBLEMS,
+    Body,
+    BodyField,
+    Endpoint,
+    Success,
+    documented,
+)
 from service.domain import (
+    MAX_RACE_WINDOW_MS,
     DomainError,
-    FieldError,
     LockMode,
     ModeSetting,
-    ValidationFailed,
     lock_mode_error,
     race_window_error,
 )
@@ -31,6 +40,32 @@ logger = logging.getLogger(__name__)
 blueprint = Blueprint("admin", __name__)
 
 ADMIN_TOKEN_KEY = "BANKRACE_ADMIN_TOKEN"
+TAG = "mode"
+MODE_CHANGE = Body(
+    "ModeChange",
+    (
+        BodyField(
+            "lock_mode",
+            lock_mode_error,
+            {"type": "string", "enum": [mode.value for mode in LockMode]},
+            required=False,
+        ),
+        BodyField(
+            "race_window_ms",
+            race_window_error,
+            {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": MAX_RACE_WINDOW_MS,
+                "description": "the pause between reading and writing a balance, in every mode; "
+                f"{INTEGER_ONLY}",
+            },
+            required=False,
+        ),
+    ),
+    description="either field or both; the other keeps its value",
+    when_empty="give lock_mode, race_window_ms or both",
+)
 
 
 def mode_json(setting: ModeSetting) -> dict[str, object]:
@@ -43,11 +78,32 @@ def mode_json(setting: ModeSetting) -> dict[str, object]:
 
 
 @blueprint.get("/mode")
+@documented(
+    Endpoint(
+        "The lock mode and race window serving requests",
+        TAG,
+        Success(200, "the current mode", "Mode"),
+        problems=("store_unavailable",),
+    )
+)
 def get_mode() -> Response:
     return jsonify(mode_json(current_bank().modes.current()))
 
 
 @blueprint.put("/mode")
+@documented(
+    Endpoint(
+        "Change the lock mode or the race window (admin)",
+        TAG,
+        Success(200, "the new mode", "Mode"),
+        description="Reaches every worker and replica within one second. The unsafe modes "
+        "(`unlocked`, `process-lock`) are refused (403) unless the service runs with "
+        "`BANK_ALLOW_UNSAFE_MODES=1`; with no `BANK_ADMIN_TOKEN` set, admin is off (403).",
+        body=MODE_CHANGE,
+        problems=("unauthorized", "forbidden", *BODY_PROBLEMS, *WRITE_PROBLEMS),
+        admin=True,
+    )
+)
 def put_mode() -> Response:
     try:
         before, after = _change_mode()
@@ -80,13 +136,7 @@ def put_mode() -> Response:
 def _change_mode() -> tuple[ModeSetting, ModeSetting]:
     """The mode stored before the change (what every worker and replica was told), and after."""
     _require_admin()
-    fields = validated(
-        json_object(),
-        required={},
-        optional={"lock_mode": lock_mode_error, "race_window_ms": race_window_error},
-    )
-    if not fields:
-        raise ValidationFailed([FieldError("lock_mode", "give lock_mode, race_window_ms or both")])
+    fields = validated(json_object(), MODE_CHANGE)
     lock_mode = LockMode(fields["lock_mode"]) if "lock_mode" in fields else None
     bank = current_bank()
     # Read from the store, not this worker's cache, which may be up to

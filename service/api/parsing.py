@@ -3,18 +3,21 @@
 Order of checks: media type (415), size (413, enforced by Flask's
 MAX_CONTENT_LENGTH), JSON syntax and top-level object (400), then every
 field at once (422 with one entry per bad field, unknown fields included).
+What a body or a query may hold is declared in `service.api.spec`, which the
+OpenAPI document is written from too.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flask import request
 from werkzeug.exceptions import ClientDisconnected
 
 from service.api.errors import ProblemError
+from service.api.spec import Body, QueryInteger
 from service.domain import FieldError, ValidationFailed
 
 MAX_BODY_BYTES = 64 * 1024
@@ -22,8 +25,6 @@ MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
 # Ids beyond 18 digits cannot exist (BIGINT) and are answered 404/422 early.
 MAX_ID_DIGITS = 18
-
-Rule = Callable[[object], str | None]
 
 
 def _reject_constant(name: str) -> Any:
@@ -68,13 +69,9 @@ def json_object() -> dict[str, Any]:
     return value
 
 
-def validated(
-    body: Mapping[str, Any],
-    required: Mapping[str, Rule],
-    optional: Mapping[str, Rule] | None = None,
-) -> dict[str, Any]:
+def validated(body: Mapping[str, Any], spec: Body) -> dict[str, Any]:
     """The body's fields if every rule passes; else ValidationFailed naming each bad field."""
-    optional = optional or {}
+    required, optional = spec.required_rules, spec.optional_rules
     errors = [
         FieldError(name, "unknown field")
         for name in body
@@ -86,6 +83,8 @@ def validated(
             message = rule(body[name])
             if message is not None:
                 errors.append(FieldError(name, message))
+    if not body and spec.when_empty and spec.fields:
+        errors.append(FieldError(spec.fields[0].name, spec.when_empty))
     if errors:
         raise ValidationFailed(errors)
     return dict(body)
@@ -107,9 +106,15 @@ def query_integer(name: str, default: int | None, minimum: int, maximum: int) ->
     return value
 
 
-def page_size() -> int:
-    size = query_integer("limit", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
-    return DEFAULT_PAGE_SIZE if size is None else size
+def query_values(parameters: Sequence[QueryInteger]) -> dict[str, int | None]:
+    """Each declared query parameter (or its default); any other parameter is refused."""
+    unknown_query_parameters({parameter.name for parameter in parameters})
+    return {
+        parameter.name: query_integer(
+            parameter.name, parameter.default, parameter.minimum, parameter.maximum
+        )
+        for parameter in parameters
+    }
 
 
 def unknown_query_parameters(allowed: set[str]) -> None:

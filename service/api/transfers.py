@@ -9,7 +9,16 @@ from service.api import idempotent
 from service.api.context import current_bank, serving_setting
 from service.api.parsing import MAX_ID_DIGITS, json_object, validated
 from service.api.representations import transaction_json, transfer_json
-from service.domain import amount_error
+from service.api.spec import (
+    AMOUNT,
+    INTEGER_ONLY,
+    MONEY_PROBLEMS,
+    Body,
+    BodyField,
+    Endpoint,
+    Success,
+    documented,
+)
 from service.idempotency import StoredResponse
 from service.stores.base import Written
 
@@ -28,17 +37,45 @@ def _account_id_error(value: object) -> str | None:
     return None
 
 
+ACCOUNT_ID_SCHEMA = {
+    "type": "integer",
+    "minimum": 1,
+    "maximum": MAX_ACCOUNT_ID,
+    "description": f"an account id; {INTEGER_ONLY}",
+}
+NEW_TRANSFER = Body(
+    "NewTransfer",
+    (
+        BodyField("from_account", _account_id_error, ACCOUNT_ID_SCHEMA),
+        BodyField("to_account", _account_id_error, ACCOUNT_ID_SCHEMA),
+        *AMOUNT.fields,
+    ),
+    description="the two accounts differ and hold the same currency",
+)
+
+
 @blueprint.post("/transfers")
+@documented(
+    Endpoint(
+        "Transfer money between two accounts",
+        "transfers",
+        Success(201, "the transfer and its two journal entries", "Transfer", location=True),
+        description="Both accounts are locked in ascending id order and both legs are "
+        "written in one transaction.",
+        body=NEW_TRANSFER,
+        problems=(
+            *MONEY_PROBLEMS,
+            "insufficient_funds",
+            "balance_limit_exceeded",
+            "same_account",
+            "currency_mismatch",
+        ),
+        idempotent=True,
+    )
+)
 def create_transfer() -> Response:
     body = json_object()
-    fields = validated(
-        body,
-        required={
-            "from_account": _account_id_error,
-            "to_account": _account_id_error,
-            "amount": amount_error,
-        },
-    )
+    fields = validated(body, NEW_TRANSFER)
     setting = serving_setting()
     return idempotent.answer(
         body,
@@ -62,10 +99,26 @@ def _created_transfer(written: Written, lock_mode: str) -> StoredResponse:
 
 
 @blueprint.get("/transfers/<id:transfer_id>")
+@documented(
+    Endpoint(
+        "Read a transfer",
+        "transfers",
+        Success(200, "the transfer", "Transfer"),
+        problems=("not_found", "store_unavailable"),
+    )
+)
 def get_transfer(transfer_id: int) -> Response:
     return jsonify(transfer_json(current_bank().store.get_transfer(transfer_id)))
 
 
 @blueprint.get("/transactions/<id:transaction_id>")
+@documented(
+    Endpoint(
+        "Read a journal entry",
+        "transfers",
+        Success(200, "the journal entry", "Transaction"),
+        problems=("not_found", "store_unavailable"),
+    )
+)
 def get_transaction(transaction_id: int) -> Response:
     return jsonify(transaction_json(current_bank().store.get_transaction(transaction_id)))

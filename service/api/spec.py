@@ -1,0 +1,199 @@
+"""What each endpoint takes and answers, declared once for the views and the OpenAPI document.
+
+A view validates its request with these declarations (`parsing.validated`,
+`parsing.query_values`) and carries its `Endpoint` (`@documented`), from
+which `service.api.openapi` writes the document: the document cannot name a
+field the service refuses, or miss one it takes.
+
+A body field pairs the rule that decides (a function of `service.domain`,
+as strict as ever: bools, floats, huge numbers, control characters) with the
+JSON Schema fragment that tells a client what that rule accepts. Where JSON
+Schema cannot say as much as the rule (`10.0` is an integer to JSON Schema,
+not to this service; Unicode control characters), the fragment's
+description says it; tests/api/test_openapi.py checks that rule and
+fragment agree on every other kind of value.
+
+Nothing here reads a request or knows Flask's request context.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from service.domain import MAX_AMOUNT_MINOR, MIN_AMOUNT_MINOR, amount_error
+
+Rule = Callable[[object], str | None]
+JsonSchema = Mapping[str, Any]
+ViewFunction = TypeVar("ViewFunction", bound=Callable[..., Any])
+
+ENDPOINT_ATTRIBUTE = "bankrace_endpoint"
+# `<converter(arguments):name>` or `<name>` in a werkzeug rule.
+RULE_ARGUMENT = re.compile(r"<(?:(?P<converter>\w+)(?:\((?P<arguments>[^)]*)\))?:)?(?P<name>\w+)>")
+
+
+@dataclass(frozen=True)
+class BodyField:
+    name: str
+    rule: Rule
+    schema: JsonSchema
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Body:
+    """A JSON object body: its fields, each required or optional; no other field is taken."""
+
+    schema_name: str
+    fields: tuple[BodyField, ...]
+    description: str = ""
+    #: Set when every field is optional but an empty object is refused (PUT /mode):
+    #: the message of that refusal, given on the first field.
+    when_empty: str = ""
+
+    @property
+    def required_rules(self) -> dict[str, Rule]:
+        return {item.name: item.rule for item in self.fields if item.required}
+
+    @property
+    def optional_rules(self) -> dict[str, Rule]:
+        return {item.name: item.rule for item in self.fields if not item.required}
+
+    def json_schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {
+            "type": "object",
+            "properties": {item.name: dict(item.schema) for item in self.fields},
+            "additionalProperties": False,
+        }
+        required = [item.name for item in self.fields if item.required]
+        if required:
+            schema["required"] = required
+        if self.when_empty:
+            schema["minProperties"] = 1
+        if self.description:
+            schema["description"] = self.description
+        return schema
+
+
+@dataclass(frozen=True)
+class QueryInteger:
+    """An integer query parameter in [minimum, maximum]; `default` when it is absent."""
+
+    name: str
+    minimum: int
+    maximum: int
+    default: int | None
+    description: str
+
+    def json_schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {
+            "type": "integer",
+            "minimum": self.minimum,
+            "maximum": self.maximum,
+        }
+        if self.default is not None:
+            schema["default"] = self.default
+        return schema
+
+
+@dataclass(frozen=True)
+class Success:
+    """The answer when all went well: status, schema (a component name) and media type."""
+
+    status: int
+    description: str
+    schema_name: str | None = None
+    media_type: str = "application/json"
+    #: 201: `Location` names the created resource.
+    location: bool = False
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One operation as the OpenAPI document describes it."""
+
+    summary: str
+    tag: str
+    success: Success
+    description: str = ""
+    body: Body | None = None
+    query: tuple[QueryInteger, ...] = ()
+    #: Problem `code`s this operation can answer (statuses: service/api/openapi.py).
+    problems: tuple[str, ...] = ()
+    #: Accepts `Idempotency-Key` (every POST that moves money or opens an account).
+    idempotent: bool = False
+    #: Needs `Authorization: Bearer <BANK_ADMIN_TOKEN>`.
+    admin: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def documented(endpoint: Endpoint) -> Callable[[ViewFunction], ViewFunction]:
+    """Attach `endpoint` to a view; put it below the route decorator."""
+
+    def attach(view: ViewFunction) -> ViewFunction:
+        setattr(view, ENDPOINT_ATTRIBUTE, endpoint)
+        return view
+
+    return attach
+
+
+def endpoint_of(view: Callable[..., Any]) -> Endpoint | None:
+    found = getattr(view, ENDPOINT_ATTRIBUTE, None)
+    return found if isinstance(found, Endpoint) else None
+
+
+def openapi_path(rule: str) -> str:
+    """`/accounts/<id:account_id>` -> `/accounts/{account_id}` (also the metrics' route label)."""
+    return RULE_ARGUMENT.sub(lambda match: "{" + match["name"] + "}", rule)
+
+
+def rule_arguments(rule: str) -> list[tuple[str, str, str]]:
+    """(name, converter, converter arguments) of each variable part of a werkzeug rule."""
+    return [
+        (match["name"], match["converter"] or "default", match["arguments"] or "")
+        for match in RULE_ARGUMENT.finditer(rule)
+    ]
+
+
+# --------------------------------------------------------------------------- shared
+
+
+INTEGER_ONLY = "a JSON integer: 10.0, 1e3, strings and booleans are refused"
+AMOUNT = Body(
+    "Amount",
+    (
+        BodyField(
+            "amount",
+            amount_error,
+            {
+                "type": "integer",
+                "minimum": MIN_AMOUNT_MINOR,
+                "maximum": MAX_AMOUNT_MINOR,
+                "description": f"minor units (cents); {INTEGER_ONLY}",
+                "examples": [50],
+            },
+        ),
+    ),
+)
+WRITE_PROBLEMS = ("lock_timeout", "store_unavailable")
+BODY_PROBLEMS = (
+    "unsupported_media_type",
+    "payload_too_large",
+    "request_timeout",
+    "malformed_json",
+    "validation_error",
+)
+IDEMPOTENCY_PROBLEMS = (
+    "invalid_idempotency_key",
+    "idempotency_key_reused",
+    "idempotency_in_progress",
+)
+MONEY_PROBLEMS = (
+    *BODY_PROBLEMS,
+    *IDEMPOTENCY_PROBLEMS,
+    "not_found",
+    "write_conflict",
+    *WRITE_PROBLEMS,
+)
