@@ -43,7 +43,7 @@ from service.domain import (
 )
 from service.keyed_locks import KeyedLocks
 from service.services import Bank, ModeSource
-from service.stores.base import Store
+from service.stores.base import Store, Written
 from tests.support.bank_model import JOURNAL_PAGE, LOCK_TIMEOUT_MS, store_supply
 
 SAFE_MODES = [LockMode.LOCKED, LockMode.OPTIMISTIC, LockMode.ATOMIC]
@@ -92,7 +92,7 @@ def make_bank(store: Store) -> Bank:
 
 def random_operation(
     rng: random.Random, account_ids: list[int], setting: ModeSetting, bank: Bank
-) -> Callable[[], Transaction | Transfer]:
+) -> Callable[[], Written]:
     amount = rng.randint(1, MAX_OPERATION_AMOUNT)
     account_id = rng.choice(account_ids)
     kind = rng.choice(["deposit", "withdraw", "transfer"])
@@ -128,10 +128,10 @@ def run_clients(
                     history.errors.append(repr(error))
                 continue
             with history.guard:
-                if isinstance(result, Transfer):
-                    history.transfers.append(result)
+                if result.transfer is not None:
+                    history.transfers.append(result.transfer)
                 else:
-                    history.entries.append(result)
+                    history.entries += result.transactions
 
     threads = [threading.Thread(target=client, args=(index,)) for index in range(THREADS)]
     switch_interval = sys.getswitchinterval()
