@@ -124,6 +124,12 @@ PROBLEMS: dict[str, Problem] = {
         _domain(StoreUnavailable, "the database cannot be reached or is not migrated"),
     )
 }
+TAGS = {
+    "accounts": "open accounts, move money, read journals and audits",
+    "transfers": "money between two accounts, and single journal entries",
+    "mode": "the lock mode and race window: how a balance change is protected",
+    "operations": "health, readiness, the bank-wide audit, metrics and this document",
+}
 # Answered by any route, so described once under `default`.
 GENERIC_PROBLEMS = ("method_not_allowed", "internal_error")
 
@@ -320,6 +326,8 @@ def build_document(app: Flask) -> dict[str, Any]:
         spec.components.header(name, header, lazy=True)
     for name, parameter in PARAMETERS.items():
         spec.components.parameter(name, parameter["in"], parameter, lazy=True)
+    for name, description in TAGS.items():
+        spec.tag({"name": name, "description": description})
     spec.components.security_scheme(
         "adminToken",
         {"type": "http", "scheme": "bearer", "description": "`BANK_ADMIN_TOKEN`"},
