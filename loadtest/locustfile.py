@@ -72,6 +72,10 @@ DRAIN_DEADLINE_SECONDS = REQUEST_TIMEOUT_SECONDS + 5.0  # in-flight requests fin
 TALLY_DEADLINE_SECONDS = DRAIN_DEADLINE_SECONDS + 15.0  # the master waits this long for workers
 POLL_INTERVAL_SECONDS = 0.05
 IDLE_SECONDS = 0.2  # a user with nothing to do (no accounts yet, or stopping) rests this long
+# A keyed request is sent at most this many times, backing off between tries.
+RETRY_ATTEMPTS = 4
+RETRY_BACKOFF_BASE_SECONDS = 0.05
+RETRY_BACKOFF_CAP_SECONDS = 1.0
 
 
 class LoadTestProcess:
@@ -165,7 +169,7 @@ class BankCustomer(FastHttpUser):
     wait_time = constant(0)  # no think time: a race needs overlapping requests
     connection_timeout = CONNECT_TIMEOUT_SECONDS
     network_timeout = REQUEST_TIMEOUT_SECONDS
-    max_retries = 0  # a retried POST could move money twice
+    max_retries = 0  # retries are ours: always with the same Idempotency-Key (exchange)
 
     def on_start(self) -> None:
         self.rng = random.Random()
@@ -186,24 +190,63 @@ class BankCustomer(FastHttpUser):
         gevent.spawn(self.exchange, operation, PROCESS.tally, PROCESS.flight).join()
 
     def exchange(self, operation: Operation, tally: Tally, flight: InFlight) -> None:
+        """Send one operation with its own Idempotency-Key; retry the same key when told to.
+
+        A timeout, a dropped connection, a 502/504 from a balancer, a 503 with
+        Retry-After or a 409 `idempotency_in_progress` leaves the client unsure
+        or asked to come back: it retries with the same key (bounded, with
+        backoff), which can never move the money twice. Only the last answer
+        is tallied; retries and replays are counted apart.
+        """
         started = time.perf_counter()
         recorded = False
         flight.start(operation)
+        headers = {"Idempotency-Key": uuid.uuid4().hex}
         try:
-            with self.client.post(
-                operation.path, json=operation.body, name=operation.kind, catch_response=True
-            ) as response:
-                outcome = tally.record(operation, read_answer(response, started))
-                recorded = True
-                if outcome in (Outcome.ACKNOWLEDGED, Outcome.REFUSED):
-                    response.success()
-                else:
-                    response.failure(f"{outcome}: {response.status_code}")
+            for attempt in range(RETRY_ATTEMPTS):
+                with self.client.post(
+                    operation.path,
+                    json=operation.body,
+                    headers=headers,
+                    name=operation.kind,
+                    catch_response=True,
+                ) as response:
+                    answer = read_answer(response, started)
+                    if attempt + 1 < RETRY_ATTEMPTS and should_retry(answer):
+                        response.success()  # handled: the same request goes again
+                        tally.note_retry(operation, answer)
+                        gevent.sleep(retry_delay_seconds(attempt, answer.retry_after))
+                        continue
+                    if (response.headers or {}).get("Idempotent-Replayed") == "true":
+                        tally.replays += 1
+                    outcome = tally.record(operation, answer)
+                    recorded = True
+                    if outcome in (Outcome.ACKNOWLEDGED, Outcome.REFUSED):
+                        response.success()
+                    else:
+                        response.failure(f"{outcome}: {response.status_code}")
+                    break
         finally:
             if not recorded:  # the exchange itself failed: the effect is unknown
                 tally.record(operation, Answer(0, elapsed_ms(started)))
             flight.settle(operation)
             PROCESS.in_flight -= 1
+
+
+def should_retry(answer: Answer) -> bool:
+    """An answer after which the same keyed request may, and should, be sent again."""
+    if answer.status in (0, 502, 504):
+        return True  # unknown outcome: the key makes the retry safe
+    if answer.status == 503 and answer.retry_after:
+        return True  # nothing changed; the server said when to come back
+    return answer.status == 409 and answer.code == "idempotency_in_progress"
+
+
+def retry_delay_seconds(attempt: int, retry_after: str | None) -> float:
+    """Jittered exponential backoff, never shorter than a Retry-After of up to a second."""
+    backoff = min(RETRY_BACKOFF_CAP_SECONDS, RETRY_BACKOFF_BASE_SECONDS * 2**attempt)
+    told = float(retry_after) if retry_after and retry_after.isdigit() else 0.0
+    return max(min(told, RETRY_BACKOFF_CAP_SECONDS), random.uniform(0, backoff))
 
 
 def elapsed_ms(started: float) -> float:

@@ -112,6 +112,9 @@ def render_text(result: Reconciliation) -> str:
         f"{result.credits_lost} acknowledged in but missing, "
         f"{result.debits_lost} acknowledged out but still there)",
         f"server journal chain breaks: {result.server_chain_breaks}",
+        f"retries with the same Idempotency-Key: {result.retries}   "
+        f"answers replayed by the server: {result.replays}   "
+        f"operations applied twice: {result.applied_twice}",
         f"overdrafts: {result.overdrafts} accounts, {result.overdraft_money} beyond the funds",
         *[
             f"  account {report.account_id}: {'; '.join(report.overdraft_reasons)}"

@@ -132,6 +132,9 @@ class AccountReport:
     server_chain_breaks: int
     server_consistent: bool | None
     journal_lowest_balance: int | None
+    # Journal entries beyond the opening, the acknowledged legs and the legs of
+    # requests whose outcome is unknown: an operation applied more than once.
+    extra_journal_entries: int = 0
 
 
 @dataclass
@@ -169,6 +172,9 @@ class Reconciliation:
     reporters: int
     expected_reporters: int
     problems: list[str]
+    retries: int = 0
+    replays: int = 0
+    applied_twice: int = 0
 
     @property
     def passed(self) -> bool:
@@ -245,6 +251,14 @@ def reconcile_account(
         else outside(int(server_journal_balance) - expected_balance, low, high)
     )
     overdraft_money, overdraft_reasons = overdraft_findings(expected_balance, observation, account)
+    extra_journal_entries = 0
+    if observation.journal is not None and observation.journal.complete:
+        accounted = (
+            (1 if opening_balance > 0 else 0)
+            + sum(account.acknowledged.values())
+            + account.unknown_outcomes
+        )
+        extra_journal_entries = max(0, observation.journal.entries - accounted)
     return AccountReport(
         account_id=account_id,
         opening_balance=opening_balance,
@@ -266,6 +280,7 @@ def reconcile_account(
         journal_lowest_balance=(
             None if observation.journal is None else observation.journal.lowest_balance
         ),
+        extra_journal_entries=extra_journal_entries,
     )
 
 
@@ -332,6 +347,9 @@ def reconcile(
         reporters=tally.reporters,
         expected_reporters=expected_reporters,
         problems=[],
+        retries=tally.retries,
+        replays=tally.replays,
+        applied_twice=sum(report.extra_journal_entries for report in accounts),
     )
     result.problems = find_problems(result, tally, observations, setup_error)
     return result
@@ -369,6 +387,11 @@ def find_problems(
         )
     if result.server_chain_breaks:
         problems.append(f"the server's journal has {result.server_chain_breaks} chain breaks")
+    if result.applied_twice:
+        problems.append(
+            f"{result.applied_twice} journal entries beyond every acknowledged or unknown "
+            "operation: an operation was applied more than once"
+        )
     inconsistent = [r.account_id for r in result.accounts if r.server_consistent is False]
     if inconsistent:
         problems.append(f"the server's audit finds accounts {inconsistent} inconsistent")

@@ -164,6 +164,8 @@ class Tally:
     lock_timeouts: LatencySummary = field(default_factory=LatencySummary)
     setup_missing: int = 0  # users that never learnt the accounts of the run
     reporters: int = 1  # processes merged into this tally
+    retries: int = 0  # requests sent again with the same Idempotency-Key
+    replays: int = 0  # answers marked Idempotent-Replayed: the server ran nothing again
 
     def account(self, account_id: int) -> AccountTally:
         return self.accounts.setdefault(account_id, AccountTally())
@@ -194,6 +196,14 @@ class Tally:
                     account.unknown_debit -= delta
         return outcome
 
+    def note_retry(self, operation: Operation, answer: Answer) -> None:
+        """An answer after which the same keyed request was sent again (not its outcome)."""
+        self.retries += 1
+        label = f"{operation.kind} {answer.label} (retried)"
+        self.responses[label] = self.responses.get(label, 0) + 1
+        if answer.code == "lock_timeout":
+            self.lock_timeouts.add(answer.latency_ms)
+
     def count(self, outcome: Outcome) -> int:
         return self.outcomes.get(outcome, 0)
 
@@ -213,6 +223,8 @@ class Tally:
         self.lock_timeouts.merge(other.lock_timeouts)
         self.setup_missing += other.setup_missing
         self.reporters += other.reporters
+        self.retries += other.retries
+        self.replays += other.replays
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data with string keys only (msgpack and JSON safe)."""
@@ -225,6 +237,8 @@ class Tally:
             "lock_timeouts": asdict(self.lock_timeouts),
             "setup_missing": self.setup_missing,
             "reporters": self.reporters,
+            "retries": self.retries,
+            "replays": self.replays,
         }
 
     @classmethod
@@ -238,4 +252,6 @@ class Tally:
             lock_timeouts=LatencySummary(**data["lock_timeouts"]),
             setup_missing=int(data["setup_missing"]),
             reporters=int(data["reporters"]),
+            retries=int(data.get("retries", 0)),
+            replays=int(data.get("replays", 0)),
         )

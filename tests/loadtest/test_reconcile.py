@@ -283,3 +283,24 @@ def test_report_text_of_a_deadlock_run() -> None:
     assert "VERDICT: PASS" in text
     calm = render(reconcile(setup, Tally(run_id="run-1"), balances))
     assert "never deadlocked" in calm
+
+
+def deposit_journal(deposits: int) -> JournalScan:
+    """An account opened with 100 whose journal holds `deposits` chained deposits of 10."""
+    rows: list[dict[str, Any]] = [{"id": 1, "kind": "open", "amount": 100, "balance_after": 100}]
+    rows += [
+        {"id": 1 + n, "kind": "deposit", "amount": AMOUNT, "balance_after": 100 + AMOUNT * n}
+        for n in range(1, deposits + 1)
+    ]
+    return scan_journal(rows)
+
+
+def test_journal_entries_beyond_every_acknowledgement_are_reported_as_applied_twice() -> None:
+    """One more journal entry than opening + acknowledged + unknown: an operation ran twice."""
+    setup = make_setup({1: 100})
+    tally = acknowledge(Tally(run_id="run-1"), Operation("deposit", 1, AMOUNT))
+    twice = reconcile(setup, tally, {1: AccountObservation(1, 120, None, deposit_journal(2))})
+    assert twice.applied_twice == 1
+    assert any("applied more than once" in problem for problem in twice.problems)
+    once = reconcile(setup, tally, {1: AccountObservation(1, 110, None, deposit_journal(1))})
+    assert once.applied_twice == 0

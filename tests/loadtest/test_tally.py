@@ -138,3 +138,16 @@ def test_tally_survives_the_wire() -> None:
     tally.record(TRANSFER, Answer(503, 9.0, code="lock_timeout", retry_after="1"))
     wire = json.loads(json.dumps(tally.to_dict()))
     assert Tally.from_dict(wire) == tally
+
+
+def test_retries_and_replays_are_counted_and_merged_apart_from_outcomes() -> None:
+    """A retried answer counts as a retry (a lock timeout still counts as one), not an outcome."""
+    operation = Operation("withdraw", 1, 5)
+    tally = Tally(run_id="r")
+    tally.note_retry(operation, Answer(503, 1000.0, code="lock_timeout", retry_after="1"))
+    tally.replays += 1
+    assert tally.retries == 1 and tally.outcomes == {}
+    assert tally.lock_timeouts.count == 1
+    other = Tally.from_dict(tally.to_dict())
+    other.merge(tally)
+    assert (other.retries, other.replays) == (2, 2)
