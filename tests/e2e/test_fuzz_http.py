@@ -161,7 +161,8 @@ def judge(request: RawRequest, response: RawResponse, ledger: Ledger) -> None:
     from_gunicorn = "x-request-id" not in response.headers and content_type.startswith("text/html")
     if from_gunicorn:
         ledger.gunicorn_own[f"{status} {request.category}"] += 1
-        ledger.gunicorn_reasons[f"{status} {gunicorn_reason(response.body)}"] += 1
+        reason = "(HEAD: no page)" if request.method == "HEAD" else gunicorn_reason(response.body)
+        ledger.gunicorn_reasons[f"{status} {reason}"] += 1
         if status >= 500:
             ledger.violations.append(f"{where}: gunicorn answered {status}")
         return
