@@ -38,6 +38,7 @@ DESIGN_VARIABLES = frozenset(
         "BANK_BIND",
         "BANK_WORKERS",
         "BANK_THREADS",
+        "BANK_IDEMPOTENCY_TTL_HOURS",
     }
 )
 # The official postgres image's documented initialisation variables.

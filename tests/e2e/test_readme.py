@@ -105,3 +105,24 @@ def test_race_demo_loses_money_unlocked_and_not_locked(tmp_path: Path, documente
         assert audit["drift"] < 0 and audit["consistent"] is False
     else:
         assert audit["balance"] == 2000 and audit["consistent"] is True
+
+
+def test_the_idempotency_example_moves_the_money_once(tmp_path: Path) -> None:
+    """The README's retry with a key: the second answer is the first, replayed; 700 moved once."""
+    server = start(tmp_path)
+    try:
+        run_bash(
+            "curl -s -X POST $BANK/accounts -H 'Content-Type: application/json' "
+            '-d \'{"owner": "alice"}\'',
+            server.url,
+        )
+        output = run_bash("\n".join(readme_block("idempotency")), server.url)
+        account = json_of(run_bash("curl -s $BANK/accounts/1", server.url))
+    finally:
+        server.stop()
+    first, _, replay = output.partition("HTTP/1.1 201")
+    headers, _, replayed_body = replay.partition("\n\n")  # text mode: CRLF read as LF
+    assert "Idempotent-Replayed: true" in headers
+    assert json_of(first) == json_of(replayed_body)
+    assert json_of(first)["amount"] == 700
+    assert account["balance"] == 700
