@@ -8,6 +8,7 @@ import pytest
 
 from service.domain import (
     MAX_BALANCE_MINOR,
+    AuditTimeout,
     BalanceLimitExceeded,
     InsufficientFunds,
     Leg,
@@ -17,7 +18,9 @@ from service.domain import (
     NotFound,
     TransactionKind,
 )
+from service.stores import sql_audit
 from service.stores.base import LegWrite, LegWriter, Store, TransferSpec, VersionConflict, Written
+from tests.conftest import SQL_BACKENDS
 
 
 def deposit_leg(account_id: int, amount: int) -> Leg:
@@ -207,3 +210,19 @@ def test_seeding_the_mode_never_overwrites_a_stored_one(store: Store) -> None:
     assert store.load_mode() == ModeSetting(LockMode.ATOMIC, 3)
     store.save_mode(ModeSetting(LockMode.OPTIMISTIC, 9))
     assert store.load_mode() == ModeSetting(LockMode.OPTIMISTIC, 9)
+
+
+@pytest.mark.parametrize("backend", SQL_BACKENDS, indirect=True)
+def test_an_audit_past_its_time_bound_is_cancelled_as_audit_timeout(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bank audit is cancelled at AUDIT_TIMEOUT_MS: AuditTimeout, not a lock timeout."""
+    for _ in range(200):
+        account = store.open_account("a", "USD", 1, "locked")
+        store.write_legs([LegWrite(deposit_leg(account.id, 1))], "atomic")
+    monkeypatch.setattr(sql_audit, "AUDIT_TIMEOUT_MS", 1)
+    monkeypatch.setattr(sql_audit, "SQLITE_PROGRESS_STEPS", 1)
+    with pytest.raises(AuditTimeout):
+        store.audit_bank()
+    monkeypatch.setattr(sql_audit, "AUDIT_TIMEOUT_MS", 20_000)
+    assert store.audit_bank().consistent  # the connection is usable again

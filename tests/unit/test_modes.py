@@ -1,0 +1,162 @@
+"""modes.py on its own: what each strategy asks of the store, in what order, and its bounds.
+
+A recording store (the in-memory store, logging each primitive it is asked
+for) shows the shape of every mode: `unlocked` reads and writes in two
+steps, `locked` does both inside the store's exclusive section, `optimistic`
+writes with the version it read and retries a bounded number of times,
+`atomic` never reads. Nothing sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from service.domain import (
+    BalanceState,
+    InsufficientFunds,
+    Leg,
+    LockMode,
+    TransactionKind,
+    WriteConflict,
+)
+from service.idempotency import Completion
+from service.keyed_locks import KeyedLocks
+from service.modes import (
+    OPTIMISTIC_MAX_ATTEMPTS,
+    STRATEGIES,
+    ModeContext,
+    Operation,
+    in_lock_order,
+)
+from service.stores.base import LegWrite, LegWriter, TransferSpec, VersionConflict, Written
+from service.stores.memory import MemoryStore
+
+LOCK_TIMEOUT_MS = 2000
+
+
+class RecordingStore(MemoryStore):
+    """The in-memory store, recording the primitives a mode uses."""
+
+    def __init__(self) -> None:
+        super().__init__(lock_timeout_ms=LOCK_TIMEOUT_MS)
+        self.calls: list[str] = []
+        self.writes: list[LegWrite] = []
+        self.conflicts_left = 0
+
+    def read_states(self, account_ids: Sequence[int]) -> dict[int, BalanceState]:
+        self.calls.append("read")
+        return super().read_states(account_ids)
+
+    def write_legs(
+        self,
+        writes: Sequence[LegWrite],
+        lock_mode: str,
+        transfer: TransferSpec | None = None,
+        completion: Completion | None = None,
+    ) -> Written:
+        self.calls.append("write")
+        self.writes.extend(writes)
+        if self.conflicts_left:
+            self.conflicts_left -= 1
+            raise VersionConflict("someone wrote first")
+        return super().write_legs(writes, lock_mode, transfer, completion)
+
+    def exclusive(
+        self, account_ids: Sequence[int], work: Callable[[LegWriter], Written]
+    ) -> Written:
+        self.calls.append("exclusive")
+        return super().exclusive(account_ids, work)
+
+
+def context(store: RecordingStore, *, deadline_seconds: float = 5.0) -> ModeContext:
+    return ModeContext(store, KeyedLocks(LOCK_TIMEOUT_MS), 0, time.monotonic() + deadline_seconds)
+
+
+def deposit(account_id: int, amount: int = 5) -> Operation:
+    return Operation((Leg(account_id, TransactionKind.DEPOSIT, amount),), (account_id,))
+
+
+@pytest.mark.parametrize(
+    ("mode", "calls", "absolute", "versioned"),
+    [
+        (LockMode.UNLOCKED, ["read", "write"], True, False),
+        (LockMode.PROCESS_LOCK, ["read", "write"], True, False),
+        # locked: everything inside the exclusive section, through its writer
+        (LockMode.LOCKED, ["exclusive"], True, False),
+        (LockMode.OPTIMISTIC, ["read", "write"], True, True),
+        (LockMode.ATOMIC, ["write"], False, False),
+    ],
+)
+def test_each_mode_uses_the_store_as_its_table_says(
+    mode: LockMode, calls: list[str], absolute: bool, versioned: bool
+) -> None:
+    """Read then write, under the exclusive section, with the version, or no read at all."""
+    store = RecordingStore()
+    account = store.open_account("a", "USD", 10, "locked")
+    written = STRATEGIES[mode](deposit(account.id), context(store))
+    if mode is LockMode.LOCKED:
+        assert store.calls[0] == "exclusive" and "write" not in store.calls
+    else:
+        assert store.calls == calls
+    assert written.transactions[0].balance_after == 15
+    assert written.transactions[0].lock_mode == mode.value
+    if store.writes:  # `locked` writes through the section's writer, not store.write_legs
+        [write] = store.writes
+        assert (write.new_balance is not None) is absolute
+        assert (write.expected_version is not None) is versioned
+
+
+def test_optimistic_retries_a_conflict_with_a_fresh_read() -> None:
+    """A version conflict is retried: read again, write again, and the deposit lands once."""
+    store = RecordingStore()
+    account = store.open_account("a", "USD", 10, "locked")
+    store.conflicts_left = 2
+    written = STRATEGIES[LockMode.OPTIMISTIC](deposit(account.id), context(store))
+    assert store.calls == ["read", "write"] * 3
+    assert written.transactions[0].balance_after == 15
+    assert store.audit_account(account.id).consistent
+
+
+def test_optimistic_gives_up_at_the_attempt_bound_with_nothing_written() -> None:
+    """A row that always changes: OPTIMISTIC_MAX_ATTEMPTS writes at most, then WriteConflict."""
+    store = RecordingStore()
+    account = store.open_account("a", "USD", 10, "locked")
+    store.conflicts_left = 10**6
+    with pytest.raises(WriteConflict):
+        STRATEGIES[LockMode.OPTIMISTIC](deposit(account.id), context(store, deadline_seconds=60))
+    assert 1 <= store.calls.count("write") <= OPTIMISTIC_MAX_ATTEMPTS
+    assert store.get_account(account.id).balance == 10
+
+
+def test_optimistic_gives_up_at_the_deadline() -> None:
+    """With the deadline already past, no backoff starts: one attempt, then WriteConflict."""
+    store = RecordingStore()
+    account = store.open_account("a", "USD", 10, "locked")
+    store.conflicts_left = 10**6
+    with pytest.raises(WriteConflict):
+        STRATEGIES[LockMode.OPTIMISTIC](deposit(account.id), context(store, deadline_seconds=0))
+    assert store.calls.count("write") == 1
+
+
+@pytest.mark.parametrize("mode", [LockMode.LOCKED, LockMode.OPTIMISTIC, LockMode.UNLOCKED])
+def test_a_read_modify_write_refuses_an_overdraft_before_writing(mode: LockMode) -> None:
+    """Computed from the read, a withdrawal past the balance is refused and writes nothing."""
+    store = RecordingStore()
+    account = store.open_account("a", "USD", 10, "locked")
+    withdrawal = Operation((Leg(account.id, TransactionKind.WITHDRAWAL, 11),), (account.id,))
+    with pytest.raises(InsufficientFunds):
+        STRATEGIES[mode](withdrawal, context(store))
+    assert "write" not in store.calls
+    assert store.get_account(account.id).balance == 10
+
+
+def test_writes_follow_the_lock_order_whatever_the_leg_order() -> None:
+    """Rows are written in lock order (ascending ids), so writes never deadlock each other."""
+    operation = Operation(
+        (Leg(7, TransactionKind.TRANSFER_OUT, 1), Leg(3, TransactionKind.TRANSFER_IN, 1)),
+        (3, 7),
+    )
+    assert [leg.account_id for leg in in_lock_order(operation)] == [3, 7]
