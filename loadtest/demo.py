@@ -41,7 +41,7 @@ from loadtest.service_process import (
 LOCUSTFILE = REPOSITORY_ROOT / "loadtest" / "locustfile.py"
 DEFAULT_WORKDIR = REPOSITORY_ROOT / "var" / "demo"
 DEFAULT_WEB_PORT = 8089
-DEFAULT_USERS = 20
+DEFAULT_USERS = 10  # enough to lose hundreds a second; locked still lets PUT /mode in
 DEFAULT_RACE_WINDOW_MS = 20
 # Deposits only: every lost update is money that vanished, so the loss only grows.
 DEFAULT_SCENARIO = "deposits"

@@ -308,7 +308,7 @@ class HistoryPoint:
     seconds: float  # since the first point of the run
     lock_mode: str  # GET /mode at this point
     race_window_ms: int | None
-    settled: bool  # every answer since the point before was served in `lock_mode`
+    served_in: tuple[str, ...]  # the modes that served the answers since the point before
     acknowledged: int
     lost_updates: int
     chain_breaks: int
@@ -318,10 +318,12 @@ class HistoryPoint:
 class History:
     """The run's points for the chart, bounded; and its stretches of one mode.
 
-    Right after a mode change, requests that started under the old mode still
-    answer, and every worker of the service takes up to a second to follow
-    (DESIGN §3): points whose answers were served in more than their mode are
-    not `settled`, so that neither mode is blamed for the switch.
+    Right after a mode change, requests sent under the old mode still answer,
+    and every worker of the service takes up to a second to follow (DESIGN §3);
+    a request's write is visible in the audit a moment before its answer
+    arrives. So a point is *settled* in its mode only when the answers since
+    the point before it and until the point after it were all served in that
+    mode; the others make a "switching" stretch, blamed on neither mode.
     """
 
     def __init__(self, run_id: str = "", limit: int = HISTORY_POINTS_LIMIT) -> None:
@@ -335,17 +337,16 @@ class History:
     ) -> HistoryPoint:
         if self.started_at is None:
             self.started_at = taken_at
-        lock_mode = str(mode.get("lock_mode", "unknown"))
         served = dict(totals["served_by_mode"])
-        served_since = {
+        served_in = sorted(
             name for name, count in served.items() if count > self.served_by_mode.get(name, 0)
-        }
+        )
         self.served_by_mode = served
         point = HistoryPoint(
             seconds=round(taken_at - self.started_at, 3),
-            lock_mode=lock_mode,
+            lock_mode=str(mode.get("lock_mode", "unknown")),
             race_window_ms=mode.get("race_window_ms"),
-            settled=served_since <= {lock_mode},
+            served_in=tuple(served_in),
             acknowledged=int(totals["acknowledged"]),
             lost_updates=int(totals["lost_updates"]),
             chain_breaks=int(totals["chain_breaks"]),
@@ -354,49 +355,59 @@ class History:
         self.points.append(point)
         return point
 
+    def settled(self) -> list[bool]:
+        """Per point: were the answers on both sides of it all served in its mode?"""
+        points = list(self.points)
+        return [
+            set(point.served_in) <= {point.lock_mode}
+            and (index + 1 == len(points) or set(points[index + 1].served_in) <= {point.lock_mode})
+            for index, point in enumerate(points)
+        ]
+
     def segments(self) -> list[dict[str, Any]]:
-        """Stretches of points of one mode, window and settledness, with their rates.
+        """Stretches of one settled mode and window, and the switches between, with rates.
 
         A settled stretch is measured from its own first point; a switch from
         the last point before it, since the change began in between.
         """
-        stretches: list[list[HistoryPoint]] = []
-        for point in self.points:
-            if not stretches or stretch_key(stretches[-1][0]) != stretch_key(point):
-                stretches.append([])
-            stretches[-1].append(point)
+        stretches: list[tuple[tuple[Any, ...], list[HistoryPoint]]] = []
+        for point, settled in zip(self.points, self.settled(), strict=True):
+            key = (point.lock_mode, point.race_window_ms) if settled else ("switching",)
+            if not stretches or stretches[-1][0] != key:
+                stretches.append((key, []))
+            stretches[-1][1].append(point)
         described = []
-        for index, stretch in enumerate(stretches):
-            first = stretch[0]
-            if not first.settled and index > 0:
-                first = stretches[index - 1][-1]
-            described.append(describe_stretch(first, stretch[-1], stretch[0]))
+        for index, (key, stretch) in enumerate(stretches):
+            settled = key != ("switching",)
+            measured_from = stretch[0] if settled or index == 0 else stretches[index - 1][1][-1]
+            described.append(describe_stretch(settled, measured_from, stretch))
         return described
 
     def to_list(self) -> list[dict[str, Any]]:
         return [asdict(point) for point in self.points]
 
 
-def stretch_key(point: HistoryPoint) -> tuple[str, int | None, bool]:
-    return point.lock_mode, point.race_window_ms, point.settled
-
-
-def describe_stretch(first: HistoryPoint, last: HistoryPoint, own: HistoryPoint) -> dict[str, Any]:
-    """The change from `first` to `last`, labelled with the stretch's `own` first point."""
-    seconds = last.seconds - first.seconds
+def describe_stretch(
+    settled: bool, measured_from: HistoryPoint, stretch: list[HistoryPoint]
+) -> dict[str, Any]:
+    """A stretch's mode (for a switch: the mode it switched to) and its change per second."""
+    last = stretch[-1]
+    seconds = last.seconds - measured_from.seconds
 
     def per_second(change: int) -> float | None:
         return round(change / seconds, 1) if seconds > 0 else None
 
+    lost = last.lost_updates - measured_from.lost_updates
+    acknowledged = last.acknowledged - measured_from.acknowledged
     return {
-        "lock_mode": own.lock_mode,
-        "race_window_ms": own.race_window_ms,
-        "settled": own.settled,
-        "unsafe": own.lock_mode in UNSAFE_MODES,
-        "from_seconds": own.seconds,
+        "lock_mode": last.lock_mode,
+        "race_window_ms": last.race_window_ms,
+        "settled": settled,
+        "unsafe": last.lock_mode in UNSAFE_MODES,
+        "from_seconds": stretch[0].seconds,
         "to_seconds": last.seconds,
-        "lost_updates": last.lost_updates - first.lost_updates,
-        "acknowledged": last.acknowledged - first.acknowledged,
-        "lost_updates_per_second": per_second(last.lost_updates - first.lost_updates),
-        "acknowledged_per_second": per_second(last.acknowledged - first.acknowledged),
+        "lost_updates": lost,
+        "acknowledged": acknowledged,
+        "lost_updates_per_second": per_second(lost),
+        "acknowledged_per_second": per_second(acknowledged),
     }

@@ -59,7 +59,8 @@ ADMIN_TOKEN_VARIABLE = "BANK_ADMIN_TOKEN"
 POLL_INTERVAL_SECONDS = 0.5  # the view is refreshed at least this often while a run goes on
 BANK_AUDIT_INTERVAL_SECONDS = 5.0  # GET /audit scans the whole journal: less often
 REQUEST_TIMEOUT_SECONDS = 2.0
-MODE_CHANGE_TIMEOUT_SECONDS = 5.0
+MODE_CHANGE_TIMEOUT_SECONDS = 10.0  # above the service's lock wait (5 s by default)
+MODE_CHANGE_ATTEMPTS = 3  # PUT /mode again after a 503 with Retry-After, at most this often
 WORKER_REPORT_INTERVAL_SECONDS = 0.5
 WORKER_REPORT_WAIT_SECONDS = 2.0  # the master waits this long for samples newer than its reads
 WORKER_SILENT_SECONDS = 3.0  # a worker silent this long is not waited for
@@ -287,19 +288,34 @@ class RaceMonitor:
     # --- changing the mode -------------------------------------------------------------
 
     def change_mode(self, body: dict[str, Any]) -> Response:
-        """PUT /mode on the service with the admin token; its answer goes back as it is."""
-        try:
-            answer = self.session.put(
-                self.host() + "/mode",
-                json=body,
-                headers={"Authorization": f"Bearer {self.admin_token}"},
-                timeout=MODE_CHANGE_TIMEOUT_SECONDS,
-            )
-        except requests.RequestException as error:
-            return problem(502, "service_unreachable", f"PUT /mode failed: {error}")
+        """PUT /mode on the service with the admin token; its last answer goes back as it is.
+
+        A mode change is a write: in `locked` on SQLite it queues for the one
+        write lock behind every request's race window, and may run out of lock
+        wait (503 with Retry-After, nothing changed). It is tried again, bounded.
+        """
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                answer = self.session.put(
+                    self.host() + "/mode",
+                    json=body,
+                    headers={"Authorization": f"Bearer {self.admin_token}"},
+                    timeout=MODE_CHANGE_TIMEOUT_SECONDS,
+                )
+            except requests.RequestException as error:
+                return problem(502, "service_unreachable", f"PUT /mode failed: {error}")
+            busy = answer.status_code == 503 and "Retry-After" in answer.headers
+            if not busy or attempts == MODE_CHANGE_ATTEMPTS:
+                break
         self.wake.set()  # show the new mode at once
-        content_type = answer.headers.get("Content-Type", "application/json")
-        return Response(answer.content, answer.status_code, content_type=content_type)
+        return Response(
+            answer.content,
+            answer.status_code,
+            content_type=answer.headers.get("Content-Type", "application/json"),
+            headers={"X-Mode-Change-Attempts": str(attempts)},
+        )
 
 
 # --- the routes ------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 const DATA_URL = "/race/data";
 const MODE_URL = "/race/mode";
 const POLL_INTERVAL_MS = 500;
-const CHART = { width: 960, height: 300, left: 64, right: 64, top: 30, bottom: 34 };
+const CHART = { width: 960, height: 330, left: 80, right: 80, top: 32, bottom: 36 };
 const numberFormat = new Intl.NumberFormat("en-US");
 
 let modeSignature = "";
@@ -166,6 +166,12 @@ function renderAccounts(data) {
     : "");
 }
 
+function secondsSpan(segment) {
+  const from = Math.round(segment.from_seconds);
+  const to = Math.round(segment.to_seconds);
+  return from === to ? `at ${from} s` : `${from}–${to} s`;
+}
+
 function segmentColours(segment) {
   if (!segment.settled) return { fill: "#ececf1", ink: "#5b5b66" };
   return segment.unsafe ? { fill: "#fde2e1", ink: "#b3261e" } : { fill: "#e2f3e6", ink: "#1e6b34" };
@@ -190,7 +196,7 @@ function renderChart(data) {
   const x = (seconds) => c.left + ((seconds - first) / span) * plotWidth;
   const yLost = (value) => c.top + plotHeight - (value / maxLost) * plotHeight;
   const yAck = (value) => c.top + plotHeight - (value / maxAck) * plotHeight;
-  const parts = [`<svg viewBox="0 0 ${c.width} ${c.height}" xmlns="http://www.w3.org/2000/svg" font-size="13" font-family="system-ui, sans-serif">`];
+  const parts = [`<svg viewBox="0 0 ${c.width} ${c.height}" xmlns="http://www.w3.org/2000/svg" font-size="16" font-family="system-ui, sans-serif">`];
   data.segments.forEach((segment, index) => {
     const next = data.segments[index + 1];
     const start = Math.max(segment.from_seconds, first);
@@ -210,9 +216,9 @@ function renderChart(data) {
     parts.push(`<text x="${c.left - 8}" y="${y + 4}" text-anchor="end" fill="#b3261e">${numberFormat.format(Math.round(maxLost * fraction))}</text>`);
     parts.push(`<text x="${c.width - c.right + 8}" y="${y + 4}" fill="#5b5b66">${numberFormat.format(Math.round(maxAck * fraction))}</text>`);
   }
-  for (let tick = 0; tick <= 4; tick += 1) {
-    const seconds = first + (span * tick) / 4;
-    parts.push(`<text x="${x(seconds)}" y="${c.height - 12}" text-anchor="middle" fill="#5b5b66">${Math.round(seconds)} s</text>`);
+  const step = [1, 2, 5, 10, 15, 30, 60, 120, 300].find((s) => span / s <= 6) || 600;
+  for (let tick = Math.ceil(first / step) * step; tick <= first + span; tick += step) {
+    parts.push(`<text x="${x(tick)}" y="${c.height - 12}" text-anchor="middle" fill="#5b5b66">${tick} s</text>`);
   }
   if (points.length > 1) {
     const path = (y, key) => points.map((p, i) => `${i ? "L" : "M"}${x(p.seconds).toFixed(1)},${y(p[key]).toFixed(1)}`).join("");
@@ -220,18 +226,18 @@ function renderChart(data) {
     parts.push(`<path d="${path(yLost, "lost_updates")}" fill="none" stroke="#b3261e" stroke-width="3"/>`);
   }
   const middle = c.top + plotHeight / 2;
-  parts.push(`<text transform="translate(14 ${middle}) rotate(-90)" text-anchor="middle" fill="#b3261e" font-weight="600">lost updates</text>`);
-  parts.push(`<text transform="translate(${c.width - 10} ${middle}) rotate(90)" text-anchor="middle" fill="#5b5b66">acknowledged</text>`);
+  parts.push(`<text transform="translate(16 ${middle}) rotate(-90)" text-anchor="middle" fill="#b3261e" font-weight="600">lost updates</text>`);
+  parts.push(`<text transform="translate(${c.width - 16} ${middle}) rotate(90)" text-anchor="middle" fill="#5b5b66">acknowledged</text>`);
   parts.push("</svg>");
   const chart = document.getElementById("chart");
   chart.innerHTML = parts.join("");
   const list = document.getElementById("segments");
   const items = data.segments.map((segment) => {
     if (!segment.settled) {
-      return `<li>${escapeText(segmentLabel(segment))}: answers still served in the old mode too, ${numberFormat.format(segment.lost_updates)} lost meanwhile (${Math.round(segment.from_seconds)}–${Math.round(segment.to_seconds)} s)</li>`;
+      return `<li>${escapeText(segmentLabel(segment))}: answers still served in the old mode too, ${numberFormat.format(segment.lost_updates)} lost meanwhile (${secondsSpan(segment)})</li>`;
     }
     const acknowledged = segment.acknowledged_per_second === null ? "…" : numberFormat.format(segment.acknowledged_per_second);
-    return `<li><strong>${escapeText(segmentLabel(segment))}</strong> while ${acknowledged} operations/s were acknowledged (${Math.round(segment.from_seconds)}–${Math.round(segment.to_seconds)} s)</li>`;
+    return `<li><strong>${escapeText(segmentLabel(segment))}</strong> while ${acknowledged} operations/s were acknowledged (${secondsSpan(segment)})</li>`;
   });
   items.push("<li>Red line: lost updates so far (left scale). Dashed grey: acknowledged operations so far (right scale). Grey background: a mode switch under way.</li>");
   list.innerHTML = items.join("");
@@ -272,10 +278,12 @@ async function changeMode(body) {
       body: JSON.stringify(body),
     });
     const answer = await response.json().catch(() => ({}));
+    const attempts = Number(response.headers.get("X-Mode-Change-Attempts") || "1");
+    const tries = attempts > 1 ? ` (after ${attempts} attempts: the lock was busy)` : "";
     if (response.ok) {
-      setText("mode-result", `The service now runs ${answer.lock_mode} with a ${answer.race_window_ms} ms race window.`);
+      setText("mode-result", `The service now runs ${answer.lock_mode} with a ${answer.race_window_ms} ms race window${tries}.`);
     } else {
-      setText("mode-result", `Refused (${response.status}): ${answer.detail || answer.title || "no detail"}`);
+      setText("mode-result", `Refused (${response.status})${tries}: ${answer.detail || answer.title || "no detail"}`);
     }
   } catch (error) {
     setText("mode-result", `Could not ask: ${error.message}`);

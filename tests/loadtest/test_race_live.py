@@ -193,29 +193,51 @@ def totals(acknowledged: int, lost: int, served: dict[str, int]) -> dict[str, An
 
 
 def test_history_separates_modes_and_blames_neither_for_the_switch() -> None:
-    """Unlocked loses 10/s; the switch point is unsettled; locked stays at 0 lost/s."""
+    """Unlocked loses 10/s; around the switch answers of both modes: neither is blamed."""
     history = History("r")
     unlocked = {"lock_mode": "unlocked", "race_window_ms": 20}
     locked = {"lock_mode": "locked", "race_window_ms": 20}
     history.add(100.0, unlocked, totals(0, 0, {}))
     history.add(101.0, unlocked, totals(50, 10, {"unlocked": 50}))
     history.add(102.0, unlocked, totals(100, 20, {"unlocked": 100}))
-    # the mode changed; answers of both modes arrived since the last point
-    history.add(103.0, locked, totals(140, 25, {"unlocked": 120, "locked": 20}))
-    history.add(104.0, locked, totals(180, 25, {"unlocked": 120, "locked": 60}))
-    history.add(106.0, locked, totals(260, 25, {"unlocked": 120, "locked": 140}))
+    history.add(103.0, unlocked, totals(150, 30, {"unlocked": 150}))
+    # switched after 103: the writes of requests still in flight show up at 103 already,
+    # their answers (served unlocked) only by 104
+    history.add(104.0, locked, totals(190, 35, {"unlocked": 170, "locked": 20}))
+    history.add(105.0, locked, totals(230, 35, {"unlocked": 170, "locked": 60}))
+    history.add(107.0, locked, totals(310, 35, {"unlocked": 170, "locked": 140}))
+    assert history.settled() == [True, True, True, False, False, True, True]
     segments = history.segments()
     assert [(s["lock_mode"], s["settled"]) for s in segments] == [
         ("unlocked", True),
-        ("locked", False),
+        ("locked", False),  # the switch, named after the mode it switched to
         ("locked", True),
     ]
     assert segments[0]["lost_updates_per_second"] == 10.0
+    assert (segments[0]["from_seconds"], segments[0]["to_seconds"]) == (0, 2)
     assert segments[0]["unsafe"] and not segments[2]["unsafe"]
-    assert segments[1]["lost_updates"] == 5  # from the last unlocked point
+    assert segments[1]["lost_updates"] == 15  # from the last settled unlocked point
     assert segments[2]["lost_updates_per_second"] == 0.0
     assert segments[2]["acknowledged_per_second"] == 40.0
-    assert [point["seconds"] for point in history.to_list()] == [0, 1, 2, 3, 4, 6]
+    assert [point["seconds"] for point in history.to_list()] == [0, 1, 2, 3, 4, 5, 7]
+
+
+def test_a_window_change_in_one_mode_starts_a_new_stretch() -> None:
+    """Unlocked at 20 ms and at 100 ms are two stretches with their own rates."""
+    history = History("r")
+    history.add(0.0, {"lock_mode": "unlocked", "race_window_ms": 20}, totals(0, 0, {}))
+    history.add(1.0, {"lock_mode": "unlocked", "race_window_ms": 20}, totals(9, 4, {"unlocked": 9}))
+    history.add(
+        2.0, {"lock_mode": "unlocked", "race_window_ms": 100}, totals(10, 5, {"unlocked": 10})
+    )
+    history.add(
+        4.0, {"lock_mode": "unlocked", "race_window_ms": 100}, totals(12, 9, {"unlocked": 12})
+    )
+    segments = history.segments()
+    assert [(s["race_window_ms"], s["lost_updates_per_second"]) for s in segments] == [
+        (20, 4.0),
+        (100, 2.0),
+    ]
 
 
 def test_history_keeps_a_bounded_number_of_points() -> None:
