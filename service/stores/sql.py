@@ -238,21 +238,26 @@ class _SqlWriter(LegWriter):
             parameters.update(
                 new_balance=write.new_balance, expected_version=write.expected_version
             )
-        balance_after = self._value(sql, parameters)
-        if balance_after is None:
-            raise self._missed_write(write)
-        entry_id = self._value(
-            statements.INSERT_TRANSACTION,
-            {
-                "account_id": leg.account_id,
-                "kind": leg.kind.value,
-                "amount": leg.amount,
-                "balance_after": balance_after,
-                "transfer_id": transfer_id,
-                "lock_mode": lock_mode,
-                "created_at": stamp,
-            },
-        )
+        entry = {
+            "kind": leg.kind.value,
+            "amount": leg.amount,
+            "transfer_id": transfer_id,
+            "lock_mode": lock_mode,
+            "created_at": stamp,
+        }
+        if self._store.is_postgresql:  # one round trip for the balance and its entry
+            row = self._row(statements.JOURNALED[sql], {**parameters, **entry})
+            if row is None:
+                raise self._missed_write(write)
+            entry_id, balance_after = row
+        else:
+            balance_after = self._value(sql, parameters)
+            if balance_after is None:
+                raise self._missed_write(write)
+            entry_id = self._value(
+                statements.INSERT_TRANSACTION,
+                {"account_id": leg.account_id, "balance_after": balance_after, **entry},
+            )
         return Transaction(
             entry_id,
             leg.account_id,
@@ -326,6 +331,7 @@ class SqlStore(Store):
     ) -> None:
         self._engine = build_engine(url, lock_timeout_ms=lock_timeout_ms, pool_size=pool_size)
         self._is_sqlite = self._engine.dialect.name == "sqlite"
+        self.is_postgresql = not self._is_sqlite
         self._lock_timeout_ms = lock_timeout_ms
         self._expected_revision = expected_revision
         self._committer: GroupCommitter | None = None

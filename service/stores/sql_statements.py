@@ -93,3 +93,24 @@ PURGE_KEYS = (
     "DELETE FROM idempotency_keys WHERE (scope, idempotency_key) IN"
     " (SELECT scope, idempotency_key FROM idempotency_keys WHERE expires_at < :now LIMIT :limit)"
 )
+
+
+def journaled(balance_update: str) -> str:
+    """PostgreSQL: a balance UPDATE and its journal entry as one statement (one round trip).
+
+    If the UPDATE matches no row (refused, or a stale version), nothing is
+    inserted and no row comes back, exactly as with the two statements.
+    """
+    return (
+        f"WITH moved AS ({balance_update})"
+        " INSERT INTO transactions"
+        " (account_id, kind, amount, balance_after, transfer_id, lock_mode, created_at)"
+        " SELECT CAST(:id AS BIGINT), CAST(:kind AS VARCHAR), CAST(:amount AS BIGINT), balance,"
+        " CAST(:transfer_id AS BIGINT), CAST(:lock_mode AS VARCHAR), :created_at FROM moved"
+        " RETURNING id, balance_after"
+    )
+
+
+JOURNALED = {
+    update: journaled(update) for update in (SET_BALANCE, SET_BALANCE_IF_VERSION, ADD_TO_BALANCE)
+}

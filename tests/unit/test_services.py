@@ -15,10 +15,12 @@ import pytest
 
 from service import services
 from service.domain import (
+    Leg,
     LockMode,
     LockTimeout,
     ModeSetting,
     StoreUnavailable,
+    TransactionKind,
     UnsafeModeRefused,
     WriteConflict,
     utc_now,
@@ -148,7 +150,7 @@ def test_database_conflicts_are_retried_a_bounded_number_of_times(
     """40P01/40001 are run again; after DATABASE_RETRY_ATTEMPTS they become a 503 refusal."""
     bank = make_bank(CountingStore())
     setting = ModeSetting(LockMode.LOCKED, 0)
-    operation = Operation((), ())
+    operation = Operation((Leg(1, TransactionKind.DEPOSIT, 1),), (1,))
     recovering = conflicting(services.DATABASE_RETRY_ATTEMPTS - 1, deadlock=deadlock)
     monkeypatch.setitem(services.STRATEGIES, LockMode.LOCKED, recovering)  # type: ignore[arg-type]
     assert services._apply(operation, setting, bank) == Written(())
