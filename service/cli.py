@@ -2,8 +2,11 @@
 
 `serve` runs in the gunicorn master: it validates the configuration,
 migrates an SQLite database on first run, stores the configured lock mode
-(the latest start or PUT wins), then forks the workers, each of which calls
-`create_app` and builds its own database pool.
+(the latest start or PUT wins), makes the directory where the workers'
+metrics meet (service/metrics.py; removed when it stops), then forks the
+workers, each of which calls `create_app` and builds its own database pool.
+SIGTERM stops it gracefully: gunicorn answers the requests in flight (up to
+GUNICORN_GRACEFUL_TIMEOUT_SECONDS) before the workers exit.
 
 What goes wrong before gunicorn runs is told in one line on stderr, never a
 traceback, and never a secret: a bad setting exits 2 (config.py names the
@@ -26,7 +29,7 @@ from gunicorn.app.base import BaseApplication
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from service import build_store, create_app
+from service import build_store, create_app, metrics
 from service.config import HIDDEN, SECRET_QUERY_KEYS, Config, ConfigError, redacted_url
 from service.domain import DomainError
 from service.gunicorn_worker import HeadBoundedThreadWorker
@@ -62,6 +65,7 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             # user; several instances on one machine would fight over it.
             "control_socket_disable": True,
             "post_worker_init": _announce_worker_ready,
+            "child_exit": _forget_worker,
             "logconfig_dict": logging_config(),
         }
         for key, value in settings.items():
@@ -76,6 +80,11 @@ def _announce_worker_ready(worker: Any) -> None:
     # The app is loaded and the worker is about to accept: operators and the
     # end-to-end tests wait for one such line per worker before sending load.
     print(f"bankrace: worker {worker.pid} ready", file=sys.stderr, flush=True)
+
+
+def _forget_worker(server: Any, worker: Any) -> None:
+    # In the master, when a worker exits: its live gauges go, its counts stay.
+    metrics.worker_exited(worker.pid)
 
 
 def is_sqlite(url: str) -> bool:
@@ -160,7 +169,9 @@ def serve(config: Config) -> int:
         f"race window {config.race_window_ms} ms, store {_describe(config.database_url)}",
         file=sys.stderr,
     )
-    GunicornServer(config).run()
+    # Before the fork: every worker writes its metrics there, GET /metrics sums them.
+    with metrics.shared_directory():
+        GunicornServer(config).run()
     return 0
 
 

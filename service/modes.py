@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from service import metrics
 from service.domain import (
     BalanceState,
     Leg,
@@ -130,7 +131,9 @@ def run_unlocked(operation: Operation, context: ModeContext) -> Written:
 def run_process_lock(operation: Operation, context: ModeContext) -> Written:
     # The textbook fix: correct among this process's threads, invisible to
     # every other worker process or replica, which keep racing.
+    asked = metrics.lock_started()
     with context.process_locks.holding(operation.lock_order):
+        metrics.lock_waited(LockMode.PROCESS_LOCK.value, asked)
         return read_modify_write(context.store, operation, context, LockMode.PROCESS_LOCK)
 
 
@@ -139,7 +142,10 @@ def run_locked(operation: Operation, context: ModeContext) -> Written:
     # read and the write are one transaction under it.
     return context.store.exclusive(
         operation.lock_order,
-        lambda writer: read_modify_write(writer, operation, context, LockMode.LOCKED),
+        metrics.after_lock_wait(
+            LockMode.LOCKED.value,
+            lambda writer: read_modify_write(writer, operation, context, LockMode.LOCKED),
+        ),
     )
 
 
@@ -153,6 +159,7 @@ def run_optimistic(operation: Operation, context: ModeContext) -> Written:
                 writes, LockMode.OPTIMISTIC.value, operation.transfer, operation.completion
             )
         except VersionConflict:
+            metrics.optimistic_conflict()
             backoff_ms = random.uniform(
                 0, min(OPTIMISTIC_BACKOFF_CAP_MS, OPTIMISTIC_BACKOFF_BASE_MS * 2**attempt)
             )

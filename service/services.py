@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from service import metrics
 from service.domain import (
     DEFAULT_CURRENCY,
     Account,
@@ -270,6 +271,12 @@ def transfer(
 
 
 def _apply(operation: Operation, setting: ModeSetting, bank: Bank) -> Written:
+    kind = "transfer" if operation.transfer is not None else operation.legs[0].kind.value
+    with metrics.operation(kind, setting.lock_mode.value):
+        return _apply_with_retries(operation, setting, bank)
+
+
+def _apply_with_retries(operation: Operation, setting: ModeSetting, bank: Bank) -> Written:
     strategy = STRATEGIES[setting.lock_mode]
     # One deadline for the whole request: retries never stretch a client's
     # wait past the lock timeout (plus the one attempt already under way).
@@ -289,6 +296,7 @@ def _apply(operation: Operation, setting: ModeSetting, bank: Bank) -> Written:
                 raise WriteConflict(
                     "the database kept aborting this transaction; nothing was written"
                 ) from conflict
+            metrics.database_retry(conflict.deadlock)
             time.sleep(backoff_seconds)
     raise RuntimeError("unreachable: the retry loop always returns or raises")
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from flask import Blueprint, Response, jsonify, url_for
 
-from service import services
+from service import metrics, services
 from service.api import idempotent
 from service.api.context import current_bank, serving_setting
 from service.api.parsing import (
@@ -250,4 +250,6 @@ def list_transactions(account_id: int) -> Response:
     )
 )
 def audit_account(account_id: int) -> Response:
-    return jsonify(account_audit_json(services.account_audit(account_id, current_bank())))
+    result = services.account_audit(account_id, current_bank())
+    metrics.account_audited(account_id, result.drift, result.chain_breaks, result.consistent)
+    return jsonify(account_audit_json(result))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from service import services
+from service import metrics, services
 from service.api.context import current_bank
 from service.api.representations import bank_audit_json
 from service.api.spec import Endpoint, Success, documented
+from service.domain import DomainError, LockMode
 
 blueprint = Blueprint("ops", __name__)
+# Each worker counts itself in bankrace_workers once its app exists (after the fork).
+blueprint.record_once(lambda _state: metrics.process_serving())
 TAG = "operations"
 
 
@@ -47,4 +50,36 @@ def readyz() -> Response:
     )
 )
 def audit() -> Response:
-    return jsonify(bank_audit_json(services.bank_audit(current_bank())))
+    result = services.bank_audit(current_bank())
+    metrics.bank_audited(
+        result.drift, result.chain_breaks, result.inconsistent_accounts, result.consistent
+    )
+    return jsonify(bank_audit_json(result))
+
+
+@blueprint.get("/metrics")
+@documented(
+    Endpoint(
+        "Prometheus metrics of every worker of this service",
+        TAG,
+        Success(200, "the Prometheus text format", media_type="text/plain"),
+        description="Requests by route and status, latency, problems by code, operations by "
+        "kind, outcome and lock mode, lock wait, retries, the last audit's drift and chain "
+        "breaks, the lock mode and the build (docs/operate.md lists them).",
+    )
+)
+def metrics_text() -> Response:
+    bank = current_bank()
+    try:
+        setting = bank.modes.current()
+    except DomainError:
+        setting = None  # the store is down: the metrics still answer, with the last mode
+    if setting is not None:
+        metrics.mode_served(
+            (mode.value for mode in LockMode),
+            setting.lock_mode.value,
+            setting.race_window_ms,
+            bank.modes.allow_unsafe_modes,
+        )
+    body, content_type = metrics.exposition()
+    return Response(body, content_type=content_type)

@@ -24,9 +24,11 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
+from service import metrics
 from service.api.context import current_bank
 from service.api.errors import ProblemError
 from service.api.parsing import json_object
+from service.api.spec import openapi_path
 from service.api.transfers import MAX_ACCOUNT_ID
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ def install(app: Flask) -> None:
     app.before_request(remember_request_id)
     # after_request hooks run in reverse order of registration: the headers
     # are set first, then the line is logged with the response as sent.
+    app.after_request(count_request)
     app.after_request(log_request)
     app.after_request(tag_response)
 
@@ -69,6 +72,19 @@ def tag_response(response: Response) -> Response:
             except Exception:  # the store is down: the header must not turn a 4xx into a 500
                 lock_mode = "unknown"
         response.headers["X-Lock-Mode"] = lock_mode
+    return response
+
+
+def count_request(response: Response) -> Response:
+    """The request in /metrics: by route template (never the path), status and problem code."""
+    rule = request.url_rule
+    started: float | None = g.get("request_started")
+    duration_seconds = None if started is None else time.perf_counter() - started
+    route = openapi_path(rule.rule) if rule is not None else None
+    metrics.request_answered(request.method, route, response.status_code, duration_seconds)
+    problem = g.get("problem")
+    if problem is not None:
+        metrics.problem_answered(response.status_code, problem[0])
     return response
 
 

@@ -528,7 +528,7 @@ def test_metrics_docs_and_document_answer_as_documented(
     client: FlaskClient, document: dict[str, Any]
 ) -> None:
     """The operational endpoints answer the status and media type the document names."""
-    for path in ("/openapi.json", "/docs", "/docs/swagger-ui.css"):
+    for path in ("/openapi.json", "/docs", "/metrics", "/docs/swagger-ui.css"):
         operation = operation_for(document, "GET", path)
         media_types = set(operation["responses"]["200"]["content"])
         with client.get(path) as response:

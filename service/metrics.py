@@ -1,0 +1,400 @@
+"""Prometheus metrics: what the service did, summed over every gunicorn worker.
+
+prometheus-client's multiprocess mode: when PROMETHEUS_MULTIPROC_DIR names a
+directory, each worker writes its samples to files of its own there and
+`exposition()` adds them up, so the GET /metrics of any worker tells the
+whole service. `bankrace serve` creates that directory (or empties the one it
+is given) before the workers start, removes the one it created when it
+stops, and marks each worker that exits (`worker_exited`). Without the
+variable (the tests, one process) the samples stay in this process.
+
+prometheus-client decides how to store samples when it is first imported,
+from the environment; `bankrace serve` imports it before it names the
+directory, so `use_directory` has it decide again. The instruments are built
+on first use, in a worker after the fork, never at import time.
+
+Every label has a bounded set of values: route templates (never paths), the
+HTTP methods, statuses, problem codes, lock modes and operation kinds.
+
+This module knows metrics only: the request hooks (service/api/request_log.py),
+the /metrics and audit views (service/api/ops.py, accounts.py), the use cases
+(service/services.py) and the lock modes (service/modes.py) call the small
+functions below.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TypeVar
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+    values,
+)
+
+from service.domain import DomainError
+
+MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED_ROUTE = "unmatched"
+# Requests take from well under a millisecond (reads in memory) to the lock
+# timeout (5 s) plus a race window (up to 5 s).
+LATENCY_BUCKETS_SECONDS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+Argument = TypeVar("Argument")
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True)
+class Instruments:
+    registry: CollectorRegistry
+    requests: Counter
+    request_duration: Histogram
+    problems: Counter
+    operations: Counter
+    operation_duration: Histogram
+    lock_wait: Histogram
+    optimistic_conflicts: Counter
+    database_retries: Counter
+    audit_drift: Gauge
+    audit_chain_breaks: Gauge
+    audit_inconsistent_accounts: Gauge
+    audit_consistent: Gauge
+    audit_account: Gauge
+    audit_time: Gauge
+    build_info: Gauge
+    lock_mode: Gauge
+    race_window: Gauge
+    unsafe_modes_allowed: Gauge
+    workers: Gauge
+
+
+_built: Instruments | None = None
+_build_guard = threading.Lock()
+
+
+def _instruments() -> Instruments:
+    global _built
+    if _built is None:
+        with _build_guard:
+            if _built is None:
+                _built = _build()
+    return _built
+
+
+def _build() -> Instruments:
+    # `*_created` series only exist in one process; the sums over workers have none.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    registry = CollectorRegistry()
+
+    def last(name: str, documentation: str, labels: Iterable[str] = ()) -> Gauge:
+        # The value most recently set by any worker, alive or not.
+        return Gauge(name, documentation, labels, registry=registry, multiprocess_mode="mostrecent")
+
+    instruments = Instruments(
+        registry=registry,
+        requests=Counter(
+            "bankrace_http_requests",
+            "HTTP requests answered, by method, route template and status",
+            ("method", "route", "status"),
+            registry=registry,
+        ),
+        request_duration=Histogram(
+            "bankrace_http_request_duration_seconds",
+            "Time from the request's first hook to its response, by method and route",
+            ("method", "route"),
+            buckets=LATENCY_BUCKETS_SECONDS,
+            registry=registry,
+        ),
+        problems=Counter(
+            "bankrace_http_problems",
+            "Problem (error) responses by status and code; status 503 is the service refusing "
+            "honestly under load (lock_timeout, write_conflict, store_unavailable, ...)",
+            ("status", "code"),
+            registry=registry,
+        ),
+        operations=Counter(
+            "bankrace_operations",
+            "Deposits, withdrawals and transfers run by the service layer, by kind, outcome "
+            "(ok or the problem code) and lock mode",
+            ("kind", "outcome", "lock_mode"),
+            registry=registry,
+        ),
+        operation_duration=Histogram(
+            "bankrace_operation_duration_seconds",
+            "Time to apply one operation, lock wait, race window, retries and commit included",
+            ("kind", "lock_mode"),
+            buckets=LATENCY_BUCKETS_SECONDS,
+            registry=registry,
+        ),
+        lock_wait=Histogram(
+            "bankrace_lock_wait_seconds",
+            "locked and process-lock: time from asking for the accounts' lock to holding it "
+            "(SQLite: the queue of the process's one writer and the database write lock)",
+            ("lock_mode",),
+            buckets=LATENCY_BUCKETS_SECONDS,
+            registry=registry,
+        ),
+        optimistic_conflicts=Counter(
+            "bankrace_optimistic_conflicts",
+            "optimistic: writes refused because the account changed since it was read; each "
+            "is retried while the attempts and the lock timeout last (else write_conflict)",
+            registry=registry,
+        ),
+        database_retries=Counter(
+            "bankrace_database_retries",
+            "Transactions the database aborted (PostgreSQL deadlock or serialization failure) "
+            "and the service ran again",
+            ("reason",),
+            registry=registry,
+        ),
+        audit_drift=last(
+            "bankrace_audit_drift_minor",
+            "The last audit answered: stored balance minus journal sum (money lost or made by "
+            "lost updates), of the whole bank or of the last account audited",
+            ("scope",),
+        ),
+        audit_chain_breaks=last(
+            "bankrace_audit_chain_breaks",
+            "The last audit answered: journal entries that do not follow the previous one",
+            ("scope",),
+        ),
+        audit_inconsistent_accounts=last(
+            "bankrace_audit_inconsistent_accounts",
+            "The last bank audit answered: accounts with drift, chain breaks or an overdraft",
+        ),
+        audit_consistent=last(
+            "bankrace_audit_consistent",
+            "The last audit answered: 1 if consistent, 0 if not",
+            ("scope",),
+        ),
+        audit_account=last("bankrace_audit_account_id", "The account of the last account audit"),
+        audit_time=last(
+            "bankrace_audit_time_seconds",
+            "When the last audit was answered (Unix time)",
+            ("scope",),
+        ),
+        build_info=Gauge(
+            "bankrace_build_info",
+            "The running version (the value is always 1)",
+            ("version", "python_version"),
+            registry=registry,
+            multiprocess_mode="max",
+        ),
+        lock_mode=last(
+            "bankrace_lock_mode",
+            "1 for the lock mode serving requests, 0 for the others",
+            ("lock_mode",),
+        ),
+        race_window=last(
+            "bankrace_race_window_seconds", "The race window between a read and its write"
+        ),
+        unsafe_modes_allowed=last(
+            "bankrace_unsafe_modes_allowed",
+            "1 if BANK_ALLOW_UNSAFE_MODES lets PUT /mode choose a mode that loses money",
+        ),
+        workers=Gauge(
+            "bankrace_workers",
+            "Processes serving this service (gunicorn workers alive)",
+            registry=registry,
+            multiprocess_mode="livesum",
+        ),
+    )
+    instruments.build_info.labels(_version(), platform.python_version()).set(1)
+    return instruments
+
+
+def _version() -> str:
+    try:
+        return version("bankrace")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@contextmanager
+def shared_directory() -> Iterator[Path]:
+    """The workers' sample files: PROMETHEUS_MULTIPROC_DIR emptied, or a new one removed after.
+
+    Files left by an earlier run would be added to this one's counts, so a
+    given directory loses its `*.db` files first (prometheus-client's rule).
+    """
+    given = multiprocess_directory()
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        for stale in given.glob("*.db"):
+            stale.unlink()
+        use_directory(given)
+        yield given
+        return
+    created = Path(tempfile.mkdtemp(prefix="bankrace-metrics-"))
+    use_directory(created)
+    try:
+        yield created
+    finally:
+        shutil.rmtree(created, ignore_errors=True)
+
+
+def use_directory(path: Path) -> None:
+    """Every process forked from now on shares its samples through files in `path`."""
+    os.environ[MULTIPROCESS_VARIABLE] = str(path)
+    # prometheus-client read the variable when it was imported, before it was set.
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+
+
+def multiprocess_directory() -> Path | None:
+    configured = os.environ.get(MULTIPROCESS_VARIABLE)
+    return Path(configured) if configured else None
+
+
+def process_serving() -> None:
+    """This process serves the app (counted in bankrace_workers until it exits)."""
+    _instruments().workers.set(1)
+
+
+def worker_exited(pid: int) -> None:
+    """gunicorn's child_exit: drop the dead worker's live gauges (its counters still count)."""
+    if multiprocess_directory() is not None:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text format of every sample, of every worker when the directory is set."""
+    instruments = _instruments()
+    if multiprocess_directory() is None:
+        return generate_latest(instruments.registry), CONTENT_TYPE_LATEST
+    collected = CollectorRegistry()
+    multiprocess.MultiProcessCollector(collected)  # type: ignore[no-untyped-call]
+    return generate_latest(collected), CONTENT_TYPE_LATEST
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def request_answered(
+    method: str, route: str | None, status: int, duration_seconds: float | None
+) -> None:
+    instruments = _instruments()
+    method = method if method in KNOWN_METHODS else "OTHER"
+    route = route or UNMATCHED_ROUTE
+    instruments.requests.labels(method, route, str(status)).inc()
+    if duration_seconds is not None:
+        instruments.request_duration.labels(method, route).observe(duration_seconds)
+
+
+def problem_answered(status: int, code: str) -> None:
+    _instruments().problems.labels(str(status), code).inc()
+
+
+def mode_served(lock_modes: Iterable[str], current: str, race_window_ms: int, unsafe: bool) -> None:
+    instruments = _instruments()
+    for lock_mode in lock_modes:
+        instruments.lock_mode.labels(lock_mode).set(1 if lock_mode == current else 0)
+    instruments.race_window.set(race_window_ms / 1000)
+    instruments.unsafe_modes_allowed.set(1 if unsafe else 0)
+
+
+def bank_audited(
+    drift: int, chain_breaks: int, inconsistent_accounts: int, consistent: bool
+) -> None:
+    instruments = _instruments()
+    instruments.audit_drift.labels("bank").set(drift)
+    instruments.audit_chain_breaks.labels("bank").set(chain_breaks)
+    instruments.audit_inconsistent_accounts.set(inconsistent_accounts)
+    instruments.audit_consistent.labels("bank").set(1 if consistent else 0)
+    instruments.audit_time.labels("bank").set(time.time())
+
+
+def account_audited(account_id: int, drift: int, chain_breaks: int, consistent: bool) -> None:
+    instruments = _instruments()
+    instruments.audit_drift.labels("account").set(drift)
+    instruments.audit_chain_breaks.labels("account").set(chain_breaks)
+    instruments.audit_consistent.labels("account").set(1 if consistent else 0)
+    instruments.audit_account.set(account_id)
+    instruments.audit_time.labels("account").set(time.time())
+
+
+# --------------------------------------------------------------------------- operations
+
+
+@contextmanager
+def operation(kind: str, lock_mode: str) -> Iterator[None]:
+    """Count one operation by its outcome (ok, or the refusal's code) and time it."""
+    started = time.perf_counter()
+    outcome = "ok"
+    try:
+        yield
+    except Exception as error:
+        outcome = error.code if isinstance(error, DomainError) else "error"
+        raise
+    finally:
+        instruments = _instruments()
+        instruments.operations.labels(kind, outcome, lock_mode).inc()
+        instruments.operation_duration.labels(kind, lock_mode).observe(
+            time.perf_counter() - started
+        )
+
+
+def after_lock_wait(
+    lock_mode: str, work: Callable[[Argument], Result]
+) -> Callable[[Argument], Result]:
+    """`work`, timing the wait from now until the store (holding the lock) first calls it."""
+    started = time.perf_counter()
+    timed = False
+
+    def locked(argument: Argument) -> Result:
+        nonlocal timed
+        if not timed:
+            timed = True
+            lock_waited(lock_mode, started)
+        return work(argument)
+
+    return locked
+
+
+def lock_started() -> float:
+    return time.perf_counter()
+
+
+def lock_waited(lock_mode: str, started: float) -> None:
+    _instruments().lock_wait.labels(lock_mode).observe(time.perf_counter() - started)
+
+
+def optimistic_conflict() -> None:
+    _instruments().optimistic_conflicts.inc()
+
+
+def database_retry(deadlock: bool) -> None:
+    _instruments().database_retries.labels("deadlock" if deadlock else "serialization").inc()
