@@ -167,6 +167,8 @@ def test_losses_grow_unlocked_and_stop_when_locked_is_pressed(demo: Demo, tmp_pa
         browser = launch_chromium(playwright)
         try:
             page = browser.new_page(viewport=VIEWPORT)
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
             page.goto(demo.race_url)
             assert demo.admin_token not in page.content() + page.url
             unlocked = wait_for(
@@ -196,6 +198,8 @@ def test_losses_grow_unlocked_and_stop_when_locked_is_pressed(demo: Demo, tmp_pa
             assert judged["served"]["unlocked"] == settled["served"]["unlocked"]
             assert judged["served"]["locked"] > settled["served"]["locked"]
 
+            outside = [url for url in requested if not url.startswith(demo.web_url + "/")]
+            assert not outside, f"the page reached beyond Locust: {outside}"  # works offline
             screenshot = tmp_path / "race-live.png"
             page.screenshot(path=str(screenshot))
             assert screenshot.stat().st_size > 10_000
