@@ -49,6 +49,8 @@ T = TypeVar("T")
 # of waiting for every window before them to be committed).
 MAX_BATCH_JOBS = 64
 MAX_BATCH_SECONDS = 0.05
+# How long close() waits for the writer to finish what was queued.
+CLOSE_DEADLINE_SECONDS = 10.0
 
 
 class _State(enum.Enum):
@@ -117,8 +119,10 @@ class GroupCommitter:
         self._engine = engine
         self._prepare = prepare  # per-dialect set-up of the connection (BEGIN IMMEDIATE)
         self._writer_lock = writer_lock  # taken around each batch, across processes
-        self._queue: queue.SimpleQueue[Job[Any]] = queue.SimpleQueue()
+        # Jobs, and None once: the writer's signal to stop (close()).
+        self._queue: queue.SimpleQueue[Job[Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._closed = False
         # The writer keeps one connection (no pool round trip per batch); a
         # batch that fails drops it, and the next batch opens a fresh one.
         self._connection: Connection | None = None
@@ -126,10 +130,19 @@ class GroupCommitter:
 
     def run(self, work: Callable[[Connection], T], deadline: float) -> T:
         """Run `work` in the writer's next transaction; its result once committed."""
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
         job: Job[T] = Job(work, deadline)
         self._ensure_started()
         self._queue.put(job)
         return job.outcome()
+
+    def close(self) -> None:
+        """Stop the writer once the jobs already queued are done; its connection closes."""
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(CLOSE_DEADLINE_SECONDS)
 
     def _ensure_started(self) -> None:
         if self._thread is not None:
@@ -143,18 +156,24 @@ class GroupCommitter:
 
     def _serve(self) -> None:
         carried: list[Job[Any]] = []
-        while True:
-            batch = carried or [self._queue.get()]
-            while len(batch) < MAX_BATCH_JOBS:
+        stopping = False
+        while carried or not stopping:
+            batch = list(carried)
+            while len(batch) < MAX_BATCH_JOBS and not stopping:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    item = self._queue.get_nowait() if batch else self._queue.get()
                 except queue.Empty:
                     break
+                if item is None:
+                    stopping = True
+                else:
+                    batch.append(item)
             try:
-                carried = self._apply(batch)
+                carried = self._apply(batch) if batch else []
             except BaseException:  # never let the writer die: every request would hang
                 logger.exception("group commit writer failed a batch")
                 carried = []
+        self._drop_connection()
 
     def _apply(self, batch: list[Job[Any]]) -> list[Job[Any]]:
         """Run and commit what fits in one batch; the jobs left for the next one."""

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Row, inspect, select, text
+from sqlalchemy import Connection, Executable, Row, inspect, select, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -101,6 +101,10 @@ class _SqlWriter(LegWriter):
         self._cursor.execute(self._store.sql(sql), parameters)
         row: tuple[Any, ...] | None = self._cursor.fetchone()
         return row
+
+    def execute(self, statement: Executable) -> None:
+        """A SQLAlchemy statement, for the rare writes that are not on the hot path."""
+        self._connection.execute(statement)
 
     def row_count(self, sql: str, parameters: dict[str, Any]) -> int:
         self._cursor.execute(self._store.sql(sql), parameters)
@@ -531,8 +535,10 @@ class SqlStore(Store):
             )
         else:
             statement = statement.on_conflict_do_nothing(index_elements=[settings.c.id])
-        with self._transaction(write=True) as connection:
-            connection.execute(statement)
+        # Through the group commit on SQLite: in line with the queued writes
+        # instead of polling for the lock against a writer that rarely lets go
+        # (a PUT /mode out of `locked` under load timed out that way).
+        self._write(lambda writer: writer.execute(statement))
 
     def check_ready(self) -> None:
         with self._transaction(write=False) as connection:  # StoreUnavailable when unreachable
@@ -547,6 +553,8 @@ class SqlStore(Store):
             )
 
     def close(self) -> None:
+        if self._committer is not None:
+            self._committer.close()
         self._engine.dispose()
         if self._writer_lock is not None:
             self._writer_lock.close()
