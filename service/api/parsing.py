@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flask import request
+from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import ClientDisconnected
 
 from service.api.errors import ProblemError
@@ -53,6 +54,17 @@ def json_object() -> dict[str, Any]:
         raise ProblemError(
             408, "request_timeout", "the request body did not arrive in full; nothing was changed"
         ) from None
+    except ParseException:
+        # gunicorn reads a chunked body lazily: broken framing surfaces here.
+        raise ProblemError(
+            400, "malformed_json", "the chunked body is malformed; nothing was changed"
+        ) from None
+    if request.content_length is not None and len(raw) < request.content_length:
+        # The client closed its side before sending Content-Length bytes:
+        # gunicorn hands over what came, and a cut-off body must not be run.
+        raise ProblemError(
+            408, "request_timeout", "the request body did not arrive in full; nothing was changed"
+        )
     try:
         # JSON on the wire is UTF-8 (RFC 8259 section 8.1); json.loads would
         # also guess UTF-16/32 from bytes, so decode strictly first (a BOM is

@@ -348,18 +348,6 @@ def test_hostile_requests_get_contract_answers_and_leave_the_books_sound(
     assert tracebacks == 0, f"{tracebacks} tracebacks in the server log"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "a body that ends (client half-close) before its Content-Length is executed: "
-        "gunicorn's LengthReader returns the short body at EOF and Werkzeug does not check "
-        "it (wsgi.input_terminated), so POST /accounts/1/deposit with 'Content-Length: 33' "
-        'and the 13 bytes {"amount": 7} answers 201 and deposits 7; DESIGN §3 says 408 '
-        "request_timeout. Fix: in service/api/parsing.json_object, refuse "
-        "len(raw) < request.content_length with the 408"
-    ),
-)
 @pytest.mark.parametrize("server_backend", ["sqlite"])
 def test_a_body_that_ends_before_its_content_length_changes_nothing(
     start_server: StartServer,
@@ -379,18 +367,6 @@ def test_a_body_that_ends_before_its_content_length_changes_nothing(
     assert json.loads(response.body)["code"] == "request_timeout"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "a chunked body whose framing breaks after the head is a 500: gunicorn raises "
-        "InvalidChunkSize / ChunkMissingTerminator / InvalidHeaderName (gunicorn.http.errors."
-        "ParseException) from request.get_data() in service/api/parsing.json_object, which "
-        "catches only ClientDisconnected and TimeoutError; e.g. POST /accounts/1/deposit, "
-        "Transfer-Encoding: chunked, body b'zz\\r\\n{\"amount\": 3}\\r\\n0\\r\\n\\r\\n'. "
-        "Fix: answer them 400 (problem+json) there"
-    ),
-)
 @pytest.mark.parametrize("server_backend", ["sqlite"])
 def test_a_malformed_chunked_body_is_a_4xx_problem_that_changes_nothing(
     start_server: StartServer,

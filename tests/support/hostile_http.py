@@ -657,6 +657,10 @@ class HostileRequests:
             ("POST", chunked_request(deposit, b"d\r\n" + body + b"\r\n0\r\n\r\n")),
             ("POST", chunked_request(deposit, b"d;ext=1\r\n" + body + b"\r\n0\r\n\r\n")),
             ("POST", chunked_request(deposit, b"ff\r\n" + body)),  # ends inside the chunk
+            *(
+                ("POST", chunked_request(deposit, broken))
+                for broken in MALFORMED_CHUNKED_BODIES.values()
+            ),
             (
                 "POST",  # both framings: a smuggling attempt
                 http_request(
