@@ -129,6 +129,14 @@ class HeadBoundedConnection(TConn):  # type: ignore[misc]
 class HeadBoundedThreadWorker(ThreadWorker):  # type: ignore[misc]
     """gthread, with `HeadBoundedConnection`s and a 408 when a head is late."""
 
+    def set_accept_enabled(self, enabled: bool) -> None:
+        super().set_accept_enabled(enabled)
+        if not enabled and not self.alive:
+            # Stopping: close the listeners now, so a new connection is refused at
+            # once instead of waiting in the backlog to be reset when the drain ends.
+            for listener in self.sockets:
+                listener.close()
+
     def accept(self, listener: Any) -> None:
         # ThreadWorker.accept with this module's connection class.
         try:

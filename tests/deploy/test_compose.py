@@ -46,6 +46,7 @@ PROFILES = {
     "postgres": {"postgres", "migrate", "api-postgres"},
     "scale": {"postgres", "migrate", "api-1", "api-2", "nginx"},
     "loadtest": {"locust-master", "locust-worker"},
+    "observe": {"prometheus", "grafana"},
 }
 POSTGRES_REPLICAS = ("api-postgres", "api-1", "api-2")
 

@@ -243,12 +243,6 @@ def raw_deposit(port: int, account_id: int) -> socket.socket:
     return connection
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=StillListening,
-    reason="service/gunicorn_worker.py keeps its listening sockets open until the drain ends: "
-    "a new connection waits in the kernel's backlog, then is reset (docs/operate.md)",
-)
 def test_new_connections_are_refused_while_requests_drain(tmp_path: Path) -> None:
     """Once the workers stop accepting, a new client is refused at once instead of left hanging."""
     settings = {
