@@ -242,8 +242,9 @@ def transfer(
 ) -> Written:
     if from_account == to_account:
         raise SameAccount("a transfer needs two different accounts")
-    source = bank.store.get_account(from_account)
-    target = bank.store.get_account(to_account)
+    # One read for both: a transfer pays for one round trip here, not two.
+    both = bank.store.get_accounts((from_account, to_account))
+    source, target = both[from_account], both[to_account]
     if source.currency != target.currency:
         raise CurrencyMismatch(
             f"account {from_account} holds {source.currency}, "

@@ -127,6 +127,10 @@ class Store(LegWriter):
     def get_account(self, account_id: int) -> Account: ...
 
     @abc.abstractmethod
+    def get_accounts(self, account_ids: Sequence[int]) -> dict[int, Account]:
+        """Several accounts in one read; NotFound names the first missing one, in order."""
+
+    @abc.abstractmethod
     def list_accounts(self, after: int, limit: int) -> list[Account]: ...
 
     @abc.abstractmethod

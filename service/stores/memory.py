@@ -268,6 +268,10 @@ class MemoryStore(Store):
         with self._mutex:
             return self._require(account_id)
 
+    def get_accounts(self, account_ids: Sequence[int]) -> dict[int, Account]:
+        with self._mutex:
+            return {account_id: self._require(account_id) for account_id in account_ids}
+
     def list_accounts(self, after: int, limit: int) -> list[Account]:
         with self._mutex:
             ids = sorted(account_id for account_id in self._accounts if account_id > after)

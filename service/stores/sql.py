@@ -442,6 +442,17 @@ class SqlStore(Store):
             raise NotFound(f"account {account_id} does not exist")
         return _account(row)
 
+    def get_accounts(self, account_ids: Sequence[int]) -> dict[int, Account]:
+        with self._transaction(write=False) as connection:
+            rows = connection.execute(
+                select(accounts).where(accounts.c.id.in_(list(account_ids)))
+            ).all()
+        found = {row.id: _account(row) for row in rows}
+        for account_id in account_ids:
+            if account_id not in found:
+                raise NotFound(f"account {account_id} does not exist")
+        return {account_id: found[account_id] for account_id in account_ids}
+
     def list_accounts(self, after: int, limit: int) -> list[Account]:
         with self._transaction(write=False) as connection:
             rows = connection.execute(

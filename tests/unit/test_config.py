@@ -17,7 +17,7 @@ DEFAULTS = Config(
     transfer_lock_order="sorted",
     bind="127.0.0.1:8000",
     workers=2,
-    threads=8,
+    threads=4,
 )
 
 
