@@ -85,8 +85,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     add(
         "--threads",
         type=bounded_int(1, 256),
-        default=8,
-        help="gunicorn threads per worker (default 8)",
+        default=4,
+        help="gunicorn threads per worker (default 4, as bankrace serve)",
     )
     add(
         "--modes",
