@@ -240,7 +240,7 @@ def test_a_short_benchmark_run_writes_its_reports_and_the_safe_mode_holds(
     document = json.loads(json_path.read_text())
 
     configuration = document["configuration"]
-    assert (configuration["workers"], configuration["threads"]) == (2, 8)
+    assert (configuration["workers"], configuration["threads"]) == (2, 4)
     assert configuration["connections"] == 32
     assert configuration["machine cores"] >= 1
     assert configuration["git commit"]
