@@ -29,6 +29,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from loadtest.reconcile import RunSetup, outside
 from loadtest.scenarios import Operation
 from loadtest.tally import AccountTally, Outcome, Tally
@@ -411,3 +413,19 @@ def describe_stretch(
         "lost_updates_per_second": per_second(lost),
         "acknowledged_per_second": per_second(acknowledged),
     }
+
+
+def server_counts(exposition: str) -> dict[str, Any]:
+    """Operations by lock mode and outcome, and refusals by code, summed over the workers."""
+    operations: dict[str, dict[str, int]] = {}
+    problems: dict[str, int] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == "bankrace_operations_total":
+                by_outcome = operations.setdefault(sample.labels.get("lock_mode", "?"), {})
+                outcome = sample.labels.get("outcome", "?")
+                by_outcome[outcome] = by_outcome.get(outcome, 0) + int(sample.value)
+            elif sample.name == "bankrace_http_problems_total":
+                code = sample.labels.get("code", "?")
+                problems[code] = problems.get(code, 0) + int(sample.value)
+    return {"operations": operations, "problems": problems}

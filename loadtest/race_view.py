@@ -48,6 +48,7 @@ from loadtest.race_live import (
     merged,
     race_accounts,
     race_totals,
+    server_counts,
 )
 from loadtest.tally import Tally
 
@@ -91,6 +92,7 @@ class RaceMonitor:
         self.history = History()
         self.mode: dict[str, Any] = {}
         self.bank_audit: dict[str, Any] | None = None
+        self.server_metrics: dict[str, Any] | None = None  # from GET /metrics
         self.bank_audit_read_at = 0.0
         self.view: dict[str, Any] = {}
         self.error: str | None = None
@@ -164,6 +166,17 @@ class RaceMonitor:
         if time.monotonic() - self.bank_audit_read_at >= BANK_AUDIT_INTERVAL_SECONDS:
             self.bank_audit_read_at = time.monotonic()
             self.bank_audit = dict(self.get_json("/audit"))
+        self.server_metrics = self.read_metrics()
+
+    def read_metrics(self) -> dict[str, Any] | None:
+        """The server's own counts from GET /metrics (None where it has none)."""
+        try:
+            response = self.session.get(self.host() + "/metrics", timeout=REQUEST_TIMEOUT_SECONDS)
+        except requests.RequestException:
+            return None
+        if response.status_code != 200:
+            return None
+        return server_counts(response.text)
 
     # --- the view ----------------------------------------------------------------------
 
@@ -246,6 +259,7 @@ class RaceMonitor:
             "history": self.history.to_list()[-CHART_POINTS_LIMIT:] if view else [],
             "segments": self.history.segments() if view else [],
             "server_audit": self.bank_audit,
+            "server_metrics": self.server_metrics,
             "report": None
             if report is None or report.run_id != self.process.run_id
             else {

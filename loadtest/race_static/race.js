@@ -164,6 +164,22 @@ function renderAccounts(data) {
   setText("server-audit", audit
     ? `Server /audit, every account in the database: ${formatNumber(audit.accounts)} accounts, ${formatNumber(audit.inconsistent_accounts)} inconsistent, drift ${formatSigned(audit.drift)}, ${formatNumber(audit.chain_breaks)} chain breaks.`
     : "");
+  setText("server-metrics", metricsLine(data.server_metrics));
+}
+
+// The server's own counts (GET /metrics, every worker): operations by mode, refusals by code.
+function metricsLine(metrics) {
+  if (!metrics) return "";
+  const modes = Object.entries(metrics.operations || {}).map(([mode, outcomes]) => {
+    const done = outcomes.ok || 0;
+    const refused = Object.entries(outcomes).filter(([outcome]) => outcome !== "ok")
+      .reduce((sum, [, count]) => sum + count, 0);
+    return `${mode} ${formatNumber(done)} done, ${formatNumber(refused)} refused`;
+  });
+  const problems = Object.entries(metrics.problems || {})
+    .map(([code, count]) => `${code} ${formatNumber(count)}`);
+  return `Server /metrics: operations ${modes.join("; ") || "none yet"}`
+    + (problems.length ? `; refusals ${problems.join(", ")}.` : ".");
 }
 
 function secondsSpan(segment) {

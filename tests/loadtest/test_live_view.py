@@ -197,6 +197,10 @@ def test_losses_grow_unlocked_and_stop_when_locked_is_pressed(demo: Demo, tmp_pa
             assert judged["chainBreaks"] == settled["chainBreaks"]
             assert judged["served"]["unlocked"] == settled["served"]["unlocked"]
             assert judged["served"]["locked"] > settled["served"]["locked"]
+            # The server's own counts, from its /metrics: both modes served operations.
+            server_line = page.locator("#server-metrics").inner_text()
+            assert "Server /metrics" in server_line
+            assert "unlocked" in server_line and "locked" in server_line.replace("unlocked", "")
 
             outside = [url for url in requested if not url.startswith(demo.web_url + "/")]
             assert not outside, f"the page reached beyond Locust: {outside}"  # works offline

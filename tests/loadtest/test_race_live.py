@@ -14,6 +14,7 @@ from loadtest.race_live import (
     merged,
     race_accounts,
     race_totals,
+    server_counts,
 )
 from loadtest.reconcile import RunSetup
 from loadtest.scenarios import Operation
@@ -258,3 +259,23 @@ def test_every_mode_of_the_service_has_a_one_line_explanation() -> None:
     assert len(set(explanations)) == len(modes)
     assert all("\n" not in line and len(line) <= 90 for line in explanations)
     assert explain_mode("future-mode") == "see the README's lock-mode table"
+
+
+def test_the_servers_own_counts_are_read_from_its_metrics() -> None:
+    """/metrics text: operations summed per lock mode and outcome, refusals per code."""
+    exposition = "\n".join(
+        [
+            "# TYPE bankrace_operations counter",
+            'bankrace_operations_total{kind="deposit",lock_mode="unlocked",outcome="ok"} 7.0',
+            'bankrace_operations_total{kind="withdrawal",lock_mode="unlocked",outcome="ok"} 3.0',
+            'bankrace_operations_total{kind="deposit",lock_mode="locked",'
+            'outcome="lock_timeout"} 2.0',
+            "# TYPE bankrace_http_problems counter",
+            'bankrace_http_problems_total{code="lock_timeout",status="503"} 2.0',
+            'bankrace_http_problems_total{code="insufficient_funds",status="409"} 4.0',
+            "",
+        ]
+    )
+    counts = server_counts(exposition)
+    assert counts["operations"] == {"unlocked": {"ok": 10}, "locked": {"lock_timeout": 2}}
+    assert counts["problems"] == {"lock_timeout": 2, "insufficient_funds": 4}
