@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from loadtest.reconcile import outside
+
 SAFE_MODES = ("locked", "optimistic", "atomic")
 UNSAFE_MODES = ("unlocked", "process-lock")
 OPERATIONS = ("deposit", "withdraw", "transfer")
@@ -71,15 +73,6 @@ class Judgement:
     def failed(self, mode: str) -> bool:
         """A failure of the benchmark: anomalies anywhere, broken invariants in a safe mode."""
         return bool(self.anomalies) or (mode not in UNSAFE_MODES and bool(self.broken))
-
-
-def outside(value: int, low: int, high: int) -> int:
-    """How far `value` lies outside [low, high]; 0 inside."""
-    if value < low:
-        return value - low
-    if value > high:
-        return value - high
-    return 0
 
 
 def unknown_window(operation: str, unknown_money: int) -> tuple[int, int]:

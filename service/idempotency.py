@@ -156,3 +156,9 @@ class Completion:
 
 class ClaimLost(IdempotencyInProgress):
     """The claim was taken over (this request ran past the lease); nothing was written."""
+
+    def __init__(
+        self,
+        detail: str = "another attempt with this Idempotency-Key took it over; nothing was written",
+    ) -> None:
+        super().__init__(detail)

@@ -24,18 +24,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from service.domain import (
-    MAX_BALANCE_MINOR,
     Account,
     AccountAudit,
-    BalanceLimitExceeded,
     BalanceState,
     BankAudit,
-    InsufficientFunds,
     ModeSetting,
     NotFound,
     Transaction,
     TransactionKind,
     Transfer,
+    check_new_balance,
     utc_now,
 )
 from service.idempotency import Claim, ClaimLost, Completion, KeyRecord, StoredResponse
@@ -209,12 +207,7 @@ class MemoryStore(Store):
             )
         if write.new_balance is not None:
             return write.new_balance
-        new_balance = account.balance + write.leg.delta
-        if new_balance < 0:
-            raise InsufficientFunds(f"account {account.id} does not cover {write.leg.amount}")
-        if new_balance > MAX_BALANCE_MINOR:
-            raise BalanceLimitExceeded(f"account {account.id} would pass {MAX_BALANCE_MINOR}")
-        return new_balance
+        return check_new_balance(account.balance, write.leg.delta, account.id)
 
     def exclusive(
         self, account_ids: Sequence[int], work: Callable[[LegWriter], Written]
@@ -365,9 +358,7 @@ class MemoryStore(Store):
     def _check_claim_held(self, claim: Claim) -> None:
         held = self._keys.get((claim.scope, claim.key))
         if held is None or held.owner != claim.owner or held.response is not None:
-            raise ClaimLost(
-                "another attempt with this Idempotency-Key took it over; nothing was written"
-            )
+            raise ClaimLost()
 
     def _complete(self, completion: Completion | None, result: object) -> None:
         if completion is not None:

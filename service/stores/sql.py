@@ -198,9 +198,7 @@ class _SqlWriter(LegWriter):
             },
         )
         if self._cursor.rowcount != 1:
-            raise ClaimLost(
-                "another attempt with this Idempotency-Key took it over; nothing was written"
-            )
+            raise ClaimLost()
 
     def claim_key(self, claim: Claim) -> KeyRecord | None:
         owner = self._value(
