@@ -4,10 +4,10 @@
 `ConfigError` with one line naming the first bad variable, so a bad value
 stops start-up instead of surfacing later as a 500.
 
-Two settings are secrets: the password of BANK_DATABASE_URL and
-BANK_ADMIN_TOKEN. No ConfigError message echoes either, `repr(config)` and
-`shown_settings()` mask both, and `redacted_url` is how every other module
-shows a database URL to a person.
+The secrets: the passwords of BANK_DATABASE_URL and BANK_REDIS_URL,
+BANK_ADMIN_TOKEN and BANK_API_TOKENS. No ConfigError message echoes any of
+them, `repr(config)` and `shown_settings()` mask them, and `redacted_url` is
+how every other module shows a database or Redis URL to a person.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from urllib.parse import quote
+from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -42,6 +43,18 @@ TRANSFER_LOCK_ORDERS = ("sorted", "request")
 BIND_PATTERN = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):(?P<port>[0-9]{1,5})|unix:/\S+")
 MAX_PORT = 65535
 ADMIN_TOKEN_PATTERN = re.compile(r"[\x21-\x7e]{8,512}")
+# An API token is an admin-token-shaped string without commas (BANK_API_TOKENS separates by commas).
+API_TOKEN_PATTERN = re.compile(r"[\x21-\x2b\x2d-\x7e]{8,512}")
+MAX_API_TOKENS = 1000
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+DEFAULT_REDIS_LOCK_TTL_MS = 2000
+MIN_REDIS_LOCK_TTL_MS = 10
+MAX_REDIS_LOCK_TTL_MS = 600_000
+# An exact origin: scheme, host and optional port, nothing after.
+CORS_ORIGIN_PATTERN = re.compile(
+    r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9a-fA-F:.]+\](:[0-9]{1,5})?"
+)
 SUPPORTED_DATABASES = {"sqlite": ("pysqlite",), "postgresql": ("psycopg",)}
 HIDDEN = "***"
 # libpq also takes a password as a URL query parameter.
@@ -65,6 +78,14 @@ class Config:
     workers: int = DEFAULT_WORKERS
     threads: int = DEFAULT_THREADS
     idempotency_ttl_hours: int = DEFAULT_TTL_HOURS
+    #: Bearer tokens any client may present; empty: no client authentication.
+    api_tokens: tuple[str, ...] = ()
+    #: When set, GET /audit and GET /mode need the admin token too (PUT /mode always does).
+    admin_only_reads: bool = False
+    #: Origins allowed cross-origin requests; empty: no CORS header is ever sent.
+    cors_origins: tuple[str, ...] = ()
+    redis_url: str = DEFAULT_REDIS_URL
+    redis_lock_ttl_ms: int = DEFAULT_REDIS_LOCK_TTL_MS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -91,6 +112,17 @@ class Config:
             idempotency_ttl_hours=_integer(
                 env, "BANK_IDEMPOTENCY_TTL_HOURS", DEFAULT_TTL_HOURS, 1, MAX_TTL_HOURS
             ),
+            api_tokens=_api_tokens(env, "BANK_API_TOKENS"),
+            admin_only_reads=_flag(env, "BANK_ADMIN_ONLY_READS"),
+            cors_origins=_cors_origins(env, "BANK_CORS_ORIGINS"),
+            redis_url=_redis_url(env, "BANK_REDIS_URL"),
+            redis_lock_ttl_ms=_integer(
+                env,
+                "BANK_REDIS_LOCK_TTL_MS",
+                DEFAULT_REDIS_LOCK_TTL_MS,
+                MIN_REDIS_LOCK_TTL_MS,
+                MAX_REDIS_LOCK_TTL_MS,
+            ),
         )
         config.validate()
         return config
@@ -109,6 +141,15 @@ class Config:
                 "BANK_ADMIN_TOKEN must be 8 to 512 printable characters without spaces"
             )
         _database_url({"BANK_DATABASE_URL": self.database_url}, "BANK_DATABASE_URL")
+        _redis_url({"BANK_REDIS_URL": self.redis_url}, "BANK_REDIS_URL")
+        for token in self.api_tokens:
+            if not API_TOKEN_PATTERN.fullmatch(token):
+                raise ConfigError(
+                    "BANK_API_TOKENS: each token must be 8 to 512 printable characters "
+                    "without spaces or commas"
+                )
+        if self.admin_only_reads and self.admin_token is None:
+            raise ConfigError("BANK_ADMIN_ONLY_READS=1 needs BANK_ADMIN_TOKEN")
 
     @property
     def is_memory(self) -> bool:
@@ -128,6 +169,8 @@ class Config:
         shown: dict[str, object] = {item.name: getattr(self, item.name) for item in fields(self)}
         shown["database_url"] = redacted_url(self.database_url)
         shown["admin_token"] = HIDDEN if self.admin_token else None
+        shown["api_tokens"] = f"{len(self.api_tokens)} tokens {HIDDEN}" if self.api_tokens else ()
+        shown["redis_url"] = redacted_redis_url(self.redis_url)
         return shown
 
     def __repr__(self) -> str:
@@ -146,6 +189,20 @@ def redacted_url(url: str) -> str:
     hidden_query = {key: HIDDEN for key in SECRET_QUERY_KEYS if key in parsed.query}
     shown = parsed.update_query_dict(hidden_query).render_as_string(hide_password=True)
     return shown.replace(quote(HIDDEN, safe=""), HIDDEN)  # the query part is percent-encoded
+
+
+def redacted_redis_url(url: str) -> str:
+    """The Redis URL with its password (user part) replaced by ***."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+    except ValueError:
+        return HIDDEN
+    if "@" in netloc:
+        credentials, _, host = netloc.rpartition("@")
+        user = credentials.partition(":")[0]
+        netloc = f"{user}:{HIDDEN}@{host}" if ":" in credentials else f"{HIDDEN}@{host}"
+    return parts._replace(netloc=netloc).geturl()
 
 
 def _text(env: Mapping[str, str], name: str, default: str) -> str:
@@ -219,3 +276,75 @@ def _database_url(env: Mapping[str, str], name: str) -> str:
     if driver and driver not in SUPPORTED_DATABASES[backend]:
         raise ConfigError(f"{name} names an unsupported driver {driver!r}: {hint}")
     return value
+
+
+def _redis_url(env: Mapping[str, str], name: str) -> str:
+    """redis://[[user]:password@]host[:port][/db], rediss://… or unix:///path; never echoed."""
+    value = _text(env, name, DEFAULT_REDIS_URL)
+    hint = "use redis://host:port/db, rediss://host:port/db or unix:///path/to/redis.sock"
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # ValueError when not a number or out of range
+    except ValueError:
+        raise ConfigError(f"{name} is not a Redis URL: {hint}") from None
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ConfigError(f"{name} is not a Redis URL: {hint}")
+    if parts.scheme == "unix":
+        if not parts.path.startswith("/"):
+            raise ConfigError(f"{name} needs the socket's absolute path: {hint}")
+        return value
+    if not parts.hostname:
+        raise ConfigError(f"{name} has no host: {hint}")
+    if port is not None and not 1 <= port <= MAX_PORT:
+        raise ConfigError(f"{name} has a port outside 1 to {MAX_PORT}")
+    database = parts.path.lstrip("/")
+    if database and not re.fullmatch(r"[0-9]{1,4}", database):
+        raise ConfigError(f"{name} names database {database!r}; it must be a number")
+    return value
+
+
+def _api_tokens(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list of tokens, or the absolute path of a file of them.
+
+    The file holds one token per line; blank lines and lines starting with
+    `#` are skipped. It is read once, at start-up. No message shows a token.
+    """
+    raw = env.get(name, "").strip()
+    if not raw:
+        return ()
+    if raw.startswith("/"):
+        try:
+            lines = Path(raw).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+            raise ConfigError(f"{name}: cannot read the token file {raw}: {reason}") from None
+        candidates = [line.strip() for line in lines]
+        tokens = [line for line in candidates if line and not line.startswith("#")]
+        where = f"the token file {raw}"
+    else:
+        tokens = [item.strip() for item in raw.split(",")]
+        where = "the list"
+    if not tokens or len(tokens) > MAX_API_TOKENS:
+        raise ConfigError(f"{name}: {where} must hold 1 to {MAX_API_TOKENS} tokens")
+    for position, token in enumerate(tokens, start=1):
+        if not API_TOKEN_PATTERN.fullmatch(token):
+            raise ConfigError(
+                f"{name}: token {position} of {where} must be 8 to 512 printable characters "
+                "without spaces or commas"
+            )
+    return tuple(dict.fromkeys(tokens))
+
+
+def _cors_origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Exact origins (`https://app.example:8443`), comma-separated; no wildcard."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return ()
+    origins = [item.strip() for item in raw.split(",")]
+    for origin in origins:
+        if not CORS_ORIGIN_PATTERN.fullmatch(origin):
+            raise ConfigError(
+                f"{name}={origin!r} must be exact origins like https://app.example:8443, "
+                "comma-separated (no wildcard, no path)"
+            )
+    return tuple(dict.fromkeys(origins))
