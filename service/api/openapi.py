@@ -204,6 +204,18 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
             },
         }
     ),
+    "Balance": _object(
+        {
+            "account_id": ID,
+            "balance": {**INTEGER, "description": "minor units"},
+            "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+            "version": {**INTEGER, "description": "+1 on every balance change"},
+        }
+    ),
+    "Balances": _object(
+        {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Balance"}}},
+        "the accounts asked for, in the order asked, all read in one transaction",
+    ),
     "AccountPage": _page("Account"),
     "TransactionPage": _page("Transaction"),
     "AccountAudit": _object(
@@ -400,7 +412,7 @@ def _query_parameters(endpoint: Endpoint) -> list[dict[str, Any]]:
         {
             "in": "query",
             "name": parameter.name,
-            "required": False,
+            **parameter.openapi_fields(),
             "description": parameter.description,
             "schema": parameter.json_schema(),
         }

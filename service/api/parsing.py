@@ -10,6 +10,7 @@ OpenAPI document is written from too.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import ClientDisconnected
 
 from service.api.errors import ProblemError
-from service.api.spec import Body, QueryInteger
+from service.api.spec import Body, QueryIdList, QueryInteger
 from service.domain import FieldError, ValidationFailed
 
 MAX_BODY_BYTES = 64 * 1024
@@ -26,6 +27,8 @@ MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
 # Ids beyond 18 digits cannot exist (BIGINT) and are answered 404/422 early.
 MAX_ID_DIGITS = 18
+# One id of a list: what the path converter takes too (no sign, no leading zero).
+CANONICAL_ID = re.compile(rf"[1-9][0-9]{{0,{MAX_ID_DIGITS - 1}}}")
 
 
 def _reject_constant(name: str) -> Any:
@@ -133,3 +136,36 @@ def unknown_query_parameters(allowed: set[str]) -> None:
     unknown = [name for name in request.args if name not in allowed]
     if unknown:
         raise ValidationFailed([FieldError(name, "unknown query parameter") for name in unknown])
+
+
+def query_id_list(parameter: QueryIdList) -> list[int]:
+    """The ids of a `ids=3,1,2` parameter, in order; junk, repeats or too many are refused."""
+    values = request.args.getlist(parameter.name)
+    if not values:
+        raise ValidationFailed([FieldError(parameter.name, "is required")])
+    if len(values) > 1:
+        raise ValidationFailed(
+            [FieldError(parameter.name, "give it once, as a comma-separated list: ids=1,2,3")]
+        )
+    parts = values[0].split(",")
+    if len(parts) > parameter.max_items:
+        raise ValidationFailed(
+            [FieldError(parameter.name, f"names more than {parameter.max_items} ids")]
+        )
+    if not all(CANONICAL_ID.fullmatch(part) for part in parts):
+        raise ValidationFailed(
+            [
+                FieldError(
+                    parameter.name,
+                    f"must be 1 to {parameter.max_items} account ids (positive integers, no "
+                    "leading zero), separated by commas",
+                )
+            ]
+        )
+    ids = [int(part) for part in parts]
+    seen: set[int] = set()
+    for value in ids:
+        if value in seen:
+            raise ValidationFailed([FieldError(parameter.name, f"names account {value} twice")])
+        seen.add(value)
+    return ids

@@ -27,6 +27,15 @@ def account_json(account: Account) -> dict[str, Any]:
     }
 
 
+def balance_json(account: Account) -> dict[str, Any]:
+    return {
+        "account_id": account.id,
+        "balance": account.balance,
+        "currency": account.currency,
+        "version": account.version,
+    }
+
+
 def transaction_json(entry: Transaction) -> dict[str, Any]:
     return {
         "id": entry.id,
