@@ -12,6 +12,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from service import metrics
@@ -300,6 +301,19 @@ def _apply_with_retries(operation: Operation, setting: ModeSetting, bank: Bank) 
             metrics.database_retry(conflict.deadlock)
             time.sleep(backoff_seconds)
     raise RuntimeError("unreachable: the retry loop always returns or raises")
+
+
+def balances(account_ids: Sequence[int], bank: Bank) -> list[Account]:
+    """The accounts, in the order asked, from one read: their sum is a consistent snapshot.
+
+    One statement in one transaction sees one snapshot on every store (a
+    PostgreSQL statement's snapshot under READ COMMITTED, an SQLite read
+    transaction under WAL, the in-memory store's mutex), and a transfer
+    writes both legs in one transaction: a snapshot never holds half of one.
+    NotFound names the first unknown id.
+    """
+    found = bank.store.get_accounts(account_ids)
+    return [found[account_id] for account_id in account_ids]
 
 
 def account_audit(account_id: int, bank: Bank) -> AccountAudit:
