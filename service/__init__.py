@@ -13,7 +13,7 @@ import logging
 from flask import Flask, request
 from werkzeug.routing import BaseConverter
 
-from service.api import accounts, admin, docs, ops, request_log, transfers
+from service.api import accounts, admin, auth, docs, headers, ops, request_log, transfers
 from service.api.admin import ADMIN_TOKEN_KEY
 from service.api.context import EXTENSION_KEY
 from service.api.errors import register_error_handlers
@@ -93,6 +93,8 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
     register_error_handlers(app)
     request_log.install(app)
     app.before_request(_bound_body_reads)
+    headers.install(app, config.cors_origins)  # a CORS preflight is answered before auth
+    auth.install(app, config)
     return app
 
 

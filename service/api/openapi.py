@@ -25,6 +25,7 @@ from typing import Any
 from apispec import APISpec
 from flask import Flask
 
+from service.api import auth
 from service.api.errors import DOMAIN_STATUS, HTTP_CODES, PROBLEM_MEDIA_TYPE
 from service.api.parsing import MAX_BODY_BYTES, MAX_ID_DIGITS
 from service.api.request_log import REQUEST_ID_PATTERN
@@ -103,7 +104,7 @@ PROBLEMS: dict[str, Problem] = {
     for problem in (
         _http(400, "the body is not valid JSON (duplicate keys and NaN included) or not an object"),
         _domain(InvalidIdempotencyKey, f"`{KEY_HEADER}` is not 1 to 255 printable ASCII"),
-        _http(401, "no `Authorization: Bearer` token"),
+        _http(401, "no `Authorization: Bearer` token, or not one the service takes"),
         _http(403, "admin is off, the admin token is wrong, or the lock mode is unsafe here"),
         _domain(NotFound, "unknown account, transfer, transaction or route"),
         _http(405, "the path exists, the method does not (see `Allow`)"),
@@ -344,11 +345,14 @@ def build_document(app: Flask) -> dict[str, Any]:
         "adminToken",
         {"type": "http", "scheme": "bearer", "description": "`BANK_ADMIN_TOKEN`"},
     )
+    for name, scheme in auth.security_schemes(app).items():  # BANK_API_TOKENS
+        spec.components.security_scheme(name, scheme)
     operations: dict[str, dict[str, Any]] = defaultdict(dict)
     for rule in sorted(app.url_map.iter_rules(), key=lambda rule: rule.rule):
         endpoint = endpoint_of(app.view_functions[rule.endpoint])
         if endpoint is None:
             raise LookupError(f"route {rule.rule} ({rule.endpoint}) has no @documented Endpoint")
+        endpoint = auth.documented(app, rule.endpoint, endpoint)
         for method in sorted((rule.methods or set()) - IGNORED_METHODS):
             operations[openapi_path(rule.rule)][method.lower()] = _operation(
                 spec, rule.endpoint, method, rule.rule, endpoint
