@@ -36,7 +36,7 @@ import requests
 
 from loadtest.bank_http import BankError
 from loadtest.bench_bank import BenchBank
-from loadtest.bench_judge import SAFE_MODES, UNSAFE_MODES, RunEvidence, judge
+from loadtest.bench_judge import RunEvidence, judge
 from loadtest.bench_locust import run_locust
 from loadtest.bench_options import configuration, parse_arguments
 from loadtest.bench_report import (
@@ -58,6 +58,8 @@ from loadtest.bench_targets import (
     sqlite_database,
 )
 from loadtest.bench_wrk import LoadError, LoadResult, ensure_wrk, run_wrk
+from loadtest.lock_modes import REDIS_MODES, SAFE_MODES, UNSAFE_MODES
+from loadtest.redis_target import redis_problem
 from loadtest.service_process import REPOSITORY_ROOT, ServiceProcess
 
 DATA_DIRECTORY = REPOSITORY_ROOT / "var"
@@ -145,6 +147,7 @@ class Benchmark:
         settings = service_settings(
             database_url, arguments.workers, arguments.threads, arguments.race_window_ms, token
         )
+        settings["BANK_REDIS_URL"] = arguments.redis_url
         service = ServiceProcess(settings, workdir, self.log_directory / f"{store}-server.log")
         records = []
         with service:
@@ -165,9 +168,10 @@ class Benchmark:
         self, bank: BenchBank, store: str, mode: str, shared: dict[int, list[int]], workdir: Path
     ) -> list[RunRecord]:
         records = []
+        mode_problem = redis_problem(self.arguments.redis_url) if mode in REDIS_MODES else None
         try:
-            bank.set_mode(mode, self.arguments.race_window_ms)
-            mode_problem = None
+            if mode_problem is None:
+                bank.set_mode(mode, self.arguments.race_window_ms)
         except (BankError, requests.RequestException, ValueError) as error:
             mode_problem = str(error)
         for operation in self.arguments.operations:

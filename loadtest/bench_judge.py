@@ -30,10 +30,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from loadtest.lock_modes import UNSAFE_MODES
 from loadtest.reconcile import outside
 
-SAFE_MODES = ("locked", "optimistic", "atomic")
-UNSAFE_MODES = ("unlocked", "process-lock")
 OPERATIONS = ("deposit", "withdraw", "transfer")
 # Counters of GET /audit that a run must never raise in a safe mode.
 AUDIT_COUNTERS = ("chain_breaks", "inconsistent_accounts", "negative_accounts")

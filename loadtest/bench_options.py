@@ -17,13 +17,15 @@ from typing import Any
 
 from loadtest.bench_judge import OPERATIONS
 from loadtest.bench_targets import hide_password
+from loadtest.lock_modes import ALL_MODES
+from loadtest.redis_target import hide_password as hide_redis_password
+from loadtest.redis_target import redis_url_from
 from loadtest.service_process import REPOSITORY_ROOT
 
 DESCRIPTION = (
     "The bank's write path against the framework's own ceiling, every lock mode, audited "
     "after every run (docs/benchmark.md)."
 )
-ALL_MODES = ("unlocked", "locked", "process-lock", "optimistic", "atomic")
 STORES = ("sqlite", "postgresql")
 POSTGRES_URL_VARIABLE = "BANK_TEST_POSTGRES_URL"
 DEFAULT_DURATION_S = 1
@@ -92,7 +94,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--modes",
         type=choices(ALL_MODES),
         default=list(ALL_MODES),
-        help="comma-separated lock modes (default: all five)",
+        help=f"comma-separated lock modes (default: all {len(ALL_MODES)}; redis-lock and "
+        "fenced need the Redis of --redis-url)",
     )
     add(
         "--operations",
@@ -146,6 +149,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="every money request carries its own Idempotency-Key (wrk only): what a key costs",
     )
+    add(
+        "--redis-url",
+        default=redis_url_from(),
+        help="BANK_REDIS_URL of the service (default: $BANK_REDIS_URL, else "
+        "redis://127.0.0.1:6379/0)",
+    )
     add("--out", type=Path, default=Path("reports"),
         help="directory of bench-<timestamp>.json and .md (default reports)")  # fmt: skip
     arguments = parser.parse_args(argv)
@@ -191,6 +200,7 @@ def configuration(arguments: argparse.Namespace, wrk: str | None, stamp: str) ->
         "modes": ", ".join(arguments.modes),
         "operations": ", ".join(arguments.operations),
         "stores": ", ".join(stores),
+        "redis": hide_redis_password(arguments.redis_url),
         "idempotency keys": "one per request" if arguments.idempotency_keys else "none",
         "git commit": git_commit(),
         "machine cores": os.cpu_count(),

@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadtest.bench_judge import UNSAFE_MODES, Judgement
+from loadtest.bench_judge import Judgement
 from loadtest.bench_wrk import LoadResult
+from loadtest.lock_modes import UNSAFE_MODES
 
 OPERATION_LABELS = {
     "echo": "echo",
@@ -190,10 +191,11 @@ READING_NOTE = """\
 How to read it: req/s counts the answers that arrived within the run's
 duration; "x echo" divides it by the echo app's req/s on the same gunicorn
 settings in the same benchmark. Latencies are wrk's (with its correction for
-coordinated omission). 409 is a correct refusal (insufficient funds), 503 an
-honest one (with Retry-After); "other" counts every other answer. After each
-run the balances and the server's audits are compared with the acknowledged
-operations: a safe mode (locked, optimistic, atomic) that breaks an
-invariant is FAIL, never a result; unsafe modes (unlocked, process-lock) that
-lose money show LOST and the lost updates (|expected - stored| / amount).
+coordinated omission). 409 is a correct refusal (insufficient funds, or in
+fenced a stale lock's write refused), 503 an honest one (with Retry-After);
+"other" counts every other answer. After each run the balances and the
+server's audits are compared with the acknowledged operations: a safe mode
+(locked, optimistic, atomic, fenced) that breaks an invariant is FAIL, never
+a result; unsafe modes (unlocked, process-lock, redis-lock) that lose money
+show LOST and the lost updates (|expected - stored| / amount).
 See docs/benchmark.md."""

@@ -2,6 +2,7 @@
 
     python -m loadtest.compare [--duration 15] [--users 20] [--modes unlocked,locked,...]
                                [--race-window-ms 20] [--database-url URL] [--out reports]
+                               [--redis-url URL] [--redis-lock-ttl-ms MS]
 
 For each mode it starts the service itself (`python -m service serve`, gunicorn,
 on a free loopback port, a fresh SQLite database unless --database-url is
@@ -9,6 +10,14 @@ given), runs `locust --headless` against it for the same fixed time, stops it by
 its process group, and reads Locust's final JSON statistics and the locustfile's JSON
 reconciliation. It writes `<out>/<timestamp>/report.md`, `results.csv` and
 `chart.png` (when matplotlib is installed), plus each mode's logs.
+
+`redis-lock` and `fenced` need Redis: the service is told which one
+(`--redis-url`, else BANK_REDIS_URL, else redis://127.0.0.1:6379/0), and it
+is pinged first, so that a missing Redis is one line in the report. Their
+lease (BANK_REDIS_LOCK_TTL_MS) is by default half the race window, at least
+10 ms (the service's minimum): every lock holder then outlives its lease, as
+one paused by a GC or a swap storm would, which is when `redis-lock` loses
+money and `fenced` refuses the stale writes instead (409 stale_lock).
 
 Exit code: 0 when every safe mode kept every invariant and every mode produced
 a report; 1 otherwise. Unsafe modes losing money is the demonstration, not a failure.
@@ -34,6 +43,14 @@ from loadtest.comparison_report import (
     write_csv,
     write_markdown,
 )
+from loadtest.lock_modes import ALL_MODES, REDIS_MODES
+from loadtest.redis_target import (
+    REDIS_LOCK_TTL_VARIABLE,
+    REDIS_URL_VARIABLE,
+    hide_password,
+    redis_problem,
+    redis_url_from,
+)
 from loadtest.scenarios import (
     DEFAULT_ACCOUNT_COUNT,
     DEFAULT_OPENING_BALANCE,
@@ -42,12 +59,14 @@ from loadtest.scenarios import (
 )
 from loadtest.service_process import ServiceProcess
 
-ALL_MODES = ("unlocked", "locked", "process-lock", "optimistic", "atomic")
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 # Locust needs a few seconds beyond the run time to start, drain and reconcile.
 LOCUST_GRACE_SECONDS = 120
 DURATION_LIMIT_SECONDS = 3600
 USERS_LIMIT = 1000
+# The service's bounds on BANK_REDIS_LOCK_TTL_MS.
+REDIS_LOCK_TTL_MIN_MS = 10
+REDIS_LOCK_TTL_MAX_MS = 600_000
 
 
 def bounded_int(low: int, high: int) -> Any:
@@ -88,7 +107,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--modes",
         type=mode_list,
         default=list(ALL_MODES),
-        help="comma-separated modes (default: all five)",
+        help=f"comma-separated modes (default: all {len(ALL_MODES)}: {', '.join(ALL_MODES)})",
     )
     parser.add_argument(
         "--race-window-ms",
@@ -115,6 +134,19 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help=f"opening balance of each account (default {DEFAULT_OPENING_BALANCE}; "
         "a small one makes overdrafts visible in the withdrawals scenario)",
     )
+    parser.add_argument(
+        "--redis-url",
+        default=redis_url_from(),
+        help=f"{REDIS_URL_VARIABLE} of every mode (default: ${REDIS_URL_VARIABLE}, else the "
+        "service's default redis://127.0.0.1:6379/0)",
+    )
+    parser.add_argument(
+        "--redis-lock-ttl-ms",
+        type=bounded_int(REDIS_LOCK_TTL_MIN_MS, REDIS_LOCK_TTL_MAX_MS),
+        default=None,
+        help=f"{REDIS_LOCK_TTL_VARIABLE} of every mode (default: half the race window, at "
+        f"least {REDIS_LOCK_TTL_MIN_MS}: the window outlives the lease, so redis-lock loses)",
+    )
     parser.add_argument("--workers", type=bounded_int(1, 64), default=2, help="BANK_WORKERS")
     parser.add_argument("--threads", type=bounded_int(1, 256), default=8, help="BANK_THREADS")
     parser.add_argument(
@@ -123,7 +155,15 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         default=Path("reports"),
         help="directory under which <timestamp>/ is created (default reports)",
     )
-    return parser.parse_args(argv)
+    arguments = parser.parse_args(argv)
+    if arguments.redis_lock_ttl_ms is None:
+        arguments.redis_lock_ttl_ms = default_lease_ms(arguments.race_window_ms)
+    return arguments
+
+
+def default_lease_ms(race_window_ms: int) -> int:
+    """Half the race window, within the service's bounds: every holder outlives its lease."""
+    return max(REDIS_LOCK_TTL_MIN_MS, min(race_window_ms // 2, REDIS_LOCK_TTL_MAX_MS))
 
 
 def new_report_directory(root: Path) -> Path:
@@ -150,19 +190,30 @@ def locust_command(arguments: argparse.Namespace, url: str, prefix: Path) -> lis
     ]  # fmt: skip
 
 
+def service_settings(mode: str, arguments: argparse.Namespace, workdir: str) -> dict[str, str]:
+    """The service's whole environment for one mode (nothing else of ours leaks in)."""
+    return {
+        "BANK_DATABASE_URL": arguments.database_url or f"sqlite:///{workdir}/bank.db",
+        "BANK_LOCK_MODE": mode,
+        "BANK_ALLOW_UNSAFE_MODES": "1",
+        "BANK_RACE_WINDOW_MS": str(arguments.race_window_ms),
+        "BANK_WORKERS": str(arguments.workers),
+        "BANK_THREADS": str(arguments.threads),
+        REDIS_URL_VARIABLE: arguments.redis_url,
+        REDIS_LOCK_TTL_VARIABLE: str(arguments.redis_lock_ttl_ms),
+    }
+
+
 def run_mode(mode: str, arguments: argparse.Namespace, directory: Path) -> ModeResult:
     """Start the service in `mode`, load it, stop it; one row of the comparison."""
     prefix = directory / mode
+    if mode in REDIS_MODES:
+        unreachable = redis_problem(arguments.redis_url)
+        if unreachable:
+            return ModeResult.from_runs(mode, LocustStatistics(), None, None, unreachable)
     race_json = Path(f"{prefix}-race.json")
     with tempfile.TemporaryDirectory(prefix=f"bankrace-{mode}-") as workdir:
-        settings = {
-            "BANK_DATABASE_URL": arguments.database_url or f"sqlite:///{workdir}/bank.db",
-            "BANK_LOCK_MODE": mode,
-            "BANK_ALLOW_UNSAFE_MODES": "1",
-            "BANK_RACE_WINDOW_MS": str(arguments.race_window_ms),
-            "BANK_WORKERS": str(arguments.workers),
-            "BANK_THREADS": str(arguments.threads),
-        }
+        settings = service_settings(mode, arguments, workdir)
         service = ServiceProcess(settings, Path(workdir), directory / f"{mode}-server.log")
         try:
             service.start()
@@ -201,13 +252,18 @@ def main(argv: list[str] | None = None) -> int:
         "gunicorn": f"{arguments.workers} workers x {arguments.threads} threads",
         "database": database.split("@")[-1],  # never print a password
     }
+    if any(mode in REDIS_MODES for mode in arguments.modes):
+        configuration["Redis"] = (
+            f"{hide_password(arguments.redis_url)}, lease {arguments.redis_lock_ttl_ms} ms"
+        )
     results = []
     for mode in arguments.modes:
         print(
             f"[compare] {mode}: {arguments.duration} s of {arguments.scenario} load ...", flush=True
         )
         result = run_mode(mode, arguments, directory)
-        print(f"[compare] {mode}: {result.verdict}, {result.lost_updates} lost updates, "
+        stale = f", {result.stale_lock_refusals} stale-lock 409s" if mode == "fenced" else ""
+        print(f"[compare] {mode}: {result.verdict}, {result.lost_updates} lost updates{stale}, "
               f"{result.requests_per_second:.1f} requests/s", flush=True)  # fmt: skip
         results.append(result)
     chart_problem = write_chart(directory / "chart.png", results)

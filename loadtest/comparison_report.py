@@ -15,14 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-UNSAFE_MODES = frozenset({"unlocked", "process-lock"})
-MODE_SUMMARIES = {
-    "unlocked": "read, wait the race window, write: no lock at all",
-    "locked": "the store's exclusive lock around the read-modify-write",
-    "process-lock": "a threading.Lock per account: safe inside one process only",
-    "optimistic": "version check on write, bounded retries",
-    "atomic": "one conditional UPDATE, no read to race on",
-}
+from loadtest.lock_modes import explain_mode, is_unsafe
 
 
 @dataclass
@@ -56,12 +49,14 @@ class ModeResult:
     conservation_broken: bool = False
     server_errors: int = 0
     lock_timeouts: int = 0
+    stale_lock_refusals: int = 0  # final 409 stale_lock (fenced), within `refusals`
+    stale_lock_retries: int = 0  # 409 stale_lock answers sent again with the same key
     locust_exit_code: int | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
     def unsafe(self) -> bool:
-        return self.mode in UNSAFE_MODES
+        return is_unsafe(self.mode)
 
     @classmethod
     def from_runs(
@@ -94,6 +89,8 @@ class ModeResult:
             "lock_timeouts",
         ):
             setattr(result, name, int(reconciliation[name]))
+        for name in ("stale_lock_refusals", "stale_lock_retries"):  # absent before fenced
+            setattr(result, name, int(reconciliation.get(name, 0)))
         result.conservation_broken = bool(reconciliation["conservation_broken"])
         result.problems = list(reconciliation["problems"])
         return result
@@ -150,11 +147,18 @@ def conservation_cell(result: ModeResult) -> str:
     return f"broken ({result.money_created:+d})" if result.conservation_broken else "kept"
 
 
+def stale_lock_cell(result: ModeResult) -> str:
+    """Final refusals, and the retries before them when there were any."""
+    if not result.stale_lock_retries:
+        return str(result.stale_lock_refusals)
+    return f"{result.stale_lock_refusals} (+{result.stale_lock_retries} retried)"
+
+
 def markdown_table(results: Sequence[ModeResult]) -> list[str]:
     lines = [
         "| mode | requests/s | p50 ms | p99 ms | acknowledged | lost updates | money lost "
-        "| chain breaks | overdrafts | conservation | 503 refusals | verdict |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
+        "| chain breaks | overdrafts | conservation | 503 refusals | stale-lock 409s | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for result in results:
         lines.append(
@@ -162,7 +166,7 @@ def markdown_table(results: Sequence[ModeResult]) -> list[str]:
             f"| {result.p99_ms:.0f} | {result.acknowledged} | {result.lost_updates} "
             f"| {result.money_lost} | {result.server_chain_breaks} | {result.overdrafts} "
             f"| {conservation_cell(result)} "
-            f"| {result.bounded_refusals} | {verdict_cell(result)} |"
+            f"| {result.bounded_refusals} | {stale_lock_cell(result)} | {verdict_cell(result)} |"
         )
     return lines
 
@@ -210,8 +214,7 @@ def write_markdown(
         lines += ["![throughput and losses per mode](chart.png)", ""]
     lines += ["## Modes", ""]
     for result in results:
-        summary = MODE_SUMMARIES.get(result.mode, "")
-        lines.append(f"- `{result.mode}` ({summary}): {result.verdict}.")
+        lines.append(f"- `{result.mode}` ({explain_mode(result.mode)}): {result.verdict}.")
         lines += [f"  - {problem}" for problem in result.problems]
     lines += [
         "",
@@ -228,6 +231,10 @@ def write_markdown(
         "- *conservation*: the sum of balances against the sum of acknowledged deposits and "
         "withdrawals; transfers must not change it.",
         "- *503 refusals*: honest, bounded refusals (503 with Retry-After), not anomalies.",
+        "- *stale-lock 409s*: `fenced` refused the write of a request whose Redis lease ran out "
+        "while a newer holder wrote the account; nothing changed. The load test sends such a "
+        "request again with its Idempotency-Key (bounded); the first number counts those still "
+        "refused at the end (correct refusals, not losses), the second the answers retried.",
         "- Each mode's full race report is in `<mode>-locust.log`; its JSON in `<mode>-race.json`.",
         "",
     ]

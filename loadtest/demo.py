@@ -3,7 +3,9 @@
 One command starts, each in its own process group:
 - `python -m service serve` on a free loopback port: mode `unlocked`, unsafe
   modes allowed, a race window, a fresh SQLite database and a generated admin
-  token (`secrets.token_urlsafe`);
+  token (`secrets.token_urlsafe`); for `redis-lock` and `fenced`, the Redis of
+  BANK_REDIS_URL (default redis://127.0.0.1:6379/0) and a lease shorter than
+  the race window, so that every lock holder outlives its lease;
 - Locust with its web UI on 127.0.0.1 (8089 when free) and the locustfile's
   Race tab, its users already hammering a few hot accounts; the admin token
   reaches it through its environment (`BANK_ADMIN_TOKEN`), never a command
@@ -24,12 +26,19 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import requests
 
+from loadtest.redis_target import (
+    REDIS_LOCK_TTL_VARIABLE,
+    REDIS_URL_VARIABLE,
+    hide_password,
+    redis_problem,
+    redis_url_from,
+)
 from loadtest.scenarios import SCENARIOS
 from loadtest.service_process import (
     REPOSITORY_ROOT,
@@ -43,6 +52,10 @@ DEFAULT_WORKDIR = REPOSITORY_ROOT / "var" / "demo"
 DEFAULT_WEB_PORT = 8089
 DEFAULT_USERS = 10  # enough to lose hundreds a second; locked still lets PUT /mode in
 DEFAULT_RACE_WINDOW_MS = 20
+# Half the default window: a holder of the Redis lock outlives its lease, as one paused by a GC
+# would; redis-lock then loses money and fenced refuses the stale writes (409 stale_lock).
+DEFAULT_REDIS_LOCK_TTL_MS = 10
+REDIS_LOCK_TTL_LIMITS_MS = (10, 600_000)  # the service's bounds
 # Deposits only: every lost update is money that vanished, so the loss only grows.
 DEFAULT_SCENARIO = "deposits"
 LOCUST_READY_DEADLINE_SECONDS = 60.0
@@ -61,6 +74,8 @@ class DemoSettings:
     workers: int = 2  # gunicorn workers: process-lock loses money across them
     threads: int = 8
     locust_processes: int = 0  # 0: one Locust process; N: a master and N workers
+    redis_url: str = field(default_factory=redis_url_from)
+    redis_lock_ttl_ms: int = DEFAULT_REDIS_LOCK_TTL_MS
 
 
 def port_is_free(port: int) -> bool:
@@ -91,6 +106,8 @@ class Demo:
                 "BANK_ADMIN_TOKEN": self.admin_token,
                 "BANK_WORKERS": str(settings.workers),
                 "BANK_THREADS": str(settings.threads),
+                REDIS_URL_VARIABLE: settings.redis_url,
+                REDIS_LOCK_TTL_VARIABLE: str(settings.redis_lock_ttl_ms),
             },
             workdir=REPOSITORY_ROOT,
             log_path=settings.workdir / "service.log",
@@ -181,6 +198,15 @@ class Demo:
                 stop_process_group(process, signal.SIGKILL, 5.0)
 
 
+def redis_line(settings: DemoSettings) -> str:
+    """Where redis-lock and fenced find their Redis, and whether it answers now."""
+    where = f"Redis {hide_password(settings.redis_url)}, lease {settings.redis_lock_ttl_ms} ms"
+    problem = redis_problem(settings.redis_url)
+    if problem:
+        return f"{where}: NOT REACHABLE, redis-lock and fenced will answer 503 ({problem})"
+    return f"{where} (redis-lock and fenced on the page)"
+
+
 def banner(demo: Demo) -> str:
     settings = demo.settings
     return f"""
@@ -188,11 +214,14 @@ bankrace demo: the race, live
   service  {demo.service.url}  mode unlocked, race window {settings.race_window_ms} ms, \
 {settings.workers} workers x {settings.threads} threads
            database {demo.database_path}, log {demo.service.log_path}
+           {redis_line(settings)}
   Locust   {settings.users} users, scenario {settings.scenario}; its own pages at {demo.web_url}
 
   Open  {demo.race_url}
 
 Money vanishes in mode unlocked; press "locked" on the page and the losses stop.
+Press "redis-lock": the window outlives the lock's lease and money vanishes again;
+"fenced" refuses the stale writes (409 stale_lock) and loses nothing.
 Ctrl-C stops everything (Locust prints its race report first).
 """
 
@@ -214,6 +243,18 @@ def parse_arguments(argv: list[str] | None) -> DemoSettings:
     parser.add_argument(
         "--locust-processes", type=int, default=0, help="Locust worker processes (0: one process)"
     )
+    parser.add_argument(
+        "--redis-url",
+        default=redis_url_from(),
+        help=f"{REDIS_URL_VARIABLE} (default: ${REDIS_URL_VARIABLE} or redis://127.0.0.1:6379/0)",
+    )
+    parser.add_argument(
+        "--redis-lock-ttl-ms",
+        type=int,
+        default=DEFAULT_REDIS_LOCK_TTL_MS,
+        help=f"{REDIS_LOCK_TTL_VARIABLE}: the Redis lock's lease (default "
+        f"{DEFAULT_REDIS_LOCK_TTL_MS}, shorter than the race window)",
+    )
     arguments = parser.parse_args(argv)
     if arguments.users < 1:
         parser.error("--users must be at least 1")
@@ -221,6 +262,9 @@ def parse_arguments(argv: list[str] | None) -> DemoSettings:
         parser.error("--race-window-ms must be 0 to 5000")
     if arguments.locust_processes < 0:
         parser.error("--locust-processes must be 0 or more")
+    low, high = REDIS_LOCK_TTL_LIMITS_MS
+    if not low <= arguments.redis_lock_ttl_ms <= high:
+        parser.error(f"--redis-lock-ttl-ms must be {low} to {high}")
     return DemoSettings(
         users=arguments.users,
         race_window_ms=arguments.race_window_ms,
@@ -228,6 +272,8 @@ def parse_arguments(argv: list[str] | None) -> DemoSettings:
         web_port=arguments.web_port,
         workdir=arguments.workdir.resolve(),
         locust_processes=arguments.locust_processes,
+        redis_url=arguments.redis_url,
+        redis_lock_ttl_ms=arguments.redis_lock_ttl_ms,
     )
 
 

@@ -51,6 +51,7 @@ from loadtest.bank_http import BankClient, BankError  # noqa: E402
 from loadtest.race_live import InFlight  # noqa: E402
 from loadtest.race_report import render_text  # noqa: E402
 from loadtest.reconcile import Reconciliation, RunSetup, reconcile  # noqa: E402
+from loadtest.retry_policy import RETRY_ATTEMPTS, retry_delay_seconds, should_retry  # noqa: E402
 from loadtest.scenarios import (  # noqa: E402
     DEFAULT_ACCOUNT_COUNT,
     DEFAULT_AMOUNT,
@@ -72,10 +73,6 @@ DRAIN_DEADLINE_SECONDS = REQUEST_TIMEOUT_SECONDS + 5.0  # in-flight requests fin
 TALLY_DEADLINE_SECONDS = DRAIN_DEADLINE_SECONDS + 15.0  # the master waits this long for workers
 POLL_INTERVAL_SECONDS = 0.05
 IDLE_SECONDS = 0.2  # a user with nothing to do (no accounts yet, or stopping) rests this long
-# A keyed request is sent at most this many times, backing off between tries.
-RETRY_ATTEMPTS = 4
-RETRY_BACKOFF_BASE_SECONDS = 0.05
-RETRY_BACKOFF_CAP_SECONDS = 1.0
 
 
 class LoadTestProcess:
@@ -193,10 +190,11 @@ class BankCustomer(FastHttpUser):
         """Send one operation with its own Idempotency-Key; retry the same key when told to.
 
         A timeout, a dropped connection, a 502/504 from a balancer, a 503 with
-        Retry-After or a 409 `idempotency_in_progress` leaves the client unsure
-        or asked to come back: it retries with the same key (bounded, with
-        backoff), which can never move the money twice. Only the last answer
-        is tallied; retries and replays are counted apart.
+        Retry-After, a 409 `idempotency_in_progress` or `stale_lock` leaves the
+        client unsure or asked to come back: it retries with the same key
+        (`loadtest.retry_policy`: bounded, with backoff), which can never move
+        the money twice. Only the last answer is tallied; retries and replays
+        are counted apart.
         """
         started = time.perf_counter()
         recorded = False
@@ -231,22 +229,6 @@ class BankCustomer(FastHttpUser):
                 tally.record(operation, Answer(0, elapsed_ms(started)))
             flight.settle(operation)
             PROCESS.in_flight -= 1
-
-
-def should_retry(answer: Answer) -> bool:
-    """An answer after which the same keyed request may, and should, be sent again."""
-    if answer.status in (0, 502, 504):
-        return True  # unknown outcome: the key makes the retry safe
-    if answer.status == 503 and answer.retry_after:
-        return True  # nothing changed; the server said when to come back
-    return answer.status == 409 and answer.code == "idempotency_in_progress"
-
-
-def retry_delay_seconds(attempt: int, retry_after: str | None) -> float:
-    """Jittered exponential backoff, never shorter than a Retry-After of up to a second."""
-    backoff = min(RETRY_BACKOFF_CAP_SECONDS, RETRY_BACKOFF_BASE_SECONDS * 2**attempt)
-    told = float(retry_after) if retry_after and retry_after.isdigit() else 0.0
-    return max(min(told, RETRY_BACKOFF_CAP_SECONDS), random.uniform(0, backoff))
 
 
 def elapsed_ms(started: float) -> float:

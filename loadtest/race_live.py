@@ -31,28 +31,13 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtest.lock_modes import UNSAFE_MODES
 from loadtest.reconcile import RunSetup, outside
 from loadtest.scenarios import Operation
 from loadtest.tally import AccountTally, Outcome, Tally
 
 # Points kept for the chart: at two samples a second, the last ten minutes.
 HISTORY_POINTS_LIMIT = 1200
-
-# One line per mode, shortened from the README's lock-mode table.
-MODE_EXPLANATIONS = {
-    "unlocked": "read, wait the race window, write: concurrent writes overwrite each other",
-    "locked": "the store's exclusive lock around read-wait-write: correct, writers queue",
-    "process-lock": "a threading.Lock per account: correct in one process, not across workers",
-    "optimistic": "write only if the version did not change, else retry (bounded): correct",
-    "atomic": "one guarded UPDATE, no read to race on: correct, the window costs nothing",
-    "redis-lock": "a lease lock in Redis: correct until a holder outlives its lease",
-    "fenced": "the Redis lock plus a fencing token the store checks: correct",
-}
-UNSAFE_MODES = frozenset({"unlocked", "process-lock", "redis-lock"})
-
-
-def explain_mode(lock_mode: str) -> str:
-    return MODE_EXPLANATIONS.get(lock_mode, "see the README's lock-mode table")
 
 
 @dataclass

@@ -21,8 +21,10 @@ How to read this report:
                 below zero, or an answer with balance_after below zero)
   created     = sum of actual - sum of expected; transfers only move money, so non-zero
                 breaks conservation
-  409 insufficient_funds is a correct refusal; 503 with Retry-After is an honest, bounded
-  refusal (counted, never an anomaly); any other 5xx, no answer or unexpected status is."""
+  409 insufficient_funds is a correct refusal, and so is 409 stale_lock (fenced: the request's
+  lock lease ran out, a newer holder wrote the account, the store refused the stale write);
+  503 with Retry-After is an honest, bounded refusal (counted, never an anomaly); any other
+  5xx, no answer or unexpected status is."""
 
 
 def signed(value: int | None) -> str:
@@ -78,6 +80,17 @@ def deadlock_lines(result: Reconciliation) -> list[str]:
     return [line]
 
 
+def stale_lock_lines(result: Reconciliation) -> list[str]:
+    """409 stale_lock (fenced): writes refused because their lease ran out; shown when any came."""
+    if not (result.stale_lock_refusals or result.stale_lock_retries):
+        return []
+    return [
+        f"stale-lock refusals (409 stale_lock, fenced): {result.stale_lock_refusals} final "
+        f"(counted as correct refusals, nothing written), {result.stale_lock_retries} more "
+        "sent again with the same Idempotency-Key"
+    ]
+
+
 def server_audit_line(result: Reconciliation) -> str:
     audit = result.server_audit
     if audit is None:
@@ -124,6 +137,7 @@ def render_text(result: Reconciliation) -> str:
         f"money created (+) or destroyed (-): {signed(result.money_created)} "
         f"(sum actual {result.total_actual} - sum expected {result.total_expected})",
         *deadlock_lines(result),
+        *stale_lock_lines(result),
         server_audit_line(result),
         "",
         DEFINITIONS,

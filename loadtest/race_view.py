@@ -39,12 +39,11 @@ from gevent.event import Event
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
+from loadtest.lock_modes import UNSAFE_MODES, explain_mode
 from loadtest.race_live import (
-    UNSAFE_MODES,
     History,
     InFlight,
     LiveSample,
-    explain_mode,
     merged,
     race_accounts,
     race_totals,

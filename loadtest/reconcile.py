@@ -175,6 +175,8 @@ class Reconciliation:
     retries: int = 0
     replays: int = 0
     applied_twice: int = 0
+    stale_lock_refusals: int = 0  # final 409 stale_lock answers (fenced), within `refusals`
+    stale_lock_retries: int = 0  # 409 stale_lock answers whose request was sent again
 
     @property
     def passed(self) -> bool:
@@ -350,6 +352,8 @@ def reconcile(
         retries=tally.retries,
         replays=tally.replays,
         applied_twice=sum(report.extra_journal_entries for report in accounts),
+        stale_lock_refusals=tally.stale_lock_refusals,
+        stale_lock_retries=tally.stale_lock_retries,
     )
     result.problems = find_problems(result, tally, observations, setup_error)
     return result

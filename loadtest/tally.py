@@ -19,15 +19,18 @@ from loadtest.scenarios import Operation
 
 # Latency samples kept per tally for the median; the count and maximum stay exact.
 LATENCY_SAMPLES_LIMIT = 10_000
+# `fenced` (DESIGN §2): this request's lock lease ran out and a newer holder wrote the account;
+# its write changed nothing, and the client may send it again.
+STALE_LOCK_CODE = "stale_lock"
 # Correct refusals (DESIGN §3): the server said no and changed nothing.
-REFUSAL_CODES = frozenset({"insufficient_funds", "balance_limit_exceeded"})
+REFUSAL_CODES = frozenset({"insufficient_funds", "balance_limit_exceeded", STALE_LOCK_CODE})
 
 
 class Outcome(StrEnum):
     """What an answer means for the money and for the verdict."""
 
     ACKNOWLEDGED = "acknowledged"  # 2xx: the operation happened
-    REFUSED = "refused"  # 409 insufficient_funds / balance_limit_exceeded: a correct refusal
+    REFUSED = "refused"  # 409 insufficient_funds / balance_limit_exceeded / stale_lock: correct
     BOUNDED_REFUSAL = "bounded_refusal"  # 503 with Retry-After: nothing changed, honest
     SERVER_ERROR = "server_error"  # any other 5xx: an anomaly, effect unknown
     UNEXPECTED = "unexpected"  # any other answer (4xx, 3xx): an anomaly, nothing changed
@@ -166,6 +169,8 @@ class Tally:
     reporters: int = 1  # processes merged into this tally
     retries: int = 0  # requests sent again with the same Idempotency-Key
     replays: int = 0  # answers marked Idempotent-Replayed: the server ran nothing again
+    stale_lock_refusals: int = 0  # final answers 409 stale_lock (fenced): nothing written
+    stale_lock_retries: int = 0  # 409 stale_lock answers after which the request went again
 
     def account(self, account_id: int) -> AccountTally:
         return self.accounts.setdefault(account_id, AccountTally())
@@ -186,6 +191,8 @@ class Tally:
                 self.account(account_id).negative_acknowledgements += 1
         elif outcome is Outcome.REFUSED:
             self.account(operation.account_id).refusals += 1
+            if answer.code == STALE_LOCK_CODE:
+                self.stale_lock_refusals += 1
         elif outcome in UNKNOWN_EFFECT_OUTCOMES:
             for account_id, delta in operation.deltas():
                 account = self.account(account_id)
@@ -203,6 +210,8 @@ class Tally:
         self.responses[label] = self.responses.get(label, 0) + 1
         if answer.code == "lock_timeout":
             self.lock_timeouts.add(answer.latency_ms)
+        if answer.code == STALE_LOCK_CODE:
+            self.stale_lock_retries += 1
 
     def count(self, outcome: Outcome) -> int:
         return self.outcomes.get(outcome, 0)
@@ -225,6 +234,8 @@ class Tally:
         self.reporters += other.reporters
         self.retries += other.retries
         self.replays += other.replays
+        self.stale_lock_refusals += other.stale_lock_refusals
+        self.stale_lock_retries += other.stale_lock_retries
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data with string keys only (msgpack and JSON safe)."""
@@ -239,6 +250,8 @@ class Tally:
             "reporters": self.reporters,
             "retries": self.retries,
             "replays": self.replays,
+            "stale_lock_refusals": self.stale_lock_refusals,
+            "stale_lock_retries": self.stale_lock_retries,
         }
 
     @classmethod
@@ -254,4 +267,6 @@ class Tally:
             reporters=int(data["reporters"]),
             retries=int(data.get("retries", 0)),
             replays=int(data.get("replays", 0)),
+            stale_lock_refusals=int(data.get("stale_lock_refusals", 0)),
+            stale_lock_retries=int(data.get("stale_lock_retries", 0)),
         )

@@ -130,7 +130,7 @@ function renderTotals(data) {
   const served = Object.entries(totals.served_by_mode).map(([mode, count]) => `${mode} ${formatNumber(count)}`);
   const answers = [
     `answers served by mode: ${served.join(", ") || "none yet"}`,
-    `refused (409, correct): ${formatNumber(totals.refused)}`,
+    `refused (409 insufficient_funds or stale_lock, correct): ${formatNumber(totals.refused)}`,
     `honest 503 with Retry-After: ${formatNumber(totals.bounded_refusals)}`,
     `anomalies: ${formatNumber(totals.anomalies)}`,
     `money in requests not answered yet (not counted as lost): up to ${formatNumber(totals.maybe_in_flight)}`,

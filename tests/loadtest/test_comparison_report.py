@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.compare import parse_arguments
+from loadtest.compare import parse_arguments, run_mode, service_settings
 from loadtest.comparison_report import (
     LocustStatistics,
     ModeResult,
@@ -19,6 +19,7 @@ from loadtest.comparison_report import (
     write_csv,
     write_markdown,
 )
+from loadtest.service_process import free_port
 
 
 def locust_entry(name: str, response_times: dict[str, int], failures: int = 0) -> dict[str, object]:
@@ -141,11 +142,84 @@ def test_chart_is_skipped_without_matplotlib(
 
 
 def test_compare_options() -> None:
-    """Defaults are all five modes and a 20 ms window; bad values are refused."""
+    """Defaults are all seven modes and a 20 ms window; bad values are refused."""
     arguments = parse_arguments([])
-    assert arguments.modes == ["unlocked", "locked", "process-lock", "optimistic", "atomic"]
+    assert arguments.modes == [
+        "unlocked", "locked", "process-lock", "optimistic", "atomic", "redis-lock", "fenced",
+    ]  # fmt: skip
     assert arguments.race_window_ms == 20
     assert parse_arguments(["--modes", "locked, atomic"]).modes == ["locked", "atomic"]
-    for bad in (["--modes", "yolo"], ["--duration", "0"], ["--race-window-ms", "6000"]):
+    for bad in (
+        ["--modes", "yolo"],
+        ["--duration", "0"],
+        ["--race-window-ms", "6000"],
+        ["--redis-lock-ttl-ms", "9"],
+    ):
         with pytest.raises(SystemExit):
             parse_arguments(bad)
+
+
+def test_the_redis_lease_defaults_to_half_the_race_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The window outlives the lease (redis-lock's failure), never below the service's 10 ms."""
+    monkeypatch.delenv("BANK_REDIS_URL", raising=False)
+    assert parse_arguments([]).redis_lock_ttl_ms == 10
+    assert parse_arguments(["--race-window-ms", "500"]).redis_lock_ttl_ms == 250
+    assert parse_arguments(["--race-window-ms", "0"]).redis_lock_ttl_ms == 10
+    assert parse_arguments(["--redis-lock-ttl-ms", "3000"]).redis_lock_ttl_ms == 3000
+    assert parse_arguments([]).redis_url == "redis://127.0.0.1:6379/0"
+    monkeypatch.setenv("BANK_REDIS_URL", "redis://cache.internal:6380/2")
+    assert parse_arguments([]).redis_url == "redis://cache.internal:6380/2"
+    assert parse_arguments(["--redis-url", "redis://10.0.0.9/1"]).redis_url == "redis://10.0.0.9/1"
+
+
+def test_the_service_is_told_which_redis_and_which_lease(tmp_path: Path) -> None:
+    """Its environment is built from scratch: BANK_REDIS_URL and the lease go through on purpose."""
+    arguments = parse_arguments(
+        ["--redis-url", "redis://127.0.0.1:6390/3", "--race-window-ms", "40"]
+    )
+    settings = service_settings("fenced", arguments, str(tmp_path))
+    assert settings["BANK_LOCK_MODE"] == "fenced"
+    assert settings["BANK_REDIS_URL"] == "redis://127.0.0.1:6390/3"
+    assert settings["BANK_REDIS_LOCK_TTL_MS"] == "20"
+    assert settings["BANK_RACE_WINDOW_MS"] == "40"
+    assert settings["BANK_ALLOW_UNSAFE_MODES"] == "1"  # redis-lock is unsafe
+
+
+def test_a_redis_mode_without_redis_is_not_measured_and_says_why(tmp_path: Path) -> None:
+    """No Redis at the URL: the row is ERROR with one clear line; no service was started."""
+    arguments = parse_arguments(["--redis-url", f"redis://127.0.0.1:{free_port()}/0"])
+    result = run_mode("redis-lock", arguments, tmp_path)
+    assert result.verdict == "ERROR"
+    (problem,) = result.problems
+    assert "does not answer" in problem and "--modes" in problem
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_lock_refusals_reach_the_row_the_table_and_the_csv(tmp_path: Path) -> None:
+    """fenced's 409 stale_lock: a column of its own, final count and retries; PASS stays PASS."""
+    statistics = LocustStatistics(requests=300, requests_per_second=30.0, p50_ms=25, p99_ms=80)
+    fenced = {**reconciliation("PASS"), "stale_lock_refusals": 12, "stale_lock_retries": 40}
+    redis_lock = reconciliation("FAIL", 9)  # a report written before fenced existed
+    rows = [
+        ModeResult.from_runs("redis-lock", statistics, redis_lock, 1),
+        ModeResult.from_runs("fenced", statistics, fenced, 0),
+    ]
+    assert rows[0].unsafe and not rows[1].unsafe
+    assert (rows[0].stale_lock_refusals, rows[1].stale_lock_refusals) == (0, 12)
+    write_markdown(tmp_path / "report.md", rows, {}, chart=False)
+    write_csv(tmp_path / "results.csv", rows)
+    report = (tmp_path / "report.md").read_text()
+    assert "| 503 refusals | stale-lock 409s | verdict |" in report
+    assert "| `redis-lock` | 30.0 | 25 | 80 | 100 | 9 |" in report
+    assert "| 1 | 0 | FAIL (unsafe mode: expected) |" in report
+    assert "| kept | 1 | 12 (+40 retried) | PASS |" in report
+    assert "Every safe mode kept every invariant." in report
+    assert "- `redis-lock` (a lease lock in Redis: correct until a holder outlives" in report
+    with (tmp_path / "results.csv").open(newline="") as handle:
+        csv_rows = list(csv.DictReader(handle))
+    assert [(row["mode"], row["stale_lock_refusals"]) for row in csv_rows] == [
+        ("redis-lock", "0"),
+        ("fenced", "12"),
+    ]

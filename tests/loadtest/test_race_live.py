@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from loadtest.lock_modes import ALL_MODES, UNSAFE_MODES, explain_mode
 from loadtest.race_live import (
     HISTORY_POINTS_LIMIT,
     History,
     InFlight,
     LiveSample,
     account_view,
-    explain_mode,
     merged,
     race_accounts,
     race_totals,
@@ -253,12 +253,60 @@ def test_history_keeps_a_bounded_number_of_points() -> None:
 
 
 def test_every_mode_of_the_service_has_a_one_line_explanation() -> None:
-    """The five modes of DESIGN §2 the service offers today, each with its own line."""
-    modes = ("unlocked", "locked", "process-lock", "optimistic", "atomic")
-    explanations = [explain_mode(mode) for mode in modes]
-    assert len(set(explanations)) == len(modes)
+    """The seven modes of DESIGN §2, each with its own line; redis-lock is unsafe, fenced not."""
+    assert ALL_MODES == (
+        "unlocked", "locked", "process-lock", "optimistic", "atomic", "redis-lock", "fenced",
+    )  # fmt: skip
+    explanations = [explain_mode(mode) for mode in ALL_MODES]
+    assert len(set(explanations)) == len(ALL_MODES)
     assert all("\n" not in line and len(line) <= 90 for line in explanations)
     assert explain_mode("future-mode") == "see the README's lock-mode table"
+    assert {"unlocked", "process-lock", "redis-lock"} == UNSAFE_MODES
+    assert "lease" in explain_mode("redis-lock") and "409" in explain_mode("fenced")
+
+
+def test_a_redis_lock_stretch_is_unsafe_and_a_fenced_one_is_not() -> None:
+    """The chart colours redis-lock's stretch as a mode that loses money, fenced's as correct."""
+    history = History("r")
+    redis_lock = {"lock_mode": "redis-lock", "race_window_ms": 20}
+    fenced = {"lock_mode": "fenced", "race_window_ms": 20}
+    history.add(0.0, redis_lock, totals(0, 0, {}))
+    history.add(1.0, redis_lock, totals(40, 6, {"redis-lock": 40}))
+    history.add(2.0, redis_lock, totals(80, 12, {"redis-lock": 80}))
+    history.add(3.0, fenced, totals(100, 13, {"redis-lock": 90, "fenced": 10}))
+    history.add(4.0, fenced, totals(120, 13, {"redis-lock": 90, "fenced": 30}))
+    history.add(5.0, fenced, totals(140, 13, {"redis-lock": 90, "fenced": 50}))
+    segments = history.segments()
+    assert [(s["lock_mode"], s["settled"], s["unsafe"]) for s in segments] == [
+        ("redis-lock", True, True),
+        ("fenced", False, False),
+        ("fenced", True, False),
+    ]
+    assert segments[0]["lost_updates_per_second"] == 6.0
+    assert segments[2]["lost_updates_per_second"] == 0.0
+
+
+def test_a_stale_lock_refusal_is_refused_not_an_anomaly_nor_a_loss() -> None:
+    """409 stale_lock (fenced) changed nothing: counted refused, expected balance unmoved."""
+    tally, flight = Tally(run_id="r"), InFlight()
+    acknowledge(tally, flight, deposit())
+    refused = deposit()
+    flight.start(refused)
+    tally.record(refused, Answer(409, 5.0, code="stale_lock", lock_mode="fenced"))
+    flight.settle(refused)
+    stored = OPENING + AMOUNT
+    view = account_view(
+        ACCOUNT,
+        OPENING,
+        AMOUNT,
+        sample(tally, flight),
+        sample(tally, flight),
+        audit(stored, stored),
+    )
+    assert (view.expected, view.lost_updates, view.money_lost) == (stored, 0, 0)
+    totals_now = race_totals([view], sample(tally, flight))
+    assert (totals_now["refused"], totals_now["anomalies"]) == (1, 0)
+    assert totals_now["served_by_mode"] == {"unlocked": 1, "fenced": 1}
 
 
 def test_the_servers_own_counts_are_read_from_its_metrics() -> None:

@@ -272,6 +272,25 @@ def test_report_text_names_the_losses_and_the_verdict() -> None:
     assert "How to read this report" in text
 
 
+def test_stale_lock_refusals_are_correct_refusals_and_reported() -> None:
+    """fenced's 409 stale_lock changed nothing: no loss, no anomaly, a line of its own."""
+    tally = acknowledge(Tally(run_id="run-1"), deposit(1))
+    tally.note_retry(deposit(1), Answer(409, 30.0, code="stale_lock", lock_mode="fenced"))
+    tally.record(deposit(1), Answer(409, 30.0, code="stale_lock", lock_mode="fenced"))
+    result = reconcile(make_setup({1: 100}), tally, observe({1: 110}))
+    assert result.passed, result.problems
+    assert (result.refusals, result.lost_updates, result.unexpected_responses) == (1, 0, 0)
+    assert (result.stale_lock_refusals, result.stale_lock_retries) == (1, 1)
+    assert result.to_dict()["stale_lock_refusals"] == 1
+    text = render(result)
+    assert (
+        "stale-lock refusals (409 stale_lock, fenced): 1 final (counted as correct refusals, "
+        "nothing written), 1 more sent again with the same Idempotency-Key"
+    ) in text
+    calm = render(reconcile(make_setup({1: 100}), Tally(run_id="run-1"), observe({1: 100})))
+    assert "stale-lock refusals" not in calm
+
+
 def test_report_text_of_a_deadlock_run() -> None:
     """Deadlocks are counted with the clients' wait; none is explained in the deadlock scenario."""
     tally = Tally(run_id="run-1")

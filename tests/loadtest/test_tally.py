@@ -27,6 +27,7 @@ TRANSFER = Operation("transfer", 1, 10, 2)
         (200, None, None, Outcome.ACKNOWLEDGED),
         (409, "insufficient_funds", None, Outcome.REFUSED),
         (409, "balance_limit_exceeded", None, Outcome.REFUSED),
+        (409, "stale_lock", None, Outcome.REFUSED),
         (409, "idempotency_in_progress", None, Outcome.UNEXPECTED),
         (422, "validation_error", None, Outcome.UNEXPECTED),
         (404, "not_found", None, Outcome.UNEXPECTED),
@@ -151,3 +152,23 @@ def test_retries_and_replays_are_counted_and_merged_apart_from_outcomes() -> Non
     other = Tally.from_dict(tally.to_dict())
     other.merge(tally)
     assert (other.retries, other.replays) == (2, 2)
+
+
+def test_a_stale_lock_refusal_moves_no_money_and_is_counted_apart() -> None:
+    """409 stale_lock (fenced): a correct refusal, no money; final and retried answers apart."""
+    tally = Tally(run_id="r")
+    tally.note_retry(TRANSFER, Answer(409, 3.0, code="stale_lock", lock_mode="fenced"))
+    outcome = tally.record(TRANSFER, Answer(409, 3.0, code="stale_lock", lock_mode="fenced"))
+    assert outcome is Outcome.REFUSED
+    assert tally.accounts[1].refusals == 1
+    assert tally.accounts[1].debited == tally.accounts[1].credited == 0
+    assert tally.accounts[1].unknown_outcomes == 0
+    assert (tally.stale_lock_refusals, tally.stale_lock_retries, tally.retries) == (1, 1, 1)
+    assert tally.responses == {"transfer 409 stale_lock (retried)": 1, "transfer 409 stale_lock": 1}
+    assert tally.count(Outcome.UNEXPECTED) == 0
+    tally.record(TRANSFER, Answer(409, 3.0, code="insufficient_funds"))
+    assert tally.stale_lock_refusals == 1
+    other = Tally.from_dict(json.loads(json.dumps(tally.to_dict())))
+    assert other == tally
+    other.merge(tally)
+    assert (other.stale_lock_refusals, other.stale_lock_retries) == (2, 2)
