@@ -39,6 +39,8 @@ DESIGN_VARIABLES = frozenset(
         "BANK_WORKERS",
         "BANK_THREADS",
         "BANK_IDEMPOTENCY_TTL_HOURS",
+        "BANK_REDIS_URL",
+        "BANK_REDIS_LOCK_TTL_MS",
     }
 )
 # The official postgres image's documented initialisation variables.

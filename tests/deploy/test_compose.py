@@ -22,6 +22,7 @@ import jsonschema
 import pytest
 from sqlalchemy.engine import make_url
 
+from service.config import Config
 from tests.deploy.balancer import NGINX_TEMPLATE_PATH, TEMPLATE_VARIABLES, placeholders, render
 from tests.deploy.project import (
     COMPOSE_PATH,
@@ -44,11 +45,14 @@ POSTGRES_URL_DRIVER = "postgresql+psycopg"
 LOCUST_WEB_PORT = 8089
 PROFILES = {
     "postgres": {"postgres", "migrate", "api-postgres"},
-    "scale": {"postgres", "migrate", "api-1", "api-2", "nginx"},
+    "scale": {"postgres", "migrate", "api-1", "api-2", "nginx", "redis"},
+    "redis": {"redis"},
     "loadtest": {"locust-master", "locust-worker"},
     "observe": {"prometheus", "grafana"},
 }
 POSTGRES_REPLICAS = ("api-postgres", "api-1", "api-2")
+SCALE_REPLICAS = ("api-1", "api-2")
+REDIS_PORT = 6379
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +188,9 @@ def test_postgres_replicas_wait_for_a_healthy_migrated_database(compose: dict[st
     migrate = services(compose)["migrate"]
     assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     for name in POSTGRES_REPLICAS:
-        assert services(compose)[name]["depends_on"] == {
+        dependencies = dict(services(compose)[name]["depends_on"])
+        dependencies.pop("redis")  # see test_redis_is_waited_for_where_it_is_needed
+        assert dependencies == {
             "postgres": {"condition": "service_healthy"},
             "migrate": {"condition": "service_completed_successfully"},
         }, name
@@ -342,3 +348,73 @@ def test_nginx_balances_over_the_scale_replicas(compose: dict[str, Any]) -> None
     assert nginx["depends_on"] == {
         host: {"condition": "service_healthy"} for host, _port in upstreams
     }
+
+
+def profiles_of(service: dict[str, Any]) -> set[str] | None:
+    """The profiles a service runs in; None: always."""
+    return set(service["profiles"]) if "profiles" in service else None
+
+
+def test_required_dependencies_run_in_every_profile_of_their_dependents(
+    compose: dict[str, Any],
+) -> None:
+    """`docker compose --profile X up` never needs a disabled service; optional ones may be."""
+    for name, service in services(compose).items():
+        dependencies = service.get("depends_on", {})
+        if isinstance(dependencies, list):
+            dependencies = {dependency: {} for dependency in dependencies}
+        for dependency, condition in dependencies.items():
+            assert dependency in services(compose), (name, dependency)
+            if condition.get("required", True) is False:
+                continue
+            needed = profiles_of(services(compose)[dependency])
+            running = profiles_of(service)
+            assert needed is None or (running is not None and running <= needed), (
+                name,
+                dependency,
+            )
+
+
+def test_redis_is_a_healthchecked_lock_service_without_persistence(
+    compose: dict[str, Any],
+) -> None:
+    """The official image, redis-cli ping as healthcheck, no RDB or AOF, no host port."""
+    redis = services(compose)["redis"]
+    assert redis["image"].startswith("redis:")
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert redis["healthcheck"]["retries"] > 1
+    command = command_of(redis)
+    assert command[0] == "redis-server"
+    assert option(command, "--save") == "" and option(command, "--appendonly") == "no"
+    assert "volumes" not in redis and "ports" not in redis  # nothing kept, nothing exposed
+    assert set(redis["profiles"]) == {"redis", "scale"}
+
+
+def test_redis_is_waited_for_where_it_is_needed(compose: dict[str, Any]) -> None:
+    """The scale replicas need Redis healthy (fenced across replicas); the others only if up."""
+    healthy = {"condition": "service_healthy"}
+    for name in SCALE_REPLICAS:
+        assert services(compose)[name]["depends_on"]["redis"] == healthy, name
+    for name in ("api", "api-postgres"):
+        assert services(compose)[name]["depends_on"]["redis"] == {**healthy, "required": False}
+    for name, service in services(compose).items():
+        if name not in {"api", "api-postgres", *SCALE_REPLICAS}:
+            assert "redis" not in service.get("depends_on", {}), name
+
+
+def test_every_replica_finds_redis_at_a_url_the_service_accepts(compose: dict[str, Any]) -> None:
+    """BANK_REDIS_URL names the redis service and its port, in a form config.py validates."""
+    servers = [
+        name
+        for name, service in bankrace_services(compose).items()
+        if command_of(service) == ["bankrace", "serve"]
+    ]
+    assert set(servers) == {"api", "api-postgres", *SCALE_REPLICAS}
+    for name in servers:
+        environment = environment_of(services(compose)[name])
+        url = urlsplit(environment["BANK_REDIS_URL"])
+        assert (url.scheme, url.hostname, url.port) == ("redis", "redis", REDIS_PORT), name
+        assert services(compose)[url.hostname]["image"].startswith("redis:")
+        config = Config.from_env({"BANK_REDIS_URL": environment["BANK_REDIS_URL"]})
+        assert config.redis_url == environment["BANK_REDIS_URL"]
+        assert environment["BANK_REDIS_LOCK_TTL_MS"] is None, name  # passed through from the host
