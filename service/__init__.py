@@ -22,6 +22,7 @@ from service.config import Config
 from service.domain import Unavailable
 from service.keyed_locks import KeyedLocks
 from service.logs import configure_service_logging
+from service.redis_locks import RedisLocks
 from service.schema import head_revision
 from service.services import Bank, KeyJanitor, ModeSource
 from service.single_process import refuse_a_second_worker
@@ -80,6 +81,11 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
         transfer_lock_order=config.transfer_lock_order,
         idempotency_ttl_hours=config.idempotency_ttl_hours,
         key_janitor=KeyJanitor(store),
+        redis_locks=RedisLocks(
+            config.redis_url,
+            lease_ms=config.redis_lock_ttl_ms,
+            lock_timeout_ms=config.lock_timeout_ms,
+        ),
     )
 
     for blueprint in (

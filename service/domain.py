@@ -35,13 +35,21 @@ class LockMode(enum.StrEnum):
     PROCESS_LOCK = "process-lock"
     OPTIMISTIC = "optimistic"
     ATOMIC = "atomic"
+    REDIS_LOCK = "redis-lock"
+    FENCED = "fenced"
 
     @property
     def is_unsafe(self) -> bool:
         return self in UNSAFE_LOCK_MODES
 
+    @property
+    def uses_redis(self) -> bool:
+        return self in REDIS_LOCK_MODES
 
-UNSAFE_LOCK_MODES = frozenset({LockMode.UNLOCKED, LockMode.PROCESS_LOCK})
+
+UNSAFE_LOCK_MODES = frozenset({LockMode.UNLOCKED, LockMode.PROCESS_LOCK, LockMode.REDIS_LOCK})
+# The modes whose lock lives in Redis (BANK_REDIS_URL): only they ever connect to it.
+REDIS_LOCK_MODES = frozenset({LockMode.REDIS_LOCK, LockMode.FENCED})
 
 
 class TransactionKind(enum.StrEnum):
@@ -91,6 +99,23 @@ class SameAccount(DomainError):
 
 class CurrencyMismatch(DomainError):
     code = "currency_mismatch"
+
+
+class StaleLock(DomainError):
+    """`fenced`: this request's lock lease ran out and a newer holder took the account.
+
+    Its write was refused by the store (the fencing token is older than the
+    account's), so nothing changed; retrying takes a fresh lock.
+    """
+
+    code = "stale_lock"
+
+    @classmethod
+    def on_account(cls, account_id: int) -> StaleLock:
+        return cls(
+            f"this request's lock on account {account_id} expired and a newer lock holder "
+            "took the account; nothing was written, retry"
+        )
 
 
 class UnsafeModeRefused(DomainError):

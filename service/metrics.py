@@ -86,6 +86,8 @@ class Instruments:
     lock_wait: Histogram
     optimistic_conflicts: Counter
     database_retries: Counter
+    stale_lock_refusals: Counter
+    lease_expiries: Counter
     audit_drift: Gauge
     audit_chain_breaks: Gauge
     audit_inconsistent_accounts: Gauge
@@ -159,8 +161,9 @@ def _build() -> Instruments:
         ),
         lock_wait=Histogram(
             "bankrace_lock_wait_seconds",
-            "locked and process-lock: time from asking for the accounts' lock to holding it "
-            "(SQLite: the queue of the process's one writer and the database write lock)",
+            "locked, process-lock, redis-lock and fenced: time from asking for the accounts' "
+            "lock to holding it (SQLite: the queue of the process's one writer and the "
+            "database write lock)",
             ("lock_mode",),
             buckets=LATENCY_BUCKETS_SECONDS,
             registry=registry,
@@ -176,6 +179,21 @@ def _build() -> Instruments:
             "Transactions the database aborted (PostgreSQL deadlock or serialization failure) "
             "and the service ran again",
             ("reason",),
+            registry=registry,
+        ),
+        stale_lock_refusals=Counter(
+            "bankrace_stale_lock_refusals",
+            "fenced: writes the store refused because a newer lock holder had claimed the "
+            "account (the request's Redis lease ran out); answered 409 stale_lock, nothing "
+            "written",
+            ("lock_mode",),
+            registry=registry,
+        ),
+        lease_expiries=Counter(
+            "bankrace_lock_lease_expiries",
+            "redis-lock and fenced: Redis locks found expired (gone, or another holder's) "
+            "when their holder gave them back: the holder outlived its lease",
+            ("lock_mode",),
             registry=registry,
         ),
         audit_drift=last(
@@ -394,6 +412,14 @@ def lock_waited(lock_mode: str, started: float) -> None:
 
 def optimistic_conflict() -> None:
     _instruments().optimistic_conflicts.inc()
+
+
+def stale_lock_refused(lock_mode: str) -> None:
+    _instruments().stale_lock_refusals.labels(lock_mode).inc()
+
+
+def lease_expired(lock_mode: str) -> None:
+    _instruments().lease_expiries.labels(lock_mode).inc()
 
 
 def database_retry(deadlock: bool) -> None:

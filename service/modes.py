@@ -14,9 +14,19 @@ of holding a lock can be measured.
 | locked        | the store's exclusive lock (mutex / BEGIN IMMEDIATE / FOR UPDATE) |
 | optimistic    | write only if the version is still the one read; else retry  |
 | atomic        | no read at all: one guarded UPDATE does the arithmetic       |
+| redis-lock    | a lease lock per account in Redis: until a holder outlives it |
+| fenced        | the Redis lock, and the store refuses a stale token's write  |
 
 In `atomic` there is no read to pause after: the window is spent before the
 guarded update, outside any lock, so it adds latency but cannot open a race.
+
+`redis-lock` is correct across threads, processes and replicas only while
+every holder finishes within its lease; a race window longer than the lease,
+or a pause (GC, swap, SIGSTOP), lets the next holder in while the first
+still writes. `fenced` hands the store the lock's fencing token with the
+read and the write: the read records it on the account, and the write
+applies only if no newer token has been recorded since (else 409
+`stale_lock`, nothing written), so a late holder changes nothing.
 
 Modes know the store interface and the domain; not HTTP, not SQL.
 """
@@ -33,11 +43,13 @@ from service.domain import (
     BalanceState,
     Leg,
     LockMode,
+    StaleLock,
     WriteConflict,
     check_new_balance,
 )
 from service.idempotency import Completion
 from service.keyed_locks import KeyedLocks
+from service.redis_locks import RedisLocks
 from service.stores.base import (
     LegWrite,
     LegWriter,
@@ -77,6 +89,14 @@ class ModeContext:
     race_window_ms: int
     #: time.monotonic() after which no more retries start (the lock timeout).
     deadline: float
+    #: The lock service of redis-lock and fenced (None where no Redis is configured).
+    redis_locks: RedisLocks | None = None
+
+    @property
+    def redis(self) -> RedisLocks:
+        if self.redis_locks is None:
+            raise RuntimeError("a Redis lock mode ran without a lock service")
+        return self.redis_locks
 
 
 def pause_in_race_window(race_window_ms: int) -> None:
@@ -97,7 +117,11 @@ def in_lock_order(operation: Operation) -> list[Leg]:
 
 
 def plan_writes(
-    legs: Sequence[Leg], states: Mapping[int, BalanceState], *, compare_versions: bool
+    legs: Sequence[Leg],
+    states: Mapping[int, BalanceState],
+    *,
+    compare_versions: bool,
+    fences: Mapping[int, int] | None = None,
 ) -> list[LegWrite]:
     """New balances computed from what was read; refuses overdrafts and overflows."""
     return [
@@ -107,6 +131,7 @@ def plan_writes(
                 states[leg.account_id].balance, leg.delta, leg.account_id
             ),
             expected_version=states[leg.account_id].version if compare_versions else None,
+            fence=fences[leg.account_id] if fences is not None else None,
         )
         for leg in legs
     ]
@@ -179,6 +204,39 @@ def run_atomic(operation: Operation, context: ModeContext) -> Written:
     )
 
 
+def run_redis_lock(operation: Operation, context: ModeContext) -> Written:
+    # Shared by every process and replica, like the store's lock -- but it is
+    # a lease: a holder still in its race window when the lease runs out
+    # writes anyway, over what the next holder wrote meanwhile.
+    asked = metrics.lock_started()
+    mode = LockMode.REDIS_LOCK
+    with context.redis.holding(operation.lock_order, mode.value, context.deadline):
+        metrics.lock_waited(mode.value, asked)
+        return read_modify_write(context.store, operation, context, mode)
+
+
+def run_fenced(operation: Operation, context: ModeContext) -> Written:
+    # The same lease, and the store as referee: the read records this lock's
+    # token on the accounts, the write applies only while no newer token has
+    # been recorded, so a late holder is refused instead of overwriting.
+    asked = metrics.lock_started()
+    mode = LockMode.FENCED
+    with context.redis.holding(operation.lock_order, mode.value, context.deadline) as lease:
+        metrics.lock_waited(mode.value, asked)
+        try:
+            states = context.store.claim_states(lease.tokens)
+            writes = plan_writes(
+                in_lock_order(operation), states, compare_versions=False, fences=lease.tokens
+            )
+            pause_in_race_window(context.race_window_ms)
+            return context.store.write_legs(
+                writes, mode.value, operation.transfer, operation.completion
+            )
+        except StaleLock:
+            metrics.stale_lock_refused(mode.value)
+            raise
+
+
 Strategy = Callable[[Operation, ModeContext], Written]
 
 STRATEGIES: Mapping[LockMode, Strategy] = {
@@ -187,4 +245,6 @@ STRATEGIES: Mapping[LockMode, Strategy] = {
     LockMode.PROCESS_LOCK: run_process_lock,
     LockMode.OPTIMISTIC: run_optimistic,
     LockMode.ATOMIC: run_atomic,
+    LockMode.REDIS_LOCK: run_redis_lock,
+    LockMode.FENCED: run_fenced,
 }

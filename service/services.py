@@ -36,6 +36,7 @@ from service.domain import (
 from service.idempotency import DEFAULT_TTL_HOURS, Completion
 from service.keyed_locks import KeyedLocks
 from service.modes import STRATEGIES, ModeContext, Operation
+from service.redis_locks import RedisLocks
 from service.stores.base import RetryableConflict, Store, TransferSpec, Written
 
 logger = logging.getLogger(__name__)
@@ -188,6 +189,8 @@ class Bank:
     transfer_lock_order: str = "sorted"
     idempotency_ttl_hours: int = DEFAULT_TTL_HOURS
     key_janitor: KeyJanitor | None = None
+    #: The lock service of redis-lock and fenced; it connects on first use only.
+    redis_locks: RedisLocks | None = None
 
 
 # Every money operation takes an optional `completion`: the idempotency key
@@ -283,7 +286,9 @@ def _apply_with_retries(operation: Operation, setting: ModeSetting, bank: Bank) 
     # One deadline for the whole request: retries never stretch a client's
     # wait past the lock timeout (plus the one attempt already under way).
     deadline = time.monotonic() + bank.lock_timeout_ms / 1000
-    context = ModeContext(bank.store, bank.process_locks, setting.race_window_ms, deadline)
+    context = ModeContext(
+        bank.store, bank.process_locks, setting.race_window_ms, deadline, bank.redis_locks
+    )
     for attempt in range(1, DATABASE_RETRY_ATTEMPTS + 1):
         try:
             return strategy(operation, context)

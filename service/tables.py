@@ -47,6 +47,8 @@ accounts = Table(
     Column("version", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # `fenced`: the newest fencing token that claimed the account (0: none yet).
+    Column("fence", BigInteger, nullable=False, server_default="0"),
     CheckConstraint(f"balance >= 0 AND balance <= {MAX_BALANCE_MINOR}", name="balance_in_range"),
     CheckConstraint("version >= 0", name="version_not_negative"),
 )

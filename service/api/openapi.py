@@ -40,6 +40,7 @@ from service.domain import (
     LockTimeout,
     NotFound,
     SameAccount,
+    StaleLock,
     StoreUnavailable,
     TransactionKind,
     ValidationFailed,
@@ -111,6 +112,11 @@ PROBLEMS: dict[str, Problem] = {
         Problem(408, "request_timeout", "the request head or body stopped arriving"),
         _domain(InsufficientFunds, "the balance does not cover the amount"),
         _domain(BalanceLimitExceeded, "a balance would pass 2**53 - 1"),
+        _domain(
+            StaleLock,
+            "`fenced`: this request's Redis lock expired and a newer holder took the account; "
+            "nothing was written, a retry may succeed",
+        ),
         _domain(IdempotencyInProgress, "a request with this key is still running (Retry-After)"),
         _http(413, f"the body is over {MAX_BODY_BYTES // 1024} KiB"),
         _http(415, "the body is not sent as `Content-Type: application/json`"),
@@ -122,7 +128,11 @@ PROBLEMS: dict[str, Problem] = {
         _domain(LockTimeout, "a lock wait ran out, or the database broke a deadlock"),
         _domain(WriteConflict, "optimistic or database retries ran out"),
         _domain(AuditTimeout, "the audit ran past its time bound"),
-        _domain(StoreUnavailable, "the database cannot be reached or is not migrated"),
+        _domain(
+            StoreUnavailable,
+            "the database cannot be reached or is not migrated, or (in `redis-lock` and "
+            "`fenced`) Redis cannot be reached",
+        ),
     )
 }
 TAGS = {
@@ -251,6 +261,18 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
         }
     ),
     "Status": _object({"status": {"type": "string", "enum": ["ok", "ready"]}}),
+    "Readiness": {
+        **_object({"status": {"type": "string", "enum": ["ready"]}}),
+        "properties": {
+            "status": {"type": "string", "enum": ["ready"]},
+            "lock_service": {
+                "type": "string",
+                "enum": ["redis"],
+                "description": "present when the lock mode keeps its locks in Redis "
+                "(`redis-lock`, `fenced`): Redis answered too",
+            },
+        },
+    },
     "FieldError": _object({"field": {"type": "string"}, "message": {"type": "string"}}),
     "ProblemCode": {
         "type": "string",

@@ -27,12 +27,18 @@ def healthz() -> Response:
     Endpoint(
         "Readiness: the store is reachable and its schema current",
         TAG,
-        Success(200, "ready", "Status"),
+        Success(200, "ready", "Readiness"),
+        description="In `redis-lock` and `fenced` Redis (BANK_REDIS_URL) must answer too, and "
+        "the answer says `\"lock_service\": \"redis\"`; the other modes never touch Redis.",
         problems=("store_unavailable",),
     )
 )
 def readyz() -> Response:
-    current_bank().store.check_ready()  # StoreUnavailable -> 503 problem with the reason
+    bank = current_bank()
+    bank.store.check_ready()  # StoreUnavailable -> 503 problem with the reason
+    if bank.modes.current().lock_mode.uses_redis and bank.redis_locks is not None:
+        bank.redis_locks.check_ready()  # the same 503, naming Redis
+        return jsonify({"status": "ready", "lock_service": "redis"})
     return jsonify({"status": "ready"})
 
 

@@ -225,5 +225,6 @@ MONEY_PROBLEMS = (
     *IDEMPOTENCY_PROBLEMS,
     "not_found",
     "write_conflict",
+    "stale_lock",
     *WRITE_PROBLEMS,
 )

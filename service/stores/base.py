@@ -2,10 +2,10 @@
 
 A store offers the *primitives* a read-modify-write is made of -- read a
 balance, write legs (absolutely, by version compare-and-swap, or as a
-guarded atomic add), and hold the store's own exclusive lock over some
-accounts -- and leaves the choice of how to combine them to `service.modes`.
-That keeps every lock mode in one readable place and every store honest:
-a store never decides whether a race is allowed.
+guarded atomic add, or fenced by a lock's token), and hold the store's own
+exclusive lock over some accounts -- and leaves the choice of how to combine
+them to `service.modes`. That keeps every lock mode in one readable place
+and every store honest: a store never decides whether a race is allowed.
 
 Stores know the domain; they know nothing of HTTP or of lock-mode policy.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from service.domain import (
@@ -50,12 +50,16 @@ class LegWrite:
     with `expected_version` the write only happens if nobody wrote since the
     read, else `VersionConflict`. `new_balance` None: add the leg's delta in
     the database itself, refused with InsufficientFunds/BalanceLimitExceeded
-    when the result would leave [0, MAX_BALANCE_MINOR].
+    when the result would leave [0, MAX_BALANCE_MINOR]. With `fence` (a
+    fencing token that `Store.claim_states` recorded on the account) the
+    write only happens if no newer token has claimed the account since, else
+    StaleLock, and nothing of the whole operation is written.
     """
 
     leg: Leg
     new_balance: int | None = None
     expected_version: int | None = None
+    fence: int | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,17 @@ class Store(LegWriter):
         committed (durably) before this returns; if `work` raises, nothing
         it wrote stays. A callback rather than a `with` block, because a
         store may run it on another thread (SQLite's group commit).
+        """
+
+    @abc.abstractmethod
+    def claim_states(self, fences: Mapping[int, int]) -> dict[int, BalanceState]:
+        """`fenced`: record each account's fencing token, and read it; all or nothing.
+
+        A token is recorded only if it is above the one the account holds
+        (the account's `fence`); otherwise nothing is recorded and StaleLock
+        says a newer lock holder came first. A write fenced with the token
+        then applies only while the account still holds it: between this
+        read and that write nobody else can write the account in this mode.
         """
 
     @abc.abstractmethod

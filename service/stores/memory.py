@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from service.domain import (
@@ -30,6 +30,7 @@ from service.domain import (
     BankAudit,
     ModeSetting,
     NotFound,
+    StaleLock,
     Transaction,
     TransactionKind,
     Transfer,
@@ -128,6 +129,8 @@ class MemoryStore(Store):
         self._books: dict[int, _Books] = {}
         self._totals = _BankTotals()
         self._keys: dict[tuple[str, str], _KeyRow] = {}
+        #: `fenced`: the newest fencing token that claimed each account (0: none yet).
+        self._fences: dict[int, int] = {}
 
     # ------------------------------------------------------------------ balances
 
@@ -137,6 +140,21 @@ class MemoryStore(Store):
                 account_id: BalanceState(account_id, account.balance, account.version)
                 for account_id in account_ids
                 for account in (self._require(account_id),)
+            }
+
+    def claim_states(self, fences: Mapping[int, int]) -> dict[int, BalanceState]:
+        account_ids = sorted(fences)
+        self.read_states(account_ids)  # NotFound before any lock is taken
+        # Recording a token writes the account, so it takes the row locks like an UPDATE.
+        with self._row_locks.holding(account_ids), self._mutex:
+            for account_id in account_ids:
+                if self._fences.get(account_id, 0) >= fences[account_id]:
+                    raise StaleLock.on_account(account_id)
+            self._fences.update(fences)
+            return {
+                account_id: BalanceState(account_id, account.balance, account.version)
+                for account_id in account_ids
+                for account in (self._accounts[account_id],)
             }
 
     def write_legs(
@@ -205,6 +223,8 @@ class MemoryStore(Store):
             raise VersionConflict(
                 f"account {account.id} moved past version {write.expected_version}"
             )
+        if write.fence is not None and self._fences.get(account.id, 0) != write.fence:
+            raise StaleLock.on_account(account.id)
         if write.new_balance is not None:
             return write.new_balance
         return check_new_balance(account.balance, write.leg.delta, account.id)

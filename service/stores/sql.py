@@ -4,7 +4,8 @@ Every statement a lock mode relies on is spelled out in `sql_statements`:
 the plain `UPDATE ... SET balance = :new_balance` a read-modify-write ends
 with, the `AND version = :expected_version` of optimistic locking, the
 guarded `SET balance = balance + :delta WHERE balance + :delta BETWEEN 0 AND
-max` of the atomic mode, and the exclusive lock (`BEGIN IMMEDIATE` on
+max` of the atomic mode, the fencing token's claim and `AND fence = :fence`
+of the fenced mode, and the exclusive lock (`BEGIN IMMEDIATE` on
 SQLite, `SELECT ... FOR UPDATE` in the given order on PostgreSQL).
 
 The write path runs those statements as driver SQL (`exec_driver_sql`):
@@ -26,7 +27,7 @@ import datetime as dt
 import functools
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -45,6 +46,7 @@ from service.domain import (
     LockMode,
     ModeSetting,
     NotFound,
+    StaleLock,
     StoreUnavailable,
     Transaction,
     TransactionKind,
@@ -141,6 +143,17 @@ class _SqlWriter(LegWriter):
             states[account_id] = BalanceState(account_id, row[0], row[1])
         return states
 
+    def claim_states(self, fences: Mapping[int, int]) -> dict[int, BalanceState]:
+        states = {}
+        for account_id in sorted(fences):  # the row locks' order: ascending ids
+            row = self._row(statements.CLAIM_FENCE, {"id": account_id, "fence": fences[account_id]})
+            if row is None:
+                if self._row(statements.READ_STATE, {"id": account_id}) is None:
+                    raise NotFound(f"account {account_id} does not exist")
+                raise StaleLock.on_account(account_id)
+            states[account_id] = BalanceState(account_id, row[0], row[1])
+        return states
+
     def write_legs(
         self,
         writes: Sequence[LegWrite],
@@ -232,6 +245,9 @@ class _SqlWriter(LegWriter):
         if write.new_balance is None:
             sql = statements.ADD_TO_BALANCE
             parameters.update(delta=leg.delta, max_balance=MAX_BALANCE_MINOR)
+        elif write.fence is not None:
+            sql = statements.SET_BALANCE_IF_FENCE
+            parameters.update(new_balance=write.new_balance, fence=write.fence)
         elif write.expected_version is None:
             sql = statements.SET_BALANCE
             parameters.update(new_balance=write.new_balance)
@@ -276,6 +292,8 @@ class _SqlWriter(LegWriter):
         account_id = write.leg.account_id
         if self._row(statements.READ_STATE, {"id": account_id}) is None:
             return NotFound(f"account {account_id} does not exist")
+        if write.fence is not None:
+            return StaleLock.on_account(account_id)
         if write.expected_version is not None:
             return VersionConflict(
                 f"account {account_id} moved past version {write.expected_version}"
@@ -375,6 +393,9 @@ class SqlStore(Store):
     def read_states(self, account_ids: Sequence[int]) -> dict[int, BalanceState]:
         with self._transaction(write=False) as connection:
             return _SqlWriter(connection, self).read_states(account_ids)
+
+    def claim_states(self, fences: Mapping[int, int]) -> dict[int, BalanceState]:
+        return self._write(lambda writer: writer.claim_states(fences))
 
     def write_legs(
         self,

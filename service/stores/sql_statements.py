@@ -1,7 +1,8 @@
 """The write path's SQL, written once, in the `:name` parameter style.
 
 These are the statements the lock modes are made of; `SqlStore.sql`
-rewrites the parameters for psycopg. Every write of a balance bumps the
+rewrites the parameters for psycopg. Only `fenced` touches the `fence`
+column: the other modes' statements neither read nor write it. Every write of a balance bumps the
 version (optimistic locking compares it) and returns the balance it wrote,
 which the journal entry records as `balance_after`.
 """
@@ -23,6 +24,19 @@ SET_BALANCE = (
 SET_BALANCE_IF_VERSION = (
     "UPDATE accounts SET balance = :new_balance, version = version + 1, updated_at = :updated_at"
     " WHERE id = :id AND version = :expected_version RETURNING balance"
+)
+
+# Fenced: record the lock's fencing token on the account, only if it is newer
+# than the last one recorded, and read what the write will start from.
+CLAIM_FENCE = (
+    "UPDATE accounts SET fence = :fence WHERE id = :id AND fence < :fence"
+    " RETURNING balance, version"
+)
+
+# Fenced: the read-modify-write's write, only if no newer token claimed the account since.
+SET_BALANCE_IF_FENCE = (
+    "UPDATE accounts SET balance = :new_balance, version = version + 1, updated_at = :updated_at"
+    " WHERE id = :id AND fence = :fence RETURNING balance"
 )
 
 # Atomic: the database does the arithmetic and the range check in one statement.
@@ -112,5 +126,6 @@ def journaled(balance_update: str) -> str:
 
 
 JOURNALED = {
-    update: journaled(update) for update in (SET_BALANCE, SET_BALANCE_IF_VERSION, ADD_TO_BALANCE)
+    update: journaled(update)
+    for update in (SET_BALANCE, SET_BALANCE_IF_VERSION, SET_BALANCE_IF_FENCE, ADD_TO_BALANCE)
 }

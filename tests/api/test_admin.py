@@ -23,7 +23,7 @@ from tests.api.helpers import (
 from tests.conftest import ADMIN_TOKEN, SQL_BACKENDS, make_config
 
 ALL_MODES = [mode.value for mode in LockMode]
-UNSAFE_MODES = ["unlocked", "process-lock"]
+UNSAFE_MODES = ["unlocked", "process-lock", "redis-lock"]
 
 
 @pytest.fixture
@@ -56,7 +56,15 @@ def test_get_mode_shape(shared_client: FlaskClient) -> None:
     assert current_mode(shared_client) == {
         "lock_mode": "locked",
         "race_window_ms": 0,
-        "modes": ["unlocked", "locked", "process-lock", "optimistic", "atomic"],
+        "modes": [
+            "unlocked",
+            "locked",
+            "process-lock",
+            "optimistic",
+            "atomic",
+            "redis-lock",
+            "fenced",
+        ],
         "unsafe_modes_allowed": True,
     }
 
@@ -124,7 +132,7 @@ def test_admin_disabled_refuses_even_a_plausible_token(make_app: Any) -> None:
 
 @pytest.mark.parametrize("mode", UNSAFE_MODES)
 def test_unsafe_mode_is_forbidden_when_not_allowed(make_app: Any, mode: str) -> None:
-    """With unsafe modes not allowed, switching to unlocked/process-lock is 403; nothing changes."""
+    """With unsafe modes not allowed, switching to an unsafe mode is 403; nothing changes."""
     client = make_app(allow_unsafe_modes=False).test_client()
     before = current_mode(client)
     assert before["unsafe_modes_allowed"] is False
@@ -140,7 +148,7 @@ def test_unsafe_mode_is_forbidden_when_not_allowed(make_app: Any, mode: str) -> 
 def test_safe_modes_are_allowed_when_unsafe_ones_are_not(make_app: Any) -> None:
     """Refusing unsafe modes does not refuse the safe ones."""
     client = make_app(allow_unsafe_modes=False).test_client()
-    for mode in ("optimistic", "atomic", "locked"):
+    for mode in ("optimistic", "atomic", "fenced", "locked"):
         assert set_mode(client, lock_mode=mode)["lock_mode"] == mode
 
 

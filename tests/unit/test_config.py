@@ -125,7 +125,7 @@ def test_database_urls_that_cannot_work_are_refused(url: str) -> None:
         Config.from_env({"BANK_DATABASE_URL": url})
 
 
-@pytest.mark.parametrize("mode", ["locked", "optimistic", "atomic"])
+@pytest.mark.parametrize("mode", ["locked", "optimistic", "atomic", "fenced"])
 def test_safe_modes_need_no_permission(mode: str) -> None:
     """Safe modes start without BANK_ALLOW_UNSAFE_MODES."""
     config = Config.from_env({"BANK_LOCK_MODE": mode})
@@ -133,7 +133,7 @@ def test_safe_modes_need_no_permission(mode: str) -> None:
     assert config.initial_mode.lock_mode == LockMode(mode)
 
 
-@pytest.mark.parametrize("mode", ["unlocked", "process-lock"])
+@pytest.mark.parametrize("mode", ["unlocked", "process-lock", "redis-lock"])
 @pytest.mark.parametrize("allow", [None, "", "0", "false", "no", "off"])
 def test_unsafe_mode_without_permission_is_refused(mode: str, allow: str | None) -> None:
     """An unsafe start mode needs BANK_ALLOW_UNSAFE_MODES=1; the message names both variables."""

@@ -281,16 +281,23 @@ def test_bad_race_windows_are_refused(window: object) -> None:
     assert race_window_error(window) is not None
 
 
-def test_lock_modes_are_the_five_of_the_design() -> None:
-    """The modes are unlocked, locked, process-lock, optimistic, atomic; two are unsafe."""
+def test_lock_modes_are_the_seven_of_the_design() -> None:
+    """The seven modes of DESIGN §2; three are unsafe, two keep their locks in Redis."""
     assert [mode.value for mode in LockMode] == [
         "unlocked",
         "locked",
         "process-lock",
         "optimistic",
         "atomic",
+        "redis-lock",
+        "fenced",
     ]
-    assert {mode.value for mode in LockMode if mode.is_unsafe} == {"unlocked", "process-lock"}
+    assert {mode.value for mode in LockMode if mode.is_unsafe} == {
+        "unlocked",
+        "process-lock",
+        "redis-lock",
+    }
+    assert {mode.value for mode in LockMode if mode.uses_redis} == {"redis-lock", "fenced"}
 
 
 @pytest.mark.parametrize("name", [mode.value for mode in LockMode])
