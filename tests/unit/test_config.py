@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from service.config import Config, ConfigError, redacted_url
@@ -388,3 +390,124 @@ def test_repr_and_shown_settings_hide_the_secrets() -> None:
         assert "postgresql+psycopg://bank:***@db/bank" in text
     assert config.shown_settings()["admin_token"] == "***"
     assert Config().shown_settings()["admin_token"] is None
+
+
+# --------------------------------------------------------------------------- client access
+
+
+def test_access_settings_are_off_by_default() -> None:
+    """No client token, no admin-only reads, no CORS origin unless configured."""
+    config = Config.from_env({})
+    assert (config.api_tokens, config.admin_only_reads, config.cors_origins) == ((), False, ())
+    blank = {"BANK_API_TOKENS": "  ", "BANK_ADMIN_ONLY_READS": "", "BANK_CORS_ORIGINS": " "}
+    assert Config.from_env(blank) == config
+
+
+def test_api_tokens_from_a_comma_separated_list() -> None:
+    """Tokens are trimmed, kept in order, and a repeated one is kept once."""
+    config = Config.from_env({"BANK_API_TOKENS": " client-one , client-two,client-one "})
+    assert config.api_tokens == ("client-one", "client-two")
+
+
+def test_api_tokens_from_a_file(tmp_path: Path) -> None:
+    """An absolute path names a file: one token a line, blank lines and # comments skipped."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# the mobile app\nclient-one\n\n  client-two  \n#client-three\n")
+    assert Config.from_env({"BANK_API_TOKENS": str(tokens)}).api_tokens == (
+        "client-one",
+        "client-two",
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "1 to 1000 tokens"),
+        ("# only a comment\n\n", "1 to 1000 tokens"),
+        ("good-token-1\nhas a space\n", "token 2 of the token file"),
+        ("short\n", "token 1 of the token file"),
+        ("with,comma-token\n", "token 1 of the token file"),
+        ("".join(f"client-token-{n}\n" for n in range(1001)), "1 to 1000 tokens"),
+    ],
+)
+def test_a_bad_token_file_is_refused_without_echoing_a_token(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    """An empty file, a token no header could carry, or too many: refused, no token shown."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(content)
+    with pytest.raises(ConfigError, match="BANK_API_TOKENS") as raised:
+        Config.from_env({"BANK_API_TOKENS": str(tokens)})
+    assert message in str(raised.value)
+    assert "has a space" not in str(raised.value) and "with,comma" not in str(raised.value)
+
+
+def test_an_unreadable_token_file_is_refused(tmp_path: Path) -> None:
+    """A missing file, a directory, or a file that is not UTF-8 stop the start with the reason."""
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe\x00token")
+    for path, reason in (
+        (tmp_path / "missing", "No such file"),
+        (tmp_path, "Is a directory"),
+        (binary, "not UTF-8"),
+    ):
+        with pytest.raises(ConfigError, match="BANK_API_TOKENS") as raised:
+            Config.from_env({"BANK_API_TOKENS": str(path)})
+        assert reason in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [",", "good-token-1,,good-token-2", "short", f"{SECRET} x", "tab\tinside-token", "é" * 8],
+)
+def test_a_bad_token_list_is_refused_without_echoing_a_token(value: str) -> None:
+    """Empty items, short tokens, spaces and non-ASCII are refused; the message shows none."""
+    with pytest.raises(ConfigError, match="BANK_API_TOKENS") as raised:
+        Config.from_env({"BANK_API_TOKENS": value})
+    assert SECRET not in str(raised.value) and "inside-token" not in str(raised.value)
+
+
+def test_api_tokens_built_in_code_are_validated() -> None:
+    """A token given in code is held to the same rule."""
+    with pytest.raises(ConfigError, match="BANK_API_TOKENS"):
+        Config().with_overrides(api_tokens=("has a space",))
+
+
+def test_repr_and_shown_settings_hide_the_api_tokens() -> None:
+    """Only the count of client tokens is shown, never one of them."""
+    config = Config.from_env({"BANK_API_TOKENS": f"{SECRET}-1,{SECRET}-2"})
+    for text in (repr(config), str(config.shown_settings())):
+        assert SECRET not in text
+    assert config.shown_settings()["api_tokens"] == "2 tokens ***"
+    assert Config().shown_settings()["api_tokens"] == ()
+
+
+def test_admin_only_reads_need_the_admin_token() -> None:
+    """BANK_ADMIN_ONLY_READS=1 without BANK_ADMIN_TOKEN could lock everyone out: refused."""
+    with pytest.raises(ConfigError, match="BANK_ADMIN_ONLY_READS=1 needs BANK_ADMIN_TOKEN"):
+        Config.from_env({"BANK_ADMIN_ONLY_READS": "1"})
+    config = Config.from_env({"BANK_ADMIN_ONLY_READS": "yes", "BANK_ADMIN_TOKEN": "admin-token"})
+    assert config.admin_only_reads
+    with pytest.raises(ConfigError, match="BANK_ADMIN_ONLY_READS"):
+        Config.from_env({"BANK_ADMIN_ONLY_READS": "sometimes"})
+
+
+def test_cors_origins_are_exact_origins() -> None:
+    """Scheme, host and optional port; trimmed; repeats kept once."""
+    config = Config.from_env(
+        {
+            "BANK_CORS_ORIGINS": "https://app.example:8443, http://[::1]:3000,https://app.example:8443"
+        }
+    )
+    assert config.cors_origins == ("https://app.example:8443", "http://[::1]:3000")
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["*", "https://*.example", "app.example", "https://app.example/", "https://a.example/path",
+     "ftp://app.example", "null", "https://app.example,", "https://app example"],
+)  # fmt: skip
+def test_cors_origin_that_is_not_exact_is_refused(origin: str) -> None:
+    """Wildcards, paths, other schemes, `null` and empty items are refused, naming the variable."""
+    with pytest.raises(ConfigError, match="BANK_CORS_ORIGINS"):
+        Config.from_env({"BANK_CORS_ORIGINS": origin})
