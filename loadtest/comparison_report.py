@@ -232,7 +232,7 @@ def write_markdown(
         "withdrawals; transfers must not change it.",
         "- *503 refusals*: honest, bounded refusals (503 with Retry-After), not anomalies.",
         "- *stale-lock 409s*: `fenced` refused the write of a request whose Redis lease ran out "
-        "while a newer holder wrote the account; nothing changed. The load test sends such a "
+        "while a newer holder took the account; nothing changed. The load test sends such a "
         "request again with its Idempotency-Key (bounded); the first number counts those still "
         "refused at the end (correct refusals, not losses), the second the answers retried.",
         "- Each mode's full race report is in `<mode>-locust.log`; its JSON in `<mode>-race.json`.",

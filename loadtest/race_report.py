@@ -22,7 +22,7 @@ How to read this report:
   created     = sum of actual - sum of expected; transfers only move money, so non-zero
                 breaks conservation
   409 insufficient_funds is a correct refusal, and so is 409 stale_lock (fenced: the request's
-  lock lease ran out, a newer holder wrote the account, the store refused the stale write);
+  lock lease ran out, a newer holder took the account, the store refused the stale write);
   503 with Retry-After is an honest, bounded refusal (counted, never an anomaly); any other
   5xx, no answer or unexpected status is."""
 

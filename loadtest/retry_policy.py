@@ -9,7 +9,7 @@ told to come back:
 - a 503 with Retry-After: nothing changed, the server said when to return;
 - 409 `idempotency_in_progress`: the first try still runs;
 - 409 `stale_lock` (`fenced`): this try's lock lease ran out and a newer holder
-  wrote the account, so the store refused the write; nothing changed.
+  took the account, so the store refused the write; nothing changed.
 Any other answer is final. Pure: no HTTP, no Locust, no gevent.
 """
 

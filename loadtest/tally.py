@@ -19,7 +19,7 @@ from loadtest.scenarios import Operation
 
 # Latency samples kept per tally for the median; the count and maximum stay exact.
 LATENCY_SAMPLES_LIMIT = 10_000
-# `fenced` (DESIGN §2): this request's lock lease ran out and a newer holder wrote the account;
+# `fenced` (DESIGN §2): this request's lock lease ran out and a newer holder took the account;
 # its write changed nothing, and the client may send it again.
 STALE_LOCK_CODE = "stale_lock"
 # Correct refusals (DESIGN §3): the server said no and changed nothing.
