@@ -1,0 +1,260 @@
+"""service/redis_locks.py against the machine's Redis: leases, tokens, bounds, failures.
+
+Each test takes its own key prefix, so nothing collides with other tests or
+a running service. Expiry is awaited by polling Redis with a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis
+
+from service.domain import LockTimeout, StoreUnavailable
+from service.redis_locks import REDIS_SOCKET_TIMEOUT_SECONDS, RedisLocks
+from tests.support.redis_service import (
+    client_for,
+    closed_port_url,
+    delete_prefix,
+    redis_url,
+    silent_server_url,
+    unique_prefix,
+)
+from tests.support.tcp_proxy import TcpProxy
+from tests.unit.test_metrics import sample
+
+LEASE_MS = 2000
+SHORT_LEASE_MS = 30
+LOCK_TIMEOUT_MS = 2000
+POLL_SECONDS = 0.005
+EXPIRY_DEADLINE_SECONDS = 5.0
+# An unreachable Redis must answer well within the lock timeout: one socket timeout plus slack.
+FAILURE_BOUND_SECONDS = REDIS_SOCKET_TIMEOUT_SECONDS + 0.5
+
+
+@pytest.fixture
+def url() -> str:
+    return redis_url()
+
+
+@pytest.fixture
+def prefix(url: str) -> Iterator[str]:
+    name = unique_prefix("locks")
+    yield name
+    delete_prefix(url, name)
+
+
+@pytest.fixture
+def client(url: str) -> Iterator[redis.Redis]:
+    connection = client_for(url)
+    yield connection
+    connection.close()
+
+
+def locks(url: str, prefix: str, lease_ms: int = LEASE_MS) -> RedisLocks:
+    return RedisLocks(url, lease_ms=lease_ms, lock_timeout_ms=LOCK_TIMEOUT_MS, key_prefix=prefix)
+
+
+def deadline(seconds: float = LOCK_TIMEOUT_MS / 1000) -> float:
+    return time.monotonic() + seconds
+
+
+def lock_value(client: redis.Redis, prefix: str, account_id: int) -> str | None:
+    value = client.get(f"{prefix}:lock:account:{account_id}")
+    return None if value is None else value.decode()
+
+
+def wait_until_gone(client: redis.Redis, prefix: str, account_id: int) -> None:
+    limit = time.monotonic() + EXPIRY_DEADLINE_SECONDS
+    while lock_value(client, prefix, account_id) is not None:
+        assert time.monotonic() < limit, "the lease never expired"
+        time.sleep(POLL_SECONDS)  # polling interval, not synchronisation
+
+
+def test_a_lock_is_a_key_with_a_lease_naming_its_token_and_process(
+    url: str, prefix: str, client: redis.Redis
+) -> None:
+    """Held: the key says `token pid` and expires within the lease; released: the key is gone."""
+    service = locks(url, prefix)
+    with service.holding([7], "fenced", deadline()) as lease:
+        token = lease.tokens[7]
+        assert lock_value(client, prefix, 7) == f"{token} {os.getpid()}"
+        assert 0 < client.pttl(f"{prefix}:lock:account:7") <= LEASE_MS
+    assert lock_value(client, prefix, 7) is None
+
+
+def test_tokens_only_grow_from_one_acquisition_to_the_next(url: str, prefix: str) -> None:
+    """Each acquisition, of any account, gets a token above every earlier one."""
+    service = locks(url, prefix)
+    tokens = []
+    for account_id in (1, 2, 1, 3, 1):
+        with service.holding([account_id], "fenced", deadline()) as lease:
+            tokens.append(lease.tokens[account_id])
+    assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens)
+
+
+def test_a_transfer_holds_both_accounts_in_the_given_order(
+    url: str, prefix: str, client: redis.Redis
+) -> None:
+    """Both keys are held at once; the first account's token is the lower one."""
+    service = locks(url, prefix)
+    with service.holding([3, 9], "fenced", deadline()) as lease:
+        assert lock_value(client, prefix, 3) is not None
+        assert lock_value(client, prefix, 9) is not None
+        assert lease.tokens[3] < lease.tokens[9]
+    assert lock_value(client, prefix, 3) is None and lock_value(client, prefix, 9) is None
+
+
+def test_a_held_lock_makes_the_next_holder_wait_until_it_is_released(url: str, prefix: str) -> None:
+    """A second holder gets the lock only after the first gives it back, never both at once."""
+    service = locks(url, prefix)
+    events: list[str] = []
+    first_holds = threading.Event()
+    release_first = threading.Event()
+
+    def first() -> None:
+        with service.holding([5], "redis-lock", deadline()):
+            events.append("first in")
+            first_holds.set()
+            release_first.wait(5)
+            events.append("first out")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert first_holds.wait(5)
+    second = threading.Thread(target=lambda: _enter(service, events))
+    second.start()
+    release_first.set()
+    thread.join(5)
+    second.join(5)
+    assert events == ["first in", "first out", "second in"]
+
+
+def _enter(service: RedisLocks, events: list[str]) -> None:
+    with service.holding([5], "redis-lock", deadline()):
+        events.append("second in")
+
+
+def test_a_lock_held_past_the_deadline_is_a_lock_timeout_and_frees_what_was_taken(
+    url: str, prefix: str, client: redis.Redis
+) -> None:
+    """Waiting for account 2 runs out: LockTimeout, and account 1 (taken first) is given back."""
+    service = locks(url, prefix)
+    with service.holding([2], "fenced", deadline()):
+        started = time.monotonic()
+        with (
+            pytest.raises(LockTimeout, match="account 2"),
+            service.holding([1, 2], "fenced", deadline(0.2)),
+        ):
+            pytest.fail("the block must not run without the lock")
+        assert time.monotonic() - started < 1.0
+        assert lock_value(client, prefix, 1) is None
+
+
+def test_a_holder_past_its_lease_loses_the_lock_and_counts_an_expiry(
+    url: str, prefix: str, client: redis.Redis
+) -> None:
+    """The lease runs out under a slow holder: the next holder gets in with a higher token,
+    and the late release neither deletes the new holder's lock nor goes uncounted."""
+    service = locks(url, prefix, lease_ms=SHORT_LEASE_MS)
+    patient = locks(url, prefix)
+    expiries = sample("bankrace_lock_lease_expiries_total", lock_mode="redis-lock")
+    expired, newer_holds, late_released = threading.Event(), threading.Event(), threading.Event()
+    late_tokens: list[int] = []
+
+    def late_holder() -> None:
+        with service.holding([4], "redis-lock", deadline()) as late:
+            late_tokens.append(late.tokens[4])
+            wait_until_gone(client, prefix, 4)  # "paused" past its lease
+            expired.set()
+            newer_holds.wait(5)
+        late_released.set()
+
+    thread = threading.Thread(target=late_holder)
+    thread.start()
+    assert expired.wait(5)
+    with patient.holding([4], "redis-lock", deadline()) as newer:
+        newer_value = lock_value(client, prefix, 4)
+        newer_holds.set()
+        assert late_released.wait(5)
+        assert lock_value(client, prefix, 4) == newer_value  # still the newer holder's
+        assert newer.tokens[4] > late_tokens[0]
+    thread.join(5)
+    assert sample("bankrace_lock_lease_expiries_total", lock_mode="redis-lock") == expiries + 1
+
+
+def test_constructing_the_lock_service_never_connects() -> None:
+    """The client is lazy: a process that never uses a Redis mode never needs Redis."""
+    RedisLocks(closed_port_url(), lease_ms=LEASE_MS, lock_timeout_ms=LOCK_TIMEOUT_MS)
+
+
+@pytest.mark.parametrize("operation", ["acquire", "ready"])
+def test_a_refused_connection_is_store_unavailable_at_once(operation: str) -> None:
+    """Nothing listens: StoreUnavailable naming Redis, with no retry loop behind it."""
+    service = RedisLocks(closed_port_url(), lease_ms=LEASE_MS, lock_timeout_ms=LOCK_TIMEOUT_MS)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match=r"Redis at redis://127\.0\.0\.1"):
+        run(service, operation)
+    assert time.monotonic() - started < FAILURE_BOUND_SECONDS
+
+
+@pytest.mark.parametrize("operation", ["acquire", "ready"])
+def test_a_redis_that_never_answers_is_store_unavailable_within_the_socket_timeout(
+    operation: str,
+) -> None:
+    """A hung Redis (connects, never replies) cannot hold a request past the socket timeout."""
+    with silent_server_url() as url:
+        service = RedisLocks(url, lease_ms=LEASE_MS, lock_timeout_ms=LOCK_TIMEOUT_MS)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            run(service, operation)
+        assert time.monotonic() - started < FAILURE_BOUND_SECONDS
+
+
+def test_a_short_lock_timeout_shortens_the_socket_timeout_too() -> None:
+    """With a 100 ms lock timeout, a hung Redis is given up on within about 100 ms."""
+    with silent_server_url() as url:
+        service = RedisLocks(url, lease_ms=LEASE_MS, lock_timeout_ms=100)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            service.check_ready()
+        assert time.monotonic() - started < 0.5
+
+
+def test_the_password_of_the_redis_url_never_reaches_the_reason() -> None:
+    """The refusal names the server with the password masked."""
+    url = closed_port_url().replace("redis://", "redis://user:s3cr3t-pass@")
+    service = RedisLocks(url, lease_ms=LEASE_MS, lock_timeout_ms=LOCK_TIMEOUT_MS)
+    with pytest.raises(StoreUnavailable) as raised:
+        service.check_ready()
+    assert "s3cr3t-pass" not in raised.value.detail
+    assert "***" in raised.value.detail
+
+
+def test_a_release_that_cannot_reach_redis_does_not_raise(url: str, prefix: str) -> None:
+    """Redis goes away after the write: the done operation does not become an error."""
+    target = urlsplit(url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    try:
+        through_proxy = urlunsplit(target._replace(netloc=f"127.0.0.1:{proxy.port}"))
+        service = locks(through_proxy, prefix, lease_ms=SHORT_LEASE_MS)
+        with service.holding([6], "fenced", deadline()):
+            proxy.cut()
+        # the block ended without an exception; the lease simply expires in Redis
+        with pytest.raises(StoreUnavailable):
+            service.check_ready()
+    finally:
+        proxy.close()
+
+
+def run(service: RedisLocks, operation: str) -> None:
+    if operation == "ready":
+        service.check_ready()
+    else:
+        with service.holding([1], "fenced", deadline()):
+            pytest.fail("the block must not run without the lock")
