@@ -188,19 +188,7 @@ class Clients:
             )
         except requests.RequestException:
             return Attempt(0)
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = None
-        answer = answer if isinstance(answer, dict) else {}
-        code = answer.get("code") if response.status_code >= 300 else None
-        transfer_id = answer.get("id") if response.status_code < 300 else None
-        return Attempt(
-            response.status_code,
-            code if isinstance(code, str) else None,
-            response.headers.get("Retry-After"),
-            transfer_id if isinstance(transfer_id, int) else None,
-        )
+        return _attempt(response)
 
     # ------------------------------------------------------------------ readers
 
@@ -227,13 +215,29 @@ class Clients:
         except requests.RequestException as error:
             return "info", None, type(error).__name__
         if response.status_code != 200:
-            return "fail", None, f"{response.status_code} {response.text[:80]}"
+            return "fail", None, _describe(_attempt(response))
         try:
             items = response.json()["items"]
             balances = {int(item["account_id"]): int(item["balance"]) for item in items}
         except (ValueError, KeyError, TypeError):
             return "fail", None, "an undecodable answer"
         return "ok", balances_value(balances), None
+
+
+def _attempt(response: requests.Response) -> Attempt:
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    answer = answer if isinstance(answer, dict) else {}
+    code = answer.get("code") if response.status_code >= 300 else None
+    transfer_id = answer.get("id") if response.status_code < 300 else None
+    return Attempt(
+        response.status_code,
+        code if isinstance(code, str) else None,
+        response.headers.get("Retry-After"),
+        transfer_id if isinstance(transfer_id, int) else None,
+    )
 
 
 def _backoff_seconds(attempt: int, retry_after: str | None, rng: random.Random) -> float:

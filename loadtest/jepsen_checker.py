@@ -70,6 +70,8 @@ class Report:
     wrong_totals: int
     negative_balances: int
     indeterminate: int
+    #: why operations failed or are indeterminate: "no answer", "503 lock_timeout", ...
+    errors: dict[str, int]
     expected_total: int
     final: Final
     problems: list[str]
@@ -86,6 +88,7 @@ class _Scan:
     expected_total: int
     outcomes: dict[str, Counter[str]] = field(default_factory=dict)
     faults: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
     pending: dict[Any, dict[str, Any]] = field(default_factory=dict)
     definite: list[Vector] = field(default_factory=list)
     indeterminate: list[Vector] = field(default_factory=list)
@@ -140,6 +143,7 @@ def check(document: dict[str, Any]) -> Report:
         wrong_totals=scan.wrong_totals,
         negative_balances=scan.negative_reads,
         indeterminate=indeterminate,
+        errors=dict(scan.errors.most_common()),
         expected_total=scan.expected_total,
         final=final,
         problems=problems,
@@ -169,6 +173,8 @@ def _step(scan: _Scan, operation: dict[str, Any]) -> None:
         return
     if not operation.get("final"):  # the final read is reported apart
         _count(scan, function, kind)
+        if kind != "ok":
+            scan.errors[f"{function}: {operation.get('error') or 'unknown'}"] += 1
     if function == "transfer":
         delta = _transfer_delta(scan, invoke["value"])
         if delta is None:
@@ -298,7 +304,8 @@ def render(report: Report) -> str:
         f"  reads checked {report.reads_checked}, wrong totals {report.wrong_totals}, "
         f"reads with a negative balance {report.negative_balances}",
         "  faults " + ", ".join(f"{kind} {count}" for kind, count in report.faults.items()),
-        f"  indeterminate {report.indeterminate}",
+        f"  indeterminate {report.indeterminate}; not ok: "
+        + (", ".join(f"{error} x{count}" for error, count in report.errors.items()) or "none"),
         f"  final total {report.final.total} (expected {report.expected_total}), "
         f"indeterminate transfers reconciled: {_explained(report.final.explained)}",
     ]
