@@ -144,7 +144,9 @@ class MemoryStore(Store):
 
     def claim_states(self, fences: Mapping[int, int]) -> dict[int, BalanceState]:
         account_ids = sorted(fences)
-        self.read_states(account_ids)  # NotFound before any lock is taken
+        with self._mutex:  # NotFound before any lock is taken
+            for account_id in account_ids:
+                self._require(account_id)
         # Recording a token writes the account, so it takes the row locks like an UPDATE.
         with self._row_locks.holding(account_ids), self._mutex:
             for account_id in account_ids:
