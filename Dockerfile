@@ -1,8 +1,11 @@
 # syntax=docker/dockerfile:1
-# bankrace API image: `bankrace serve` (gunicorn) as a non-root user, SQLite on the /data volume
-# unless BANK_DATABASE_URL points elsewhere. Checked without a Docker engine by
-# tests/deploy/test_compose.py (every path, command and variable named here must exist).
-FROM python:3.11-slim
+# bankrace images. `docker build .` builds the last stage, `service`: `bankrace serve` (gunicorn)
+# as a non-root user, SQLite on the /data volume unless BANK_DATABASE_URL points elsewhere, with
+# only the service's run-time dependencies (pyproject's `dependencies`: no Locust, no gevent, no
+# dev tool). The `loadtest` stage adds the `load` extra (Locust) for docker-compose's loadtest
+# profile. Checked without a Docker engine by tests/deploy/test_dockerfile.py and test_compose.py
+# (every path, command and variable named here must exist).
+FROM python:3.11-slim AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -27,6 +30,16 @@ RUN pip install --no-deps -e . \
  && mkdir -p /data \
  && chown bank:bank /data
 
+# Locust (and its gevent) for the loadtest profile's master and workers: the `load` extra, on top
+# of the service's files, in an image of its own. Compose gives each its command.
+FROM base AS loadtest
+RUN python -c "import tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(project['optional-dependencies']['load']))" > /tmp/requirements-load.txt \
+ && pip install -r /tmp/requirements-load.txt \
+ && rm /tmp/requirements-load.txt
+USER bank
+
+# The service (the default target).
+FROM base AS service
 ENV BANK_BIND=0.0.0.0:8000 \
     BANK_DATABASE_URL=sqlite:////data/bank.db
 VOLUME ["/data"]

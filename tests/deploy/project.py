@@ -101,8 +101,46 @@ def parse_dockerfile(text: str) -> list[Instruction]:
     return instructions
 
 
-def dockerfile_instructions() -> list[Instruction]:
-    return parse_dockerfile(DOCKERFILE_PATH.read_text())
+def dockerfile_instructions(target: str | None = None) -> list[Instruction]:
+    """What building `target` (by default the last stage, as `docker build .`) runs, in order."""
+    return stage_chain(parse_dockerfile(DOCKERFILE_PATH.read_text()), target)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str | None  # `FROM image AS name`
+    base: str  # the image or the earlier stage it starts from
+    instructions: tuple[Instruction, ...]  # its FROM first
+
+
+def dockerfile_stages(instructions: list[Instruction]) -> list[Stage]:
+    """The build stages in order: each FROM starts one."""
+    stages: list[Stage] = []
+    for instruction in instructions:
+        if instruction.keyword == "FROM":
+            words = [word for word in instruction.arguments.split() if not word.startswith("--")]
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(name, words[0], (instruction,)))
+        elif not stages:
+            raise ValueError(f"{instruction.keyword} before the first FROM")
+        else:
+            last = stages[-1]
+            stages[-1] = Stage(last.name, last.base, (*last.instructions, instruction))
+    return stages
+
+
+def stage_chain(instructions: list[Instruction], target: str | None = None) -> list[Instruction]:
+    """The target stage with the stages it is built FROM: one image's instructions, one FROM."""
+    stages = dockerfile_stages(instructions)
+    by_name = {stage.name: stage for stage in stages if stage.name}
+    if target is not None and target not in by_name:
+        raise ValueError(f"no stage named {target!r}")
+    stage = by_name[target] if target is not None else stages[-1]
+    chain = list(stage.instructions[1:])
+    while stage.base in by_name:
+        stage = by_name[stage.base]
+        chain = list(stage.instructions[1:]) + chain
+    return [stage.instructions[0], *chain]
 
 
 def only(instructions: list[Instruction], keyword: str) -> Instruction:

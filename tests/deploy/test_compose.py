@@ -28,13 +28,16 @@ from tests.deploy.project import (
     COMPOSE_PATH,
     COMPOSE_SCHEMA_PATH,
     DESIGN_VARIABLES,
+    DOCKERFILE_PATH,
     POSTGRES_IMAGE_VARIABLES,
     PROJECT_ROOT,
     build_context_files,
     dockerfile_environment,
     dockerfile_instructions,
+    dockerfile_stages,
     load_compose,
     only,
+    parse_dockerfile,
 )
 from tests.support.servers import clean_environment
 
@@ -43,6 +46,8 @@ COMPOSE_SCHEMA_SHA256 = "d549057ebc2925f39f62799eab0db7b9e2c18b35b6c00595199116d
 BANKRACE_IMAGE = "bankrace:local"
 POSTGRES_URL_DRIVER = "postgresql+psycopg"
 LOCUST_WEB_PORT = 8089
+LOADTEST_STAGE = "loadtest"
+LOCUST_SERVICES = ("locust-master", "locust-worker")
 PROFILES = {
     "postgres": {"postgres", "migrate", "api-postgres"},
     "scale": {"postgres", "migrate", "api-1", "api-2", "nginx", "redis"},
@@ -261,11 +266,17 @@ def test_bankrace_commands_are_real_subcommands(compose: dict[str, Any]) -> None
 
 
 def test_locust_services_run_the_project_locustfile(compose: dict[str, Any]) -> None:
-    """Master and workers run loadtest/locustfile.py (shipped in the image) at real services."""
-    dependencies = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"][
-        "dependencies"
-    ]
-    assert any(re.match(r"locust\b", dependency) for dependency in dependencies)
+    """Master and workers run loadtest/locustfile.py at real services, from the loadtest image.
+
+    Locust is the `load` extra, not a dependency of the service: the service image has none,
+    the Dockerfile's `loadtest` stage installs it (tests/deploy/test_dockerfile.py).
+    """
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    assert not any(re.match(r"locust\b", dependency) for dependency in project["dependencies"])
+    load = project["optional-dependencies"]["load"]
+    assert any(re.match(r"locust\b", dependency) for dependency in load)
+    for name in LOCUST_SERVICES:
+        assert services(compose)[name]["build"]["target"] == LOADTEST_STAGE, name
     context = set(build_context_files())
     master = command_of(services(compose)["locust-master"])
     worker = command_of(services(compose)["locust-worker"])
@@ -305,12 +316,18 @@ def test_ports_are_unique_and_reach_the_listening_process(compose: dict[str, Any
 
 
 def test_files_named_by_compose_exist(compose: dict[str, Any]) -> None:
-    """Build contexts hold a Dockerfile; bind-mounted files exist; named volumes are declared."""
+    """Build contexts hold a Dockerfile and its target stage; mounts and volumes exist."""
+    stage_names = [
+        stage.name for stage in dockerfile_stages(parse_dockerfile(DOCKERFILE_PATH.read_text()))
+    ]
     for name, service in services(compose).items():
         if "build" in service:
             build = service["build"]
             context = PROJECT_ROOT / build["context"]
             assert (context / build.get("dockerfile", "Dockerfile")).is_file(), name
+            if "target" in build:  # a stage of that Dockerfile; the service image is its last
+                assert build["target"] in stage_names, (name, build["target"])
+                assert (build["target"] == stage_names[-1]) == (name not in LOCUST_SERVICES)
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             if source.startswith("."):

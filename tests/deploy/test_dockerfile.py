@@ -6,6 +6,7 @@ Every command, path and variable the image names must exist in the build context
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -20,12 +22,14 @@ from sqlalchemy.engine import make_url
 from service.schema import MIGRATIONS_DIRECTORY
 from tests.deploy.project import (
     DESIGN_VARIABLES,
+    DOCKERFILE_PATH,
     PROJECT_ROOT,
     DockerIgnore,
     Instruction,
     build_context_files,
     dockerfile_environment,
     dockerfile_instructions,
+    dockerfile_stages,
     healthcheck_command,
     only,
     parse_dockerfile,
@@ -33,6 +37,13 @@ from tests.deploy.project import (
 from tests.support.servers import ServerProcess, clean_environment
 
 BASE_IMAGE = "python:3.11-slim"
+# Distributions the service never needs at run time: the `load` extra (Locust, its gevent and
+# zmq), the charts, and the dev tools.
+NOT_AT_RUN_TIME = re.compile(
+    r"(locust|gevent|geventhttpclient|zope[._-]event|pyzmq|matplotlib|pytest|hypothesis|mypy"
+    r"|ruff|bandit|schemathesis|playwright|pre[._-]commit)\b",
+    re.IGNORECASE,
+)
 REQUIRED_IN_CONTEXT = (
     "pyproject.toml",
     "service/__init__.py",
@@ -52,6 +63,11 @@ def instructions() -> list[Instruction]:
 @pytest.fixture(scope="module")
 def context() -> set[str]:
     return set(build_context_files())
+
+
+def canonical(name: str) -> str:
+    """PEP 503 normalised distribution name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def workdir(instructions: list[Instruction]) -> PurePosixPath:
@@ -89,7 +105,7 @@ def test_dockerignore_matching_follows_docker(patterns: str, path: str, excluded
 
 
 def test_base_image_is_slim_python_311(instructions: list[Instruction]) -> None:
-    """One stage on the slim Python 3.11 image, matching pyproject's requires-python."""
+    """The image starts from the slim Python 3.11 image, matching pyproject's requires-python."""
     assert only(instructions, "FROM").arguments.startswith(BASE_IMAGE)
     requires = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"][
         "requires-python"
@@ -179,15 +195,17 @@ def test_editable_install_finds_the_migrations_beside_the_package() -> None:
     assert (MIGRATIONS_DIRECTORY / "env.py").is_file()
 
 
-def test_dependency_step_installs_exactly_pyprojects_dependencies(
-    instructions: list[Instruction],
-) -> None:
-    """The RUN that lists requirements from pyproject.toml prints exactly its dependencies."""
-    (step,) = [
+def requirement_steps(instructions: list[Instruction]) -> list[Instruction]:
+    """The RUNs that print requirements from pyproject.toml (with tomllib) and install them."""
+    return [
         instruction
         for instruction in instructions
         if instruction.keyword == "RUN" and "tomllib" in instruction.arguments
     ]
+
+
+def printed_requirements(step: Instruction) -> list[str]:
+    """Run the step's `python -c` (what it writes to the requirements file) on pyproject.toml."""
     words = shlex.split(step.arguments.split(">", 1)[0])
     assert words[:2] == ["python", "-c"]
     result = subprocess.run(
@@ -198,10 +216,79 @@ def test_dependency_step_installs_exactly_pyprojects_dependencies(
         timeout=60,
         check=True,
     )
-    dependencies = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"][
-        "dependencies"
+    return result.stdout.splitlines()
+
+
+def pyproject() -> dict[str, Any]:
+    project: dict[str, Any] = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())[
+        "project"
     ]
-    assert result.stdout.splitlines() == dependencies
+    return project
+
+
+def test_dependency_step_installs_exactly_pyprojects_dependencies(
+    instructions: list[Instruction],
+) -> None:
+    """The RUN that lists requirements from pyproject.toml prints exactly its dependencies."""
+    (step,) = requirement_steps(instructions)
+    assert printed_requirements(step) == pyproject()["dependencies"]
+    assert "pip install -r /tmp/requirements.txt" in step.arguments
+
+
+def test_stages_build_the_service_by_default_and_locust_only_in_loadtest() -> None:
+    """`base` holds the service; `loadtest` and the last stage, `service`, start from it."""
+    stages = dockerfile_stages(parse_dockerfile(DOCKERFILE_PATH.read_text()))
+    assert [(stage.name, stage.base) for stage in stages] == [
+        ("base", BASE_IMAGE),
+        ("loadtest", "base"),
+        ("service", "base"),
+    ]
+    assert dockerfile_instructions() == dockerfile_instructions("service")
+    (step,) = requirement_steps(list(stages[1].instructions))
+    load = pyproject()["optional-dependencies"]["load"]
+    assert printed_requirements(step) == load
+    assert any(re.match(r"locust\b", requirement) for requirement in load)
+
+
+def test_service_image_installs_nothing_but_the_service_and_its_dependencies(
+    instructions: list[Instruction],
+) -> None:
+    """Two pip installs in the service image: the dependencies, then the project without extras."""
+    installs = [
+        instruction.arguments
+        for instruction in instructions
+        if instruction.keyword == "RUN" and "pip install" in instruction.arguments
+    ]
+    assert len(installs) == 2
+    assert "pip install --no-deps -e . " in installs[1] + " "
+    assert not any(".[" in install or "locust" in install for install in installs)  # no extra
+    dependencies = pyproject()["dependencies"]
+    assert not any(re.match(NOT_AT_RUN_TIME, requirement) for requirement in dependencies)
+
+
+def test_service_requirements_resolve_without_locust_gevent_or_dev_tools(
+    instructions: list[Instruction], tmp_path: Path
+) -> None:
+    """pip resolves the image's requirement file, as the image would: no load or dev package.
+
+    `pip install --dry-run --ignore-installed --report` lists every distribution the image's
+    `pip install -r` would install (the whole dependency tree, resolved from the index the
+    project installs from), without installing anything.
+    """
+    (step,) = requirement_steps(instructions)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("\n".join(printed_requirements(step)) + "\n")
+    report = tmp_path / "report.json"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+         "--report", str(report), "-r", str(requirements)],
+        capture_output=True, text=True, timeout=240, check=True,
+    )  # fmt: skip
+    names = {
+        canonical(item["metadata"]["name"]) for item in json.loads(report.read_text())["install"]
+    }
+    assert {"flask", "gunicorn", "sqlalchemy", "psycopg"} <= names  # the report is the real tree
+    assert not {name for name in names if re.match(NOT_AT_RUN_TIME, name)}, names
 
 
 @pytest.mark.e2e
