@@ -11,6 +11,7 @@ script is a file of its own (`swagger-initializer.js`, written below).
 from __future__ import annotations
 
 import json
+import mimetypes
 from importlib.resources import files
 from pathlib import Path
 
@@ -25,6 +26,10 @@ TAG = "operations"
 # Swagger UI's distribution inside the flask-swagger-ui package.
 ASSETS_PACKAGE = "flask_swagger_ui"
 ASSETS = ("swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png", "favicon-16x16.png")
+# What send_from_directory answers them as (it guesses by name, as this does).
+ASSET_MEDIA_TYPES = tuple(
+    dict.fromkeys(mimetypes.guess_type(asset)[0] or "application/octet-stream" for asset in ASSETS)
+)
 # Everything the page loads comes from this origin; Swagger UI's icons are data: URIs.
 CONTENT_SECURITY_POLICY = "; ".join(
     (
@@ -119,7 +124,12 @@ def docs_initializer() -> Response:
     Endpoint(
         "Swagger UI's files for the docs page (from the flask-swagger-ui package)",
         TAG,
-        Success(200, "the file", media_type="application/octet-stream"),
+        Success(
+            200,
+            "the file",
+            media_type=ASSET_MEDIA_TYPES[0],
+            other_media_types=ASSET_MEDIA_TYPES[1:],
+        ),
         problems=("not_found",),
     )
 )

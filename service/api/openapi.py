@@ -455,7 +455,10 @@ def _responses(method: str, endpoint: Endpoint) -> dict[str, Any]:
     if success.schema_name is not None:
         answer["content"] = {success.media_type: {"schema": success.schema_name}}
     elif success.media_type:
-        answer["content"] = {success.media_type: {"schema": {"type": "string"}}}
+        answer["content"] = {
+            media_type: {"schema": {"type": "string"}}
+            for media_type in (success.media_type, *success.other_media_types)
+        }
     responses: dict[str, Any] = {str(success.status): answer}
     by_status: dict[int, list[Problem]] = defaultdict(list)
     for code in dict.fromkeys(endpoint.problems):

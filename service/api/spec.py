@@ -138,6 +138,8 @@ class Success:
     media_type: str = "application/json"
     #: 201: `Location` names the created resource.
     location: bool = False
+    #: A route serving files of several kinds: each media type it may answer with.
+    other_media_types: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
