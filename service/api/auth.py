@@ -54,8 +54,9 @@ PUBLIC_ENDPOINTS = frozenset(
 # Views BANK_ADMIN_ONLY_READS puts behind the admin token.
 ADMIN_READ_ENDPOINTS = frozenset({"ops.audit", "admin.get_mode"})
 ADMIN_PROBLEMS = ("unauthorized", "forbidden")
-API_TOKEN_SCHEME = "apiToken"
-ADMIN_TOKEN_SCHEME = "adminToken"  # declared by service/api/openapi.py for PUT /mode
+# OpenAPI security scheme names, not tokens; adminToken is declared by service/api/openapi.py.
+API_TOKEN_SCHEME = "apiToken"  # nosec B105: a name
+ADMIN_TOKEN_SCHEME = "adminToken"  # nosec B105: a name
 
 
 def digest(token: str) -> bytes:
