@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -166,13 +167,16 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def git_commit() -> str:
+    git = shutil.which("git")  # run by its full path (bandit B607)
+    if git is None:
+        return "unknown"
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPOSITORY_ROOT, capture_output=True, text=True,
+            [git, "rev-parse", "HEAD"], cwd=REPOSITORY_ROOT, capture_output=True, text=True,
             timeout=10, check=True,
         ).stdout.strip()  # fmt: skip
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPOSITORY_ROOT,
+            [git, "status", "--porcelain", "--untracked-files=no"], cwd=REPOSITORY_ROOT,
             capture_output=True, text=True, timeout=10, check=True,
         ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError):

@@ -92,7 +92,7 @@ class Nemesis:
         self.interval_seconds = interval_seconds
         self.pause_seconds = pause_seconds
         self.cut_seconds = cut_seconds
-        self._rng = random.Random(seed)
+        self._rng = random.Random(seed)  # nosec B311  # seeded to replay a run, not a secret
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._paused: int | None = None

@@ -39,4 +39,4 @@ def retry_delay_seconds(attempt: int, retry_after: str | None) -> float:
     """Jittered exponential backoff, never shorter than a Retry-After of up to a second."""
     backoff = min(RETRY_BACKOFF_CAP_SECONDS, RETRY_BACKOFF_BASE_SECONDS * 2**attempt)
     told = float(retry_after) if retry_after and retry_after.isdigit() else 0.0
-    return max(min(told, RETRY_BACKOFF_CAP_SECONDS), random.uniform(0, backoff))
+    return max(min(told, RETRY_BACKOFF_CAP_SECONDS), random.uniform(0, backoff))  # nosec B311  # retry jitter, not a secret

@@ -185,7 +185,7 @@ def run_optimistic(operation: Operation, context: ModeContext) -> Written:
             )
         except VersionConflict:
             metrics.optimistic_conflict()
-            backoff_ms = random.uniform(
+            backoff_ms = random.uniform(  # nosec B311  # backoff jitter, not a secret
                 0, min(OPTIMISTIC_BACKOFF_CAP_MS, OPTIMISTIC_BACKOFF_BASE_MS * 2**attempt)
             )
             if time.monotonic() + backoff_ms / 1000 >= context.deadline:
@@ -232,8 +232,9 @@ def run_fenced(operation: Operation, context: ModeContext) -> Written:
             return context.store.write_legs(
                 writes, mode.value, operation.transfer, operation.completion
             )
-        except StaleLock:
+        except StaleLock as refusal:
             metrics.stale_lock_refused(mode.value)
+            context.redis.count_past(refusal.newer_token)  # heals a counter Redis lost
             raise
 
 

@@ -4,7 +4,9 @@ A lock is one key per account, taken with `SET NX PX` semantics and given
 back with a compare-and-delete, both as Lua scripts so each is one atomic
 step in Redis. Taking a lock also hands out a fencing token: the next value
 of a counter that only grows (`INCR`), in the same atomic step, so for any
-one account the tokens of its successive holders always increase. The
+one account the tokens of its successive holders always increase. (Should
+Redis lose the counter, `count_past` raises it again past what the store
+holds, at the cost of one refused request per account ahead of it.) The
 lock's value is that token and the holder's process id, so a person (or a
 test) reading Redis can see who holds what, and a release can tell whether
 the lock is still its own.
@@ -78,6 +80,17 @@ end
 return 0
 """
 
+# KEYS[1] the token counter; ARGV[1] a token the store holds. Raises the
+# counter to it if it is behind (never lowers it): the next token is above.
+RAISE_COUNTER_SCRIPT = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current < tonumber(ARGV[1]) then
+    redis.call('SET', KEYS[1], ARGV[1])
+    return 1
+end
+return 0
+"""
+
 
 @dataclass(frozen=True)
 class _Client:
@@ -86,6 +99,7 @@ class _Client:
     connection: redis.Redis
     acquire: Script
     release: Script
+    raise_counter: Script
 
 
 @dataclass(frozen=True)
@@ -145,7 +159,7 @@ class RedisLocks:
                 token = acquire(keys=keys, args=[self.lease_ms, os.getpid()])
             if token is not None:
                 return int(token)
-            pause_seconds = random.uniform(ACQUIRE_POLL_MIN_MS, poll_ms) / 1000
+            pause_seconds = random.uniform(ACQUIRE_POLL_MIN_MS, poll_ms) / 1000  # nosec B311  # jitter
             if time.monotonic() + pause_seconds >= deadline:
                 raise LockTimeout(
                     f"account {account_id} stayed locked (in Redis) past the lock timeout; "
@@ -179,6 +193,26 @@ class RedisLocks:
                     account_id,
                     self.lease_ms,
                 )
+
+    def count_past(self, token: int) -> None:
+        """Make every later token higher than `token`, a token the store already holds.
+
+        After a refused fenced write. Usually the counter is already past it
+        (a newer holder got it from this counter); but if Redis lost the
+        counter (restarted without persistence, flushed), the store holds
+        tokens the counter has not reached yet, and without this every
+        claim of those accounts would be refused until it caught up. Best
+        effort: the refusal stands either way.
+        """
+        try:
+            if self._redis().raise_counter(keys=[self._counter_key()], args=[token]):
+                logger.warning(
+                    "the fencing-token counter in Redis was behind the store (lost or reset?); "
+                    "raised it to %d",
+                    token,
+                )
+        except redis.RedisError as error:
+            logger.warning("could not check the fencing-token counter: %s", error)
 
     # ------------------------------------------------------------------ readiness
 
@@ -220,6 +254,7 @@ class RedisLocks:
                     connection,
                     connection.register_script(ACQUIRE_SCRIPT),
                     connection.register_script(RELEASE_SCRIPT),
+                    connection.register_script(RAISE_COUNTER_SCRIPT),
                 )
             return self._client
 

@@ -294,7 +294,7 @@ def _apply_with_retries(operation: Operation, setting: ModeSetting, bank: Bank) 
             return strategy(operation, context)
         except RetryableConflict as conflict:
             logger.info("database retry after %s (attempt %d)", conflict, attempt)
-            backoff_seconds = random.uniform(0, DATABASE_RETRY_BACKOFF_CAP_MS) / 1000
+            backoff_seconds = random.uniform(0, DATABASE_RETRY_BACKOFF_CAP_MS) / 1000  # nosec B311  # jitter
             if attempt == DATABASE_RETRY_ATTEMPTS or time.monotonic() + backoff_seconds > deadline:
                 if conflict.deadlock:
                     raise LockTimeout(

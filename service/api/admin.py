@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 blueprint = Blueprint("admin", __name__)
 
-ADMIN_TOKEN_KEY = "BANKRACE_ADMIN_TOKEN"
+ADMIN_TOKEN_KEY = "BANKRACE_ADMIN_TOKEN"  # nosec B105  # a config key's name, not a token
 TAG = "mode"
 MODE_CHANGE = Body(
     "ModeChange",

@@ -55,8 +55,8 @@ PUBLIC_ENDPOINTS = frozenset(
 ADMIN_READ_ENDPOINTS = frozenset({"ops.audit", "admin.get_mode"})
 ADMIN_PROBLEMS = ("unauthorized", "forbidden")
 # OpenAPI security scheme names, not tokens; adminToken is declared by service/api/openapi.py.
-API_TOKEN_SCHEME = "apiToken"  # nosec B105: a name
-ADMIN_TOKEN_SCHEME = "adminToken"  # nosec B105: a name
+API_TOKEN_SCHEME = "apiToken"  # nosec B105  # a name
+ADMIN_TOKEN_SCHEME = "adminToken"  # nosec B105  # a name
 
 
 def digest(token: str) -> bytes:
