@@ -110,11 +110,18 @@ class StaleLock(DomainError):
 
     code = "stale_lock"
 
+    def __init__(self, detail: str, newer_token: int = 0) -> None:
+        super().__init__(detail)
+        #: The token the account holds: the newer holder's (or, if the lock
+        #: service lost its counter, one it must count past).
+        self.newer_token = newer_token
+
     @classmethod
-    def on_account(cls, account_id: int) -> StaleLock:
+    def on_account(cls, account_id: int, newer_token: int) -> StaleLock:
         return cls(
             f"this request's lock on account {account_id} expired and a newer lock holder "
-            "took the account; nothing was written, retry"
+            "took the account; nothing was written, retry",
+            newer_token,
         )
 
 

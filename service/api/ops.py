@@ -29,7 +29,7 @@ def healthz() -> Response:
         TAG,
         Success(200, "ready", "Readiness"),
         description="In `redis-lock` and `fenced` Redis (BANK_REDIS_URL) must answer too, and "
-        "the answer says `\"lock_service\": \"redis\"`; the other modes never touch Redis.",
+        'the answer says `"lock_service": "redis"`; the other modes never touch Redis.',
         problems=("store_unavailable",),
     )
 )

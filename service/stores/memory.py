@@ -151,7 +151,7 @@ class MemoryStore(Store):
         with self._row_locks.holding(account_ids), self._mutex:
             for account_id in account_ids:
                 if self._fences.get(account_id, 0) >= fences[account_id]:
-                    raise StaleLock.on_account(account_id)
+                    raise StaleLock.on_account(account_id, self._fences[account_id])
             self._fences.update(fences)
             return {
                 account_id: BalanceState(account_id, account.balance, account.version)
@@ -226,7 +226,7 @@ class MemoryStore(Store):
                 f"account {account.id} moved past version {write.expected_version}"
             )
         if write.fence is not None and self._fences.get(account.id, 0) != write.fence:
-            raise StaleLock.on_account(account.id)
+            raise StaleLock.on_account(account.id, self._fences.get(account.id, 0))
         if write.new_balance is not None:
             return write.new_balance
         return check_new_balance(account.balance, write.leg.delta, account.id)

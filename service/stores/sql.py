@@ -148,9 +148,7 @@ class _SqlWriter(LegWriter):
         for account_id in sorted(fences):  # the row locks' order: ascending ids
             row = self._row(statements.CLAIM_FENCE, {"id": account_id, "fence": fences[account_id]})
             if row is None:
-                if self._row(statements.READ_STATE, {"id": account_id}) is None:
-                    raise NotFound(f"account {account_id} does not exist")
-                raise StaleLock.on_account(account_id)
+                raise self._stale_or_missing(account_id)
             states[account_id] = BalanceState(account_id, row[0], row[1])
         return states
 
@@ -287,13 +285,20 @@ class _SqlWriter(LegWriter):
             now,
         )
 
+    def _stale_or_missing(self, account_id: int) -> Exception:
+        """Why a fenced statement matched no row: a newer token, or no such account."""
+        row = self._row(statements.READ_FENCE, {"id": account_id})
+        if row is None:
+            return NotFound(f"account {account_id} does not exist")
+        return StaleLock.on_account(account_id, int(row[0]))
+
     def _missed_write(self, write: LegWrite) -> Exception:
         """Why an UPDATE matched no row: the refusal to raise."""
         account_id = write.leg.account_id
+        if write.fence is not None:
+            return self._stale_or_missing(account_id)
         if self._row(statements.READ_STATE, {"id": account_id}) is None:
             return NotFound(f"account {account_id} does not exist")
-        if write.fence is not None:
-            return StaleLock.on_account(account_id)
         if write.expected_version is not None:
             return VersionConflict(
                 f"account {account_id} moved past version {write.expected_version}"

@@ -14,6 +14,9 @@ LOCK_ROW = "SELECT balance, version FROM accounts WHERE id = :id FOR UPDATE"
 
 READ_STATE = "SELECT balance, version FROM accounts WHERE id = :id"
 
+# Why a fenced claim or write was refused: the token the account holds.
+READ_FENCE = "SELECT fence FROM accounts WHERE id = :id"
+
 # A read-modify-write's last step: write what was computed from the read.
 SET_BALANCE = (
     "UPDATE accounts SET balance = :new_balance, version = version + 1, updated_at = :updated_at"

@@ -130,6 +130,29 @@ def test_a_late_write_is_409_stale_lock_and_changes_nothing(
     assert client.get(f"/accounts/{account}/audit").get_json()["consistent"] is True
 
 
+def test_a_counter_lost_by_redis_costs_one_refusal_not_the_account(
+    make_app: Any, redis_prefix: str
+) -> None:
+    """Redis loses the token counter (restart without persistence): the next deposit's token
+    is below the account's, so it is refused 409 stale_lock -- and the counter is raised past
+    it, so the retry lands."""
+    client = make_app().test_client()
+    set_mode(client, lock_mode="fenced")
+    account = open_account(client, "alice", 0)["id"]
+    for _ in range(3):
+        assert client.post(f"/accounts/{account}/deposit", json={"amount": 1}).status_code == 201
+    redis = client_for(redis_url())
+    try:
+        redis.delete(f"{redis_prefix}:fencing-token")
+    finally:
+        redis.close()
+    refused = client.post(f"/accounts/{account}/deposit", json={"amount": 1})
+    assert_problem(refused, 409, "stale_lock")
+    retried = client.post(f"/accounts/{account}/deposit", json={"amount": 1})
+    assert retried.status_code == 201, retried.get_data(as_text=True)
+    assert client.get(f"/accounts/{account}").get_json()["balance"] == 4
+
+
 def test_a_lock_held_elsewhere_is_a_bounded_lock_timeout(make_app: Any, redis_prefix: str) -> None:
     """Another process holds the account's Redis lock: 503 lock_timeout with Retry-After after
     about the lock timeout, nothing written."""

@@ -40,8 +40,9 @@ def test_a_token_not_above_the_recorded_one_is_refused(store: Store, token: int)
     """An equal or older token cannot claim the account: StaleLock, nothing recorded."""
     account = store.open_account("a", "USD", 10, "fenced")
     store.claim_states({account.id: 3})
-    with pytest.raises(StaleLock, match=f"account {account.id}"):
+    with pytest.raises(StaleLock, match=f"account {account.id}") as refused:
         store.claim_states({account.id: token})
+    assert refused.value.newer_token == 3
     # token 3 still holds the account: its write goes through
     store.write_legs([deposit(account.id, 1, 11, fence=3)], "fenced")
     assert store.get_account(account.id).balance == 11
@@ -54,8 +55,9 @@ def test_a_late_holder_cannot_overwrite_a_newer_one(store: Store) -> None:
     late_read = store.claim_states({account.id: 1})[account.id].balance
     newer_read = store.claim_states({account.id: 2})[account.id].balance
     store.write_legs([deposit(account.id, 7, newer_read + 7, fence=2)], "fenced")
-    with pytest.raises(StaleLock):
+    with pytest.raises(StaleLock) as refused:
         store.write_legs([deposit(account.id, 5, late_read + 5, fence=1)], "fenced")
+    assert refused.value.newer_token == 2
     account_now = store.get_account(account.id)
     assert (account_now.balance, account_now.version) == (17, 1)
     assert journal_length(store, account.id) == 2

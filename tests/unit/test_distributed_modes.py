@@ -49,6 +49,10 @@ class FakeLocks:
         finally:
             self.events.append("unlock")
 
+    def count_past(self, token: int) -> None:
+        self.events.append(f"count past {token}")
+        self.counter = max(self.counter, token)
+
 
 class ClaimingStore(RecordingStore):
     """The recording store, also recording claims; optionally a newer holder claims before
@@ -145,7 +149,7 @@ def test_fenced_refuses_a_late_write_counts_it_and_gives_the_lock_back() -> None
         STRATEGIES[LockMode.FENCED](deposit(account.id), context(store, FakeLocks(events)))
     assert store.get_account(account.id).balance == 10
     assert store.audit_account(account.id).consistent
-    assert events[-1] == "unlock"
+    assert events[-2:] == ["count past 1000", "unlock"]
     assert sample("bankrace_stale_lock_refusals_total", lock_mode="fenced") == refusals + 1
 
 

@@ -188,6 +188,19 @@ def test_a_holder_past_its_lease_loses_the_lock_and_counts_an_expiry(
     assert sample("bankrace_lock_lease_expiries_total", lock_mode="redis-lock") == expiries + 1
 
 
+def test_count_past_raises_a_lost_counter_and_never_lowers_it(
+    url: str, prefix: str, client: redis.Redis
+) -> None:
+    """After Redis lost the counter, count_past(50) makes the next token 51; count_past of an
+    older token changes nothing."""
+    service = locks(url, prefix)
+    service.count_past(50)
+    with service.holding([1], "fenced", deadline()) as lease:
+        assert lease.tokens[1] == 51
+    service.count_past(7)
+    assert int(client.get(f"{prefix}:fencing-token") or 0) == 51
+
+
 def test_constructing_the_lock_service_never_connects() -> None:
     """The client is lazy: a process that never uses a Redis mode never needs Redis."""
     RedisLocks(closed_port_url(), lease_ms=LEASE_MS, lock_timeout_ms=LOCK_TIMEOUT_MS)
