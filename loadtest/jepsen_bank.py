@@ -106,6 +106,73 @@ class Attempt:
         return self.uncertain or self.status == 503
 
 
+def random_transfer(rng: random.Random, account_ids: list[int], max_amount: int) -> dict[str, int]:
+    """A transfer's history value: two different accounts, an amount from 1 to max_amount."""
+    source, target = rng.sample(account_ids, 2)
+    return {"from": source, "to": target, "amount": rng.randint(1, max_amount)}
+
+
+def transfer(
+    session: requests.Session,
+    base_url: str,
+    value: dict[str, int],
+    options: WorkloadOptions,
+    rng: random.Random,
+) -> tuple[str, str | None, int | None]:
+    """One transfer, retried with its key: ("ok" | "fail" | "info", error, transfer id).
+
+    "fail" only when every attempt certainly changed nothing; an attempt whose
+    fate is unknown makes the operation "info" unless a later one succeeded
+    (a replay of the first, or a first execution: the key allows only one).
+    """
+    body = {"from_account": value["from"], "to_account": value["to"], "amount": value["amount"]}
+    headers = {**NEW_CONNECTION, "Idempotency-Key": uuid.uuid4().hex}
+    uncertain = False
+    attempt = Attempt(0)
+    for number in range(options.retry_attempts):
+        try:
+            response = session.post(
+                f"{base_url}/transfers",
+                json=body,
+                headers=headers,
+                timeout=options.request_timeout_seconds,
+            )
+            attempt = _attempt(response)
+        except requests.RequestException:
+            attempt = Attempt(0)
+        if 200 <= attempt.status < 300:
+            return "ok", None, attempt.transfer_id
+        uncertain = uncertain or attempt.uncertain
+        if not attempt.worth_retrying or number + 1 == options.retry_attempts:
+            break
+        time.sleep(_backoff_seconds(number, attempt.retry_after, rng))
+    return ("info" if uncertain else "fail"), _describe(attempt), None
+
+
+def balances_url(base_url: str, account_ids: list[int]) -> str:
+    return f"{base_url}/balances?ids=" + ",".join(str(account_id) for account_id in account_ids)
+
+
+def read_balances(
+    session: requests.Session, url: str, timeout_seconds: float
+) -> tuple[str, dict[str, int] | None, str | None]:
+    """One snapshot read: ("ok", balances, None) or ("fail" | "info", None, why)."""
+    try:
+        response = session.get(url, headers=NEW_CONNECTION, timeout=timeout_seconds)
+    except requests.RequestException as error:
+        return "info", None, type(error).__name__
+    if response.status_code == 0:  # Locust's HttpSession: no answer, instead of raising
+        return "info", None, "no answer"
+    if response.status_code != 200:
+        return "fail", None, _describe(_attempt(response))
+    try:
+        items = response.json()["items"]
+        balances = {int(item["account_id"]): int(item["balance"]) for item in items}
+    except (ValueError, KeyError, TypeError):
+        return "fail", None, "an undecodable answer"
+    return "ok", balances_value(balances), None
+
+
 class Clients:
     """The writer and reader threads of one run, all stopped by one event."""
 
@@ -115,9 +182,7 @@ class Clients:
         self.options = options
         self.stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._balances_url = f"{self.base_url}/balances?ids=" + ",".join(
-            str(account_id) for account_id in history.account_ids
-        )
+        self.balances_url = balances_url(self.base_url, history.account_ids)
 
     def start(self) -> None:
         seed = self.options.seed
@@ -137,91 +202,29 @@ class Clients:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
-    # ------------------------------------------------------------------ writers
-
     def _write(self, process: int, rng: random.Random) -> None:
-        session = requests.Session()
-        try:
+        with requests.Session() as session:
             while not self.stop.is_set():
-                source, target = rng.sample(self.history.account_ids, 2)
-                value = {
-                    "from": source,
-                    "to": target,
-                    "amount": rng.randint(1, self.options.max_amount),
-                }
+                value = random_transfer(rng, self.history.account_ids, self.options.max_amount)
                 self.history.append(process, "invoke", "transfer", value)
-                kind, error, transfer_id = self._transfer(session, value, rng)
+                kind, error, transfer_id = transfer(
+                    session, self.base_url, value, self.options, rng
+                )
                 self.history.append(
                     process, kind, "transfer", value, error=error, transfer_id=transfer_id
                 )
-        finally:
-            session.close()
-
-    def _transfer(
-        self, session: requests.Session, value: dict[str, int], rng: random.Random
-    ) -> tuple[str, str | None, int | None]:
-        """One transfer, retried with its key: ("ok" | "fail" | "info", error, transfer id)."""
-        body = {"from_account": value["from"], "to_account": value["to"], "amount": value["amount"]}
-        headers = {**NEW_CONNECTION, "Idempotency-Key": uuid.uuid4().hex}
-        uncertain = False
-        attempt = Attempt(0)
-        for number in range(self.options.retry_attempts):
-            attempt = self._post(session, body, headers)
-            if 200 <= attempt.status < 300:
-                return "ok", None, attempt.transfer_id
-            uncertain = uncertain or attempt.uncertain
-            if not attempt.worth_retrying or number + 1 == self.options.retry_attempts:
-                break
-            time.sleep(_backoff_seconds(number, attempt.retry_after, rng))
-        error = _describe(attempt)
-        return ("info" if uncertain else "fail"), error, None
-
-    def _post(
-        self, session: requests.Session, body: dict[str, int], headers: dict[str, str]
-    ) -> Attempt:
-        try:
-            response = session.post(
-                f"{self.base_url}/transfers",
-                json=body,
-                headers=headers,
-                timeout=self.options.request_timeout_seconds,
-            )
-        except requests.RequestException:
-            return Attempt(0)
-        return _attempt(response)
-
-    # ------------------------------------------------------------------ readers
 
     def _read(self, process: int, _rng: random.Random) -> None:
-        session = requests.Session()
-        try:
+        with requests.Session() as session:
             while not self.stop.is_set():
                 self.history.append(process, "invoke", "read", None)
                 kind, balances, error = self.read_once(session)
                 self.history.append(process, kind, "read", balances, error=error)
                 if kind != "ok":
                     self.stop.wait(FAILED_READ_PAUSE_SECONDS)
-        finally:
-            session.close()
 
     def read_once(self, session: requests.Session) -> tuple[str, dict[str, int] | None, str | None]:
-        """One snapshot read: ("ok", balances, None) or ("fail" | "info", None, why)."""
-        try:
-            response = session.get(
-                self._balances_url,
-                headers=NEW_CONNECTION,
-                timeout=self.options.request_timeout_seconds,
-            )
-        except requests.RequestException as error:
-            return "info", None, type(error).__name__
-        if response.status_code != 200:
-            return "fail", None, _describe(_attempt(response))
-        try:
-            items = response.json()["items"]
-            balances = {int(item["account_id"]): int(item["balance"]) for item in items}
-        except (ValueError, KeyError, TypeError):
-            return "fail", None, "an undecodable answer"
-        return "ok", balances_value(balances), None
+        return read_balances(session, self.balances_url, self.options.request_timeout_seconds)
 
 
 def _attempt(response: requests.Response) -> Attempt:

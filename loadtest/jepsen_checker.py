@@ -108,14 +108,14 @@ def check(document: dict[str, Any]) -> Report:
     scan = _Scan(accounts, opening, sum(opening.values()))
     for operation in document["history"]:
         _step(scan, operation)
-    for process, invoke in scan.pending.items():  # never completed: nobody knows
+    for invoke in scan.pending.values():  # never completed (the run ended): nobody knows
         if not invoke.get("final"):
             _count(scan, invoke["f"], "info")
+            scan.errors[f"{invoke['f']}: never completed"] += 1
         if invoke["f"] == "transfer":
             delta = _transfer_delta(scan, invoke["value"])
             if delta is not None:
                 scan.indeterminate.append(delta)
-        scan.problems.append(f"process {process}: invoke {invoke['index']} never completed")
     final = _reconcile(scan)
     indeterminate = sum(counter["info"] for counter in scan.outcomes.values())
     problems = list(scan.problems)
@@ -124,11 +124,10 @@ def check(document: dict[str, Any]) -> Report:
     if scan.negative_reads:
         problems.append(f"{scan.negative_reads} reads saw a negative balance")
     problems += _final_problems(final, scan.expected_total)
-    structural = [problem for problem in scan.problems if "never completed" not in problem]
     valid = (
         not scan.wrong_totals
         and not scan.negative_reads
-        and not structural
+        and not scan.problems
         and final.present
         and final.total == scan.expected_total
         and not final.negative_accounts
@@ -205,13 +204,13 @@ def _transfer_delta(scan: _Scan, value: dict[str, Any]) -> Vector | None:
     return tuple(delta)
 
 
-def read_balances(operation: dict[str, Any]) -> dict[int, int]:
+def read_balances_of(operation: dict[str, Any]) -> dict[int, int]:
     return {int(key): int(value) for key, value in (operation.get("value") or {}).items()}
 
 
 def _check_read(scan: _Scan, operation: dict[str, Any]) -> None:
     scan.reads_checked += 1
-    balances = read_balances(operation)
+    balances = read_balances_of(operation)
     total = sum(balances.values())
     incomplete = set(balances) != set(scan.accounts)
     negative = [account for account, balance in balances.items() if balance < 0]
@@ -235,7 +234,7 @@ def _check_read(scan: _Scan, operation: dict[str, Any]) -> None:
 def _reconcile(scan: _Scan) -> Final:
     if scan.final is None:
         return Final()
-    balances = read_balances(scan.final)
+    balances = read_balances_of(scan.final)
     final = Final(
         present=True,
         total=sum(balances.values()),

@@ -120,6 +120,7 @@ def test_indeterminate_transfers_are_reconciled_by_the_final_read() -> None:
     report = script.checked()
     assert report.valid, report.problems
     assert report.indeterminate == 3
+    assert report.errors["transfer: never completed"] == 1
     assert report.final.residual == {"1": -3, "2": 3}
     assert report.final.explained is True
 
