@@ -39,6 +39,12 @@ MAX_THREADS = 256
 DEFAULT_LOCK_TIMEOUT_MS = 5000
 MIN_LOCK_TIMEOUT_MS = 10
 MAX_LOCK_TIMEOUT_MS = 60_000
+# Load shedding, per worker process (service/overload.py; docs/overload.md says how measured).
+DEFAULT_QUEUE_MAX_REQUESTS = 32
+MAX_QUEUE_MAX_REQUESTS = 100_000
+DEFAULT_QUEUE_WAIT_MAX_MS = 1000
+MIN_QUEUE_WAIT_MAX_MS = 1
+MAX_QUEUE_WAIT_MAX_MS = 600_000
 TRANSFER_LOCK_ORDERS = ("sorted", "request")
 BIND_PATTERN = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):(?P<port>[0-9]{1,5})|unix:/\S+")
 MAX_PORT = 65535
@@ -86,6 +92,10 @@ class Config:
     cors_origins: tuple[str, ...] = ()
     redis_url: str = DEFAULT_REDIS_URL
     redis_lock_ttl_ms: int = DEFAULT_REDIS_LOCK_TTL_MS
+    #: Requests that may wait for a thread of one worker; one more is answered 503 overloaded.
+    queue_max_requests: int = DEFAULT_QUEUE_MAX_REQUESTS
+    #: The longest a request may wait for a thread; past it, it is answered 503 overloaded.
+    queue_wait_max_ms: int = DEFAULT_QUEUE_WAIT_MAX_MS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -122,6 +132,20 @@ class Config:
                 DEFAULT_REDIS_LOCK_TTL_MS,
                 MIN_REDIS_LOCK_TTL_MS,
                 MAX_REDIS_LOCK_TTL_MS,
+            ),
+            queue_max_requests=_integer(
+                env,
+                "BANK_QUEUE_MAX_REQUESTS",
+                DEFAULT_QUEUE_MAX_REQUESTS,
+                1,
+                MAX_QUEUE_MAX_REQUESTS,
+            ),
+            queue_wait_max_ms=_integer(
+                env,
+                "BANK_QUEUE_WAIT_MAX_MS",
+                DEFAULT_QUEUE_WAIT_MAX_MS,
+                MIN_QUEUE_WAIT_MAX_MS,
+                MAX_QUEUE_WAIT_MAX_MS,
             ),
         )
         config.validate()
