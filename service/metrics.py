@@ -99,6 +99,8 @@ class Instruments:
     race_window: Gauge
     unsafe_modes_allowed: Gauge
     workers: Gauge
+    queue_wait: Histogram
+    shed_requests: Counter
 
 
 _built: Instruments | None = None
@@ -247,6 +249,21 @@ def _build() -> Instruments:
             registry=registry,
             multiprocess_mode="livesum",
         ),
+        queue_wait=Histogram(
+            "bankrace_queue_wait_seconds",
+            "Time a request served by the API waited in its worker's queue for a thread "
+            "(health, readiness and metrics excluded); bounded by BANK_QUEUE_WAIT_MAX_MS",
+            buckets=LATENCY_BUCKETS_SECONDS,
+            registry=registry,
+        ),
+        shed_requests=Counter(
+            "bankrace_shed_requests",
+            "Requests answered 503 overloaded without running, by reason: queue_full "
+            "(BANK_QUEUE_MAX_REQUESTS were waiting) or queue_wait (waited past "
+            "BANK_QUEUE_WAIT_MAX_MS)",
+            ("reason",),
+            registry=registry,
+        ),
     )
     instruments.build_info.labels(_version(), platform.python_version()).set(1)
     return instruments
@@ -334,6 +351,16 @@ def request_answered(
 
 def problem_answered(status: int, code: str) -> None:
     _instruments().problems.labels(str(status), code).inc()
+
+
+def queue_waited(seconds: float) -> None:
+    """A request leaves its worker's queue for a thread and is served (service/overload.py)."""
+    _instruments().queue_wait.observe(seconds)
+
+
+def request_shed(reason: str) -> None:
+    """A request is answered 503 overloaded without running (service/overload.py)."""
+    _instruments().shed_requests.labels(reason).inc()
 
 
 def mode_served(lock_modes: Iterable[str], current: str, race_window_ms: int, unsafe: bool) -> None:
