@@ -32,9 +32,15 @@ BOUND_SECONDS = REQUEST_HEAD_TIMEOUT_SECONDS + MARGIN_SECONDS
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    with ServerProcess(
-        workdir=tmp_path, settings={"BANK_WORKERS": "1", "BANK_THREADS": str(THREADS)}
-    ) as started:
+    # The normal request waits a head timeout behind the stallers: past the default
+    # queue-wait bound, it would be shed (503 overloaded, tests/e2e/test_overload.py).
+    # This test is about head deadlines, so its bound is far beyond that wait.
+    settings = {
+        "BANK_WORKERS": "1",
+        "BANK_THREADS": str(THREADS),
+        "BANK_QUEUE_WAIT_MAX_MS": str((BOUND_SECONDS + MARGIN_SECONDS) * 1000),
+    }
+    with ServerProcess(workdir=tmp_path, settings=settings) as started:
         yield started
 
 
