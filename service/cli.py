@@ -32,7 +32,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from service import build_store, create_app, metrics
 from service.config import HIDDEN, SECRET_QUERY_KEYS, Config, ConfigError, redacted_url
 from service.domain import DomainError
-from service.gunicorn_worker import HeadBoundedThreadWorker
+from service.gunicorn_worker import HeadBoundedThreadWorker, QuietAccessLogger
 from service.logs import logging_config
 from service.schema import head_revision, upgrade
 
@@ -41,6 +41,8 @@ GUNICORN_GRACEFUL_TIMEOUT_SECONDS = 10
 GUNICORN_KEEPALIVE_SECONDS = 5
 # gthread with a deadline on every request head (service/gunicorn_worker.py).
 WORKER_CLASS = f"{HeadBoundedThreadWorker.__module__}.{HeadBoundedThreadWorker.__qualname__}"
+# gunicorn's logger, minus the access log it would format and drop (service/logs.py).
+LOGGER_CLASS = f"{QuietAccessLogger.__module__}.{QuietAccessLogger.__qualname__}"
 
 
 class GunicornServer(BaseApplication):  # type: ignore[misc]
@@ -67,6 +69,7 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             "post_worker_init": _announce_worker_ready,
             "child_exit": _forget_worker,
             "logconfig_dict": logging_config(),
+            "logger_class": LOGGER_CLASS,
         }
         for key, value in settings.items():
             if key in self.cfg.settings:  # older gunicorn lacks newer settings

@@ -24,9 +24,21 @@ such as one refused with 408 here, would freeze the whole worker for 2 s
 each. That linger (CLOSE_LINGER_SECONDS) is done in the request's own
 thread instead, and the main thread only closes the socket.
 
-This relies on gthread internals (TConn, accept, the two readable callbacks,
-handle_request, handle_error) of gunicorn 27; the end-to-end tests in
-tests/e2e/test_slow_clients.py fail if a gunicorn upgrade changes them.
+Overload: every request joins the thread pool's queue through
+`enqueue_req`, where an `AdmissionQueue` gives it a ticket, and when a
+thread takes it (`handle`) the ticket becomes a verdict: serve it, or answer
+503 `overloaded` without calling the application because too many were
+waiting or it waited too long (service/overload.py, docs/overload.md). The
+application is wrapped in the `OverloadGate` that answers the refusals.
+
+No banner: gunicorn writes `Server: gunicorn` on every response it frames.
+`WorkerResponse` leaves the header out; gunicorn's own error pages
+(400, 431, ...) never had one, nor do the 408 and 503 written here.
+
+This relies on gthread internals (TConn, accept, enqueue_req, the two
+readable callbacks, handle_request, handle_error, wsgi.Response) of gunicorn
+27; the end-to-end tests in tests/e2e/test_slow_clients.py and
+tests/e2e/test_overload.py fail if a gunicorn upgrade changes them.
 """
 
 from __future__ import annotations
@@ -34,16 +46,37 @@ from __future__ import annotations
 import json
 import socket
 import time
+from concurrent import futures
 from contextlib import suppress
 from typing import Any, cast
 
+from gunicorn import glogging, util
+from gunicorn.http import wsgi
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.util import write_nonblock
+from gunicorn.workers.gthread import _DEFER as DEFER
 from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from service.config import Config
+from service.http_problems import write_problem
+from service.overload import (
+    SERVE_AT_ONCE,
+    AdmissionQueue,
+    OverloadGate,
+    OverloadLimits,
+    Ticket,
+    WsgiApp,
+)
 
 REQUEST_HEAD_TIMEOUT_SECONDS = 10
 QUEUED_HEAD_GRACE_SECONDS = 0.5
 CLOSE_LINGER_SECONDS = 2.0
+# Threads that answer 503 overloaded, apart from the pool that serves: a refusal
+# never waits behind a request being served, nor a served one behind refusals.
+REFUSAL_THREADS = 1
+# Each socket wait of a refusal (head, body drain, linger) ends this soon, so
+# a stalled client holds the refusal thread briefly.
+REFUSAL_IO_SECONDS = 0.5
 CLOSE_DRAIN_MAX_BYTES = 65536
 
 
@@ -73,6 +106,42 @@ class HeadDeadlineUnreader(SocketUnreader):  # type: ignore[misc]
             self.sock.setblocking(True)
 
 
+class WorkerResponse(wsgi.Response):  # type: ignore[misc]
+    """gunicorn's HTTP/1 response, without a banner, closing when the application says so.
+
+    gunicorn writes `Server: gunicorn` on every response and drops the
+    application's `Connection` header; here the banner goes, and an
+    application's `Connection: close` (a refused request, service/overload.py)
+    closes the connection after the response.
+    """
+
+    def default_headers(self) -> list[str]:
+        headers = cast(list[str], super().default_headers())
+        return [line for line in headers if not line.lower().startswith("server:")]
+
+    def process_headers(self, headers: list[tuple[str, str]]) -> None:
+        super().process_headers(headers)
+        for name, value in headers:
+            if name.lower() == "connection" and value.strip(" \t").lower() == "close":
+                self.force_close()
+
+
+class QuietAccessLogger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's logger without its access log, which the service writes itself.
+
+    With a `logconfig_dict`, gunicorn formats an access-log record for every
+    response (an eighth of the CPU time of a refused request, measured) even
+    though service/logs.py sends that logger nowhere.
+    """
+
+    @property
+    def access_log_enabled(self) -> bool:
+        return False
+
+    def access(self, *arguments: Any) -> None:
+        return None
+
+
 class HeadBoundedConnection(TConn):  # type: ignore[misc]
     """A gthread connection whose next request head has a deadline."""
 
@@ -80,6 +149,9 @@ class HeadBoundedConnection(TConn):  # type: ignore[misc]
         super().__init__(*args)
         self.head_started = time.monotonic()
         self.lingered = False
+        self.ticket: Ticket | None = None  # its place in the thread pool's queue
+        self.verdict = SERVE_AT_ONCE
+        self.refusing = False  # its verdict was to shed it: every socket wait is short
 
     def init(self) -> None:
         """gthread calls this in the worker thread right before reading each request."""
@@ -94,6 +166,8 @@ class HeadBoundedConnection(TConn):  # type: ignore[misc]
             self.head_started + REQUEST_HEAD_TIMEOUT_SECONDS,
             time.monotonic() + QUEUED_HEAD_GRACE_SECONDS,
         )
+        if self.refusing:
+            self.parser.unreader.deadline = time.monotonic() + REFUSAL_IO_SECONDS
 
     def head_timed_out(self) -> bool:
         return bool(getattr(getattr(self.parser, "unreader", None), "timed_out", False))
@@ -127,7 +201,49 @@ class HeadBoundedConnection(TConn):  # type: ignore[misc]
 
 
 class HeadBoundedThreadWorker(ThreadWorker):  # type: ignore[misc]
-    """gthread, with `HeadBoundedConnection`s and a 408 when a head is late."""
+    """gthread, with `HeadBoundedConnection`s, a 408 when a head is late, and load shedding."""
+
+    def init_process(self) -> None:
+        # In the worker process, after the fork: every response gunicorn frames here
+        # (gthread builds them through wsgi.create, which looks the class up by name).
+        wsgi.Response = WorkerResponse
+        # gunicorn's own refusals (400, 414, 431, ...) as problems, not HTML pages
+        # (service/http_problems.py).
+        util.write_error = write_problem
+        config = getattr(self.app, "bank_config", None)
+        self.overload_limits = OverloadLimits.from_config(
+            config if isinstance(config, Config) else Config()
+        )
+        self.admission = AdmissionQueue(self.overload_limits)
+        self.refusal_pool = futures.ThreadPoolExecutor(
+            max_workers=REFUSAL_THREADS, thread_name_prefix="refusal"
+        )
+        super().init_process()  # loads the app (load_wsgi), then runs the loop
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            self.refusal_pool.shutdown(wait=False)
+
+    def handle_quit(self, sig: Any, frame: Any) -> None:
+        self.refusal_pool.shutdown(wait=False)
+        super().handle_quit(sig, frame)
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        application: WsgiApp = getattr(self, "wsgi")  # noqa: B009 (set by gunicorn, untyped)
+        self.gate = OverloadGate(application, self.overload_limits, worker=f"worker {self.pid}")
+        self.wsgi = self.gate
+
+    def enqueue_req(self, connection: HeadBoundedConnection) -> None:
+        """ThreadWorker.enqueue_req, with a ticket: refused requests go to the refusal pool."""
+        connection.ticket = self.admission.arrive()
+        pool = self.tpool if connection.ticket.admitted else self.refusal_pool
+        future = pool.submit(self.handle, connection)
+        future.add_done_callback(
+            lambda done: self.method_queue.defer(self.finish_request, connection, done)
+        )
 
     def set_accept_enabled(self, enabled: bool) -> None:
         super().set_accept_enabled(enabled)
@@ -153,13 +269,31 @@ class HeadBoundedThreadWorker(ThreadWorker):  # type: ignore[misc]
         self.enqueue_req(connection)
 
     def handle(self, connection: HeadBoundedConnection) -> Any:
+        if connection.ticket is not None:  # a thread took it from the queue: serve or shed?
+            connection.verdict = self.admission.leave(connection.ticket)
+            connection.ticket = None
+        connection.refusing = connection.verdict.shed_reason is not None
+        first_byte_pending = not (connection.initialized or connection.data_ready)
+        if connection.refusing and first_byte_pending and not connection.wait_for_data(0):
+            # A new connection refused before it sent anything: no waiting for its
+            # first byte in this thread; gthread's poller hands it back when readable.
+            return DEFER
         result = super().handle(connection)
         if result is False:  # gthread will close it: linger here, not on its main thread
-            # A late head was read to its last byte: nothing to drain, and no more
-            # thread time for a client that already had its deadline.
-            late = connection.head_timed_out()
-            connection.linger_before_close(0 if late else CLOSE_LINGER_SECONDS)
+            # A late head was read to its last byte, and a refused request's body was
+            # drained: nothing left to drain, and no more thread time for either.
+            drained = connection.head_timed_out() or connection.refusing
+            connection.linger_before_close(0 if drained else CLOSE_LINGER_SECONDS)
         return result
+
+    def _keepalive_after(self, connection: HeadBoundedConnection, keepalive: bool) -> bool:
+        if not connection.refusing:
+            return bool(super()._keepalive_after(connection, keepalive))
+        # Refused (or a probe served out of turn): the unread body is read and dropped
+        # within the refusal's short wait, even when the connection closes, so the
+        # close is a FIN, not a reset that could destroy the answer in flight.
+        drained = connection.parser.finish_body(deadline=time.monotonic() + REFUSAL_IO_SECONDS)
+        return bool(keepalive and drained)
 
     def on_client_socket_readable(self, connection: HeadBoundedConnection, client: Any) -> None:
         connection.restart_head_clock()  # a kept-alive connection's next request begins
@@ -171,8 +305,10 @@ class HeadBoundedThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     def handle_request(self, request: Any, connection: HeadBoundedConnection) -> bool:
         connection.head_received()
+        verdict, connection.verdict = connection.verdict, SERVE_AT_ONCE
         try:
-            return bool(super().handle_request(request, connection))
+            with self.gate.deciding(verdict):
+                return bool(super().handle_request(request, connection))
         finally:
             connection.restart_head_clock()  # for a request pipelined behind this one
 

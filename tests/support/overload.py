@@ -1,0 +1,187 @@
+"""Push deposits at a real server far beyond its capacity with wrk, and read what happened.
+
+`run_overload` starts wrk with tests/support/overload.lua: many connections
+send deposits of 1 to random accounts for `duration_s`, then drain (every
+request sent gets its answer or wrk's timeout) and wrk is stopped. The result
+holds the answers by status, per-class latency histograms (201, 503
+`overloaded`, other) timed by the client from the X-Request-ID it sent and
+the service echoed, and the deposits acknowledged per account.
+
+Black-box over HTTP only, like tests/support/load.py.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loadtest.service_process import stop_process_group
+
+LUA_SCRIPT = Path(__file__).resolve().parent / "overload.lua"
+DRAIN_LIMIT_SECONDS = 15  # beyond the service's lock-wait bound (5 s) and queue bounds
+WRK_TIMEOUT_SECONDS = 10  # wrk counts slower answers as timeouts (unanswered)
+EXIT_DEADLINE_SECONDS = 15.0
+POLL_INTERVAL_SECONDS = 0.02
+SOCKET_ERROR_KINDS = ("connect", "read", "write", "timeout")
+
+
+class OverloadError(RuntimeError):
+    """wrk failed; the run has no figures."""
+
+
+@dataclass
+class OverloadResult:
+    duration_s: float
+    sent: int = 0
+    answered: int = 0
+    untimed: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    credits: dict[int, int] = field(default_factory=dict)
+    #: latency histograms, milliseconds (bucket floor) -> count, by class ok / shed / other
+    latency_ms: dict[str, dict[int, int]] = field(default_factory=dict)
+    socket_errors: dict[str, int] = field(default_factory=dict)
+    drained: bool = True
+
+    @property
+    def unanswered(self) -> int:
+        return max(self.sent - self.answered, 0)
+
+    @property
+    def acknowledged(self) -> int:
+        return self.statuses.get(201, 0)
+
+    @property
+    def shed(self) -> int:
+        return sum(self.latency_ms.get("shed", {}).values())
+
+    def rate(self, count: int) -> float:
+        return count / self.duration_s if self.duration_s > 0 else 0.0
+
+    def percentile_ms(self, kind: str, fraction: float) -> float | None:
+        """The latency under which `fraction` of the `kind` answers came (bucket's upper edge)."""
+        return histogram_percentile(self.latency_ms.get(kind, {}), fraction)
+
+    def summary(self) -> str:
+        def shown(value: float | None) -> str:
+            return "-" if value is None else f"{value:.0f} ms"
+
+        return (
+            f"offered {self.rate(self.sent):.0f} deposits/s over {self.duration_s:.0f} s "
+            f"({self.sent} sent); answered 201 {self.rate(self.acknowledged):.0f}/s "
+            f"({self.acknowledged}), shed 503 overloaded {self.shed} "
+            f"({self.rate(self.shed):.0f}/s), other {self._other()}, unanswered "
+            f"{self.unanswered}; 201 latency p50 {shown(self.percentile_ms('ok', 0.5))} "
+            f"p99 {shown(self.percentile_ms('ok', 0.99))} max "
+            f"{shown(self.percentile_ms('ok', 1.0))}; shed latency p50 "
+            f"{shown(self.percentile_ms('shed', 0.5))} p99 "
+            f"{shown(self.percentile_ms('shed', 0.99))}"
+        )
+
+    def _other(self) -> dict[int, int]:
+        counted = {201: self.acknowledged, 503: self.shed}
+        other = {status: count - counted.get(status, 0) for status, count in self.statuses.items()}
+        return {status: count for status, count in sorted(other.items()) if count}
+
+
+def histogram_percentile(histogram: Mapping[int, int], fraction: float) -> float | None:
+    total = sum(histogram.values())
+    if total == 0:
+        return None
+    wanted = fraction * total
+    seen = 0
+    for bucket in sorted(histogram):
+        seen += histogram[bucket]
+        if seen >= wanted:
+            return float(bucket + 1)
+    return float(max(histogram) + 1)
+
+
+def parse_output(text: str, duration_s: float) -> OverloadResult:
+    if "ov-result threads" not in text:
+        raise OverloadError(f"wrk printed no ov-result lines (did the Lua script fail?)\n{text}")
+    result = OverloadResult(duration_s=duration_s)
+    scalars: dict[str, int] = {}
+    maps: dict[str, dict[int, int]] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[0] == "ov-result":
+            scalars[fields[1]] = int(fields[2])
+        elif len(fields) == 4 and fields[0] == "ov-result":
+            maps.setdefault(fields[1], {})[int(fields[2])] = int(fields[3])
+    result.sent = scalars.get("sent", 0)
+    # The /healthz probes after the deadline move no money and are not deposits.
+    result.answered = scalars.get("answered", 0) - scalars.get("probes_answered", 0)
+    result.untimed = scalars.get("untimed", 0)
+    result.statuses = maps.get("status", {})
+    result.credits = maps.get("credit", {})
+    result.latency_ms = {
+        kind: maps.get(f"latency_{kind}", {}) for kind in ("ok", "shed", "other")
+    }
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    counts = [int(count) for count in errors.groups()] if errors else [0, 0, 0, 0]
+    result.socket_errors = dict(zip(SOCKET_ERROR_KINDS, counts, strict=True))
+    return result
+
+
+def run_overload(
+    url: str,
+    account_ids: Sequence[int],
+    *,
+    duration_s: int,
+    connections: int,
+    workdir: Path,
+    wrk_threads: int = 2,
+) -> OverloadResult:
+    """One run: deposits for `duration_s` from `connections` connections, drain, stop, parse."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise OverloadError("wrk is not installed (.ci/run installs it)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    ids_file, signal_dir = workdir / "overload-accounts.txt", workdir / "overload-signals"
+    ids_file.write_text("".join(f"{account}\n" for account in account_ids))
+    shutil.rmtree(signal_dir, ignore_errors=True)
+    signal_dir.mkdir(parents=True)
+    command = [
+        wrk, "-t", str(wrk_threads), "-c", str(connections),
+        "-d", f"{duration_s + DRAIN_LIMIT_SECONDS}s", "--timeout", f"{WRK_TIMEOUT_SECONDS}s",
+        "-s", str(LUA_SCRIPT), url, "--", str(duration_s), str(ids_file), str(signal_dir),
+    ]  # fmt: skip
+    output_path = workdir / "overload-wrk.out"
+    with output_path.open("wb") as output:
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            drained = _wait_for_drain(process, signal_dir, wrk_threads, duration_s)
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)  # wrk stops and runs done()
+            process.wait(timeout=EXIT_DEADLINE_SECONDS)
+        except subprocess.TimeoutExpired as timeout:
+            raise OverloadError("wrk did not stop after SIGINT") from timeout
+        finally:
+            stop_process_group(process, signal.SIGKILL)
+    text = output_path.read_text(errors="replace")
+    if process.returncode != 0:
+        raise OverloadError(f"wrk exited with {process.returncode}: {text[-1000:]}")
+    result = parse_output(text, float(duration_s))
+    result.drained = drained
+    return result
+
+
+def _wait_for_drain(
+    process: subprocess.Popen[bytes], signal_dir: Path, threads: int, duration_s: int
+) -> bool:
+    deadline = time.monotonic() + duration_s + DRAIN_LIMIT_SECONDS
+    while time.monotonic() < deadline and process.poll() is None:
+        if len(list(signal_dir.glob("drained-*"))) >= threads:
+            return True
+        time.sleep(POLL_INTERVAL_SECONDS)  # polling interval under a deadline
+    return False
