@@ -22,7 +22,10 @@ import pytest
 import requests
 
 from loadtest.demo import Demo, DemoSettings
+from loadtest.lock_modes import ALL_MODES, UNSAFE_MODES, explain_mode
+from loadtest.redis_target import redis_problem
 from loadtest.service_process import free_port
+from tests.support.postgres import missing
 
 pytestmark = pytest.mark.e2e
 
@@ -35,12 +38,16 @@ POLL_SECONDS = 0.25
 SETTLE_ACKNOWLEDGED = 30  # locked answers, and no unlocked one, before judging
 JUDGE_ACKNOWLEDGED = 100  # locked answers the losses must not grow over
 VIEWPORT = {"width": 1280, "height": 800}  # a laptop screen
+REDIS_URL = os.environ.get("BANK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+FENCED_ACKNOWLEDGED = 20  # fenced answers the losses must not grow over (it refuses many)
 
 
 def start_demo(workdir: Path, **settings: Any) -> Demo:
     with (workdir / "locust.log").open("wb") as locust_log:  # the child keeps its own copy
         demo = Demo(
-            DemoSettings(users=USERS, web_port=free_port(), workdir=workdir, **settings),
+            DemoSettings(
+                users=USERS, web_port=free_port(), workdir=workdir, redis_url=REDIS_URL, **settings
+            ),
             locust_output=locust_log,
         )
         return demo.start()
@@ -212,6 +219,45 @@ def test_losses_grow_unlocked_and_stop_when_locked_is_pressed(demo: Demo, tmp_pa
             check_locust_race_tab(page, demo, judged["lost"])
         finally:
             browser.close()
+
+
+def test_the_mode_switcher_offers_every_mode_with_its_line(demo: Demo) -> None:
+    """The service's seven modes, each with its explanation; the unsafe ones tagged so."""
+    offered = {mode["name"]: mode for mode in race_data(demo)["modes"]}
+    assert set(offered) == set(ALL_MODES)
+    for name, mode in offered.items():
+        assert mode["explanation"] == explain_mode(name)
+        assert mode["unsafe"] is (name in UNSAFE_MODES)
+
+
+def settled_segment(demo: Demo, lock_mode: str, done: Callable[[dict[str, Any]], bool]) -> Any:
+    """The latest stretch served only in `lock_mode`, once `done` holds for it."""
+
+    def latest() -> dict[str, Any] | None:
+        segments = race_data(demo)["segments"]
+        last = segments[-1] if segments else None
+        return last if last and last["settled"] and last["lock_mode"] == lock_mode else None
+
+    return wait_for(
+        f"a settled {lock_mode} stretch", latest, lambda last: bool(last and done(last))
+    )
+
+
+def test_redis_lock_loses_money_in_the_demo_and_fenced_loses_none(demo: Demo) -> None:
+    """The demo's lease (10 ms) is shorter than its window (20 ms): redis-lock loses, fenced not."""
+    unreachable = redis_problem(REDIS_URL)
+    if unreachable:
+        missing(unreachable)
+    assert post_mode(demo, '{"lock_mode": "redis-lock"}').status_code == 200
+    losing = settled_segment(demo, "redis-lock", lambda stretch: stretch["lost_updates"] > 0)
+    print(f"redis-lock: {losing}")
+    assert losing["unsafe"]
+    assert post_mode(demo, '{"lock_mode": "fenced"}').status_code == 200
+    fenced = settled_segment(
+        demo, "fenced", lambda stretch: stretch["acknowledged"] >= FENCED_ACKNOWLEDGED
+    )
+    print(f"fenced: {fenced}")
+    assert fenced["lost_updates"] == 0 and not fenced["unsafe"]
 
 
 def save_small_copy(screenshot: Path, target: Path) -> None:
