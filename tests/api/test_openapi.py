@@ -26,13 +26,16 @@ from service import create_app
 from service.api import spec
 from service.api.errors import HTTP_CODES, handle_domain_error
 from service.domain import DomainError, FieldError, ValidationFailed
+from service.http_problems import GUNICORN_PROBLEM_CODES
 from tests.api.helpers import ADMIN_HEADERS, open_account
 from tests.conftest import make_config
 
 SERVICE_ROOT = Path(service.__file__).parent
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 # Any route may answer these; the document lists them under each operation's `default`.
-GENERIC_CODES = {"method_not_allowed", "internal_error"}
+GENERIC_CODES = {"method_not_allowed", "internal_error"} | (
+    set(GUNICORN_PROBLEM_CODES.values()) - {"forbidden"}
+)
 # ProblemError(status, "code", ...) and problem(status, "code", ...) written in the source.
 PROBLEM_CALL = re.compile(r'(?:ProblemError|problem)\(\s*(\d{3}),\s*"([a-z_]+)"')
 # The gunicorn worker writes its 408 problem as a dict literal, before any request exists.
@@ -187,6 +190,7 @@ def problems_in_the_source(app: Flask) -> set[tuple[int, str]]:
         if kind.__name__ != "Unavailable"
     }
     found |= {(status, code) for status, code in HTTP_CODES.items()}
+    found |= set(GUNICORN_PROBLEM_CODES.items())  # the HTTP server's own refusals
     for source in SERVICE_ROOT.rglob("*.py"):
         text = source.read_text()
         found |= {(int(status), code) for status, code in PROBLEM_CALL.findall(text)}

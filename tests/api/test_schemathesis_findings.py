@@ -7,13 +7,16 @@ API suite.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
+import jsonschema
 import pytest
 from flask import Flask
 
 from service import create_app
 from service.api.docs import ASSETS
+from service.http_problems import GUNICORN_PROBLEM_CODES, problem_response
 from tests.conftest import make_config
 
 
@@ -32,3 +35,21 @@ def test_docs_assets_come_with_a_documented_media_type(app: Flask, asset: str) -
     with client.get(f"/docs/{asset}") as response:
         assert response.status_code == 200
         assert response.mimetype in documented["responses"]["200"]["content"]
+
+
+@pytest.mark.parametrize(("status", "code"), GUNICORN_PROBLEM_CODES.items())
+def test_the_http_servers_refusals_are_problems_the_document_allows(
+    app: Flask, status: int, code: str
+) -> None:
+    """ST105: gunicorn's own 414 (and 400, 431, ...) came as text/html, outside the document."""
+    document = app.test_client().get("/openapi.json").get_json()
+    raw = problem_response(status, "Reason", "Request Line is too large (5045 > 4094)")
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert head.startswith(f"HTTP/1.1 {status} ".encode())
+    assert b"\r\nContent-Type: application/problem+json\r\n" in head
+    assert f"Content-Length: {len(body)}".encode() in head
+    problem = json.loads(body)
+    assert problem["status"] == status and problem["code"] == code
+    default = document["paths"]["/balances"]["get"]["responses"]["default"]
+    schema = {**default["content"]["application/problem+json"]["schema"], **document}
+    jsonschema.Draft202012Validator(schema).validate(problem)

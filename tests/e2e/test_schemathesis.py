@@ -248,3 +248,22 @@ def test_every_answer_conforms_to_the_document(start_server: StartServer, tmp_pa
     assert audit["consistent"] is True and audit["drift"] == 0, audit
     assert audit["negative_accounts"] == 0 and audit["chain_breaks"] == 0, audit
     assert "Traceback" not in server.read_log()
+
+
+@pytest.mark.parametrize("server_backend", ["sqlite"])
+def test_the_http_servers_own_refusals_are_documented_problems(start_server: StartServer) -> None:
+    """ST105: a 414 from gunicorn (GET /balances, long id list) was text/html, not a problem."""
+    server = start_server()
+    document = requests.get(f"{server.url}/openapi.json", timeout=10).json()
+    codes = set(document["components"]["schemas"]["ProblemCode"]["enum"])
+    long_list = ",".join(["123456789012345678"] * 300)  # over gunicorn's 4094-byte request line
+    refusals = {
+        414: requests.get(f"{server.url}/balances?ids={long_list}", timeout=10),
+        431: requests.get(f"{server.url}/healthz", headers={"X-Big": "x" * 9000}, timeout=10),
+    }
+    for status, response in refusals.items():
+        assert response.status_code == status, response.text
+        assert response.headers["Content-Type"] == "application/problem+json", response.text
+        problem = response.json()
+        assert problem["status"] == status and problem["code"] in codes, problem
+        assert "Server" not in response.headers
