@@ -59,7 +59,7 @@ from loadtest.bench_targets import (
 )
 from loadtest.bench_wrk import LoadError, LoadResult, ensure_wrk, run_wrk
 from loadtest.lock_modes import REDIS_MODES, SAFE_MODES, UNSAFE_MODES
-from loadtest.redis_target import redis_problem
+from loadtest.redis_target import LEAVE_OUT_HINT, redis_problem
 from loadtest.service_process import REPOSITORY_ROOT, ServiceProcess
 
 DATA_DIRECTORY = REPOSITORY_ROOT / "var"
@@ -168,7 +168,8 @@ class Benchmark:
         self, bank: BenchBank, store: str, mode: str, shared: dict[int, list[int]], workdir: Path
     ) -> list[RunRecord]:
         records = []
-        mode_problem = redis_problem(self.arguments.redis_url) if mode in REDIS_MODES else None
+        unreachable = redis_problem(self.arguments.redis_url) if mode in REDIS_MODES else None
+        mode_problem = f"{unreachable}: {LEAVE_OUT_HINT}" if unreachable else None
         try:
             if mode_problem is None:
                 bank.set_mode(mode, self.arguments.race_window_ms)

@@ -45,6 +45,7 @@ from loadtest.comparison_report import (
 )
 from loadtest.lock_modes import ALL_MODES, REDIS_MODES
 from loadtest.redis_target import (
+    LEAVE_OUT_HINT,
     REDIS_LOCK_TTL_VARIABLE,
     REDIS_URL_VARIABLE,
     hide_password,
@@ -210,7 +211,8 @@ def run_mode(mode: str, arguments: argparse.Namespace, directory: Path) -> ModeR
     if mode in REDIS_MODES:
         unreachable = redis_problem(arguments.redis_url)
         if unreachable:
-            return ModeResult.from_runs(mode, LocustStatistics(), None, None, unreachable)
+            problem = f"{unreachable}: {LEAVE_OUT_HINT}"
+            return ModeResult.from_runs(mode, LocustStatistics(), None, None, problem)
     race_json = Path(f"{prefix}-race.json")
     with tempfile.TemporaryDirectory(prefix=f"bankrace-{mode}-") as workdir:
         settings = service_settings(mode, arguments, workdir)

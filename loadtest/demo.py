@@ -203,8 +203,10 @@ def redis_line(settings: DemoSettings) -> str:
     where = f"Redis {hide_password(settings.redis_url)}, lease {settings.redis_lock_ttl_ms} ms"
     problem = redis_problem(settings.redis_url)
     if problem:
-        return f"{where}: NOT REACHABLE, redis-lock and fenced will answer 503 ({problem})"
-    return f"{where} (redis-lock and fenced on the page)"
+        return f"{where}: {problem}; until it does, redis-lock and fenced answer 503"
+    if settings.redis_lock_ttl_ms >= settings.race_window_ms:
+        return f"{where}: not below the race window, so redis-lock will hardly lose money"
+    return f"{where}, below the race window: redis-lock loses money, fenced does not"
 
 
 def banner(demo: Demo) -> str:

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 
 REDIS_URL_VARIABLE = "BANK_REDIS_URL"
+# What a runner adds to `redis_problem`'s line.
+LEAVE_OUT_HINT = "start it (redis-server) or leave redis-lock and fenced out with --modes"
 REDIS_LOCK_TTL_VARIABLE = "BANK_REDIS_LOCK_TTL_MS"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # the service's default (DESIGN §4)
 PING_TIMEOUT_SECONDS = 2.0
@@ -49,10 +51,7 @@ def redis_problem(url: str) -> str | None:
     try:
         client.ping()
     except redis.RedisError as error:
-        return (
-            f"Redis at {hide_password(url)} does not answer ({type(error).__name__}): start it "
-            "(redis-server) or leave redis-lock and fenced out with --modes"
-        )
+        return f"Redis at {hide_password(url)} does not answer ({type(error).__name__})"
     finally:
         client.close()
     return None
