@@ -139,6 +139,7 @@ PROBLEMS: dict[str, Problem] = {
             "the database cannot be reached or is not migrated, or (in `redis-lock` and "
             "`fenced`) Redis cannot be reached",
         ),
+        Problem(503, "overloaded", "over capacity: refused before running (Retry-After)"),
     )
 }
 TAGS = {
@@ -152,6 +153,7 @@ TAGS = {
 GENERIC_PROBLEMS = (
     "method_not_allowed",
     "internal_error",
+    "overloaded",
     "malformed_request",
     "uri_too_long",
     "expectation_failed",

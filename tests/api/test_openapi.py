@@ -33,7 +33,7 @@ from tests.conftest import make_config
 SERVICE_ROOT = Path(service.__file__).parent
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 # Any route may answer these; the document lists them under each operation's `default`.
-GENERIC_CODES = {"method_not_allowed", "internal_error"} | (
+GENERIC_CODES = {"method_not_allowed", "internal_error", "overloaded"} | (
     set(GUNICORN_PROBLEM_CODES.values()) - {"forbidden"}
 )
 # ProblemError(status, "code", ...) and problem(status, "code", ...) written in the source.
