@@ -12,8 +12,9 @@ methods, query strings, headers and framing. Every answer is judged:
   write_conflict or store_unavailable would be honest, and is counted);
 - every 4xx the service gives is application/problem+json whose `code`
   belongs to DESIGN §3 with that status, with no stack trace, SQL or path;
-  gunicorn answers some malformed HTTP itself with a plain-text page before
-  the service sees it: those are recorded and printed, not failed;
+  gunicorn answers some malformed HTTP itself before the service sees it:
+  those answers are recorded and printed, and must be problems too (with a
+  code of service/http_problems.py, no X-Request-ID: no request exists yet);
 - every answer of the service carries X-Request-ID (the client's when it was
   acceptable) and every POST answer X-Lock-Mode; PUT /mode is never accepted
   without the admin token.
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 
+from service.http_problems import GUNICORN_PROBLEM_CODES
 from tests.e2e.conftest import StartServer
 from tests.support.hostile_http import (
     MALFORMED_CHUNKED_BODIES,
@@ -78,6 +80,8 @@ CONTRACT_CODES: dict[str, set[int]] = {
     "idempotency_key_reused": {422},
 }
 HONEST_503_CODES = {"lock_timeout", "write_conflict", "store_unavailable"}
+# The worker's refusals before a request exists: gunicorn's (service/http_problems.py), a late head.
+GUNICORN_CODES = {*GUNICORN_PROBLEM_CODES.values(), "request_timeout"}
 # What must never reach a client in a problem's detail.
 LEAKS = ("Traceback", 'File "', "site-packages", "/work/", "SELECT ", "INSERT ", "sqlite3.")
 # Categories whose requests are well-formed HTTP: the service must answer each one.
@@ -134,10 +138,26 @@ class Ledger:
 
 
 def gunicorn_reason(page: bytes) -> str:
-    """The reason on gunicorn's own error page, without the part quoting the request."""
+    """The reason on gunicorn's own answer, without the part quoting the request."""
     text = page.decode("latin-1")
-    reason = text.split("</h1>", 1)[-1].split("</body>", 1)[0].strip()
-    return html.unescape(reason).split(":", 1)[0].split("(", 1)[0].strip()[:60]
+    if text.startswith("{"):  # a problem (service/http_problems.py)
+        reason = str(json.loads(text).get("detail", ""))
+    else:
+        reason = html.unescape(text.split("</h1>", 1)[-1].split("</body>", 1)[0].strip())
+    return reason.split(":", 1)[0].split("(", 1)[0].split("'", 1)[0].strip()[:60]
+
+
+def from_gunicorn(response: RawResponse) -> bool:
+    """gunicorn's own refusal of malformed HTTP, written before any request (id) exists."""
+    if response.headers.get("content-type", "").startswith("text/html"):
+        return True  # its own page: a violation, since its refusals are problems now
+    if not response.body:  # HEAD: the raw client reads the head only
+        return response.status in {*GUNICORN_PROBLEM_CODES, 408}
+    try:
+        code = response.json().get("code")
+    except (ValueError, AttributeError):
+        return False
+    return code in GUNICORN_CODES
 
 
 def request_line(request: RawRequest) -> str:
@@ -158,13 +178,14 @@ def judge(request: RawRequest, response: RawResponse, ledger: Ledger) -> None:
     ledger.statuses[status] += 1
     ledger.statuses_by_category.setdefault(request.category, Counter())[status] += 1
     content_type = response.headers.get("content-type", "")
-    from_gunicorn = "x-request-id" not in response.headers and content_type.startswith("text/html")
-    if from_gunicorn:
+    if "x-request-id" not in response.headers and from_gunicorn(response):
         ledger.gunicorn_own[f"{status} {request.category}"] += 1
         reason = "(HEAD: no page)" if request.method == "HEAD" else gunicorn_reason(response.body)
         ledger.gunicorn_reasons[f"{status} {reason}"] += 1
         if status >= 500:
             ledger.violations.append(f"{where}: gunicorn answered {status}")
+        if not content_type.startswith(PROBLEM_MEDIA_TYPE):
+            ledger.violations.append(f"{where}: gunicorn answered {status} as {content_type!r}")
         return
     judge_service_answer(request, response, ledger, where)
 
@@ -310,7 +331,7 @@ def summary(ledger: Ledger, seed: int, sent: int, seconds: float) -> str:
         "  problem codes: " + ", ".join(f"{k}: {v}" for k, v in sorted(ledger.codes.items())),
         "  acknowledged (201): "
         + ", ".join(f"{k} {v}" for k, v in sorted(ledger.acknowledged.items())),
-        "  gunicorn's own plain answers: "
+        "  gunicorn's own answers: "
         + (", ".join(f"{k}: {v}" for k, v in sorted(ledger.gunicorn_own.items())) or "none"),
         "  gunicorn's reasons: "
         + (", ".join(f"{k}: {v}" for k, v in sorted(ledger.gunicorn_reasons.items())) or "none"),
