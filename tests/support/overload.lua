@@ -8,7 +8,8 @@
 -- which the service echoes on every response (shed ones included), so the
 -- latency of each answer is known by class: "ok" (201), "shed" (503 with code
 -- overloaded and Retry-After), or the status for anything else. Latencies go
--- into per-class histograms of BUCKET_MS-wide buckets.
+-- into per-class histograms of BUCKET_MS-wide buckets. Answers with a
+-- `Server` header are counted (bannered): there should be none.
 --
 -- Each wrk thread has its own Lua state; counters are plain globals
 -- (ov_<name>, ov_<map>_<key>, and ov_<map>_keys listing a map's keys) because
@@ -34,7 +35,7 @@ local function now_us()
    return tonumber(clock.tv_sec) * 1000000 + math.floor(tonumber(clock.tv_nsec) / 1000)
 end
 
-local SCALARS = { "sent", "answered", "probes_sent", "probes_answered", "untimed" }
+local SCALARS = { "sent", "answered", "probes_sent", "probes_answered", "untimed", "bannered" }
 local MAPS = { "status", "credit", "latency_ok", "latency_shed", "latency_other" }
 local BUCKET_MS = 1
 
@@ -133,6 +134,7 @@ end
 
 function response(status, response_headers, body)
    add("answered", 1)
+   if header(response_headers, "Server") then add("bannered", 1) end
    if status == 200 then -- a /healthz probe: a deposit answers 201 or a problem
       add("probes_answered", 1)
    else

@@ -41,6 +41,7 @@ class OverloadResult:
     sent: int = 0
     answered: int = 0
     untimed: int = 0
+    bannered: int = 0  # answers with a `Server` header
     statuses: dict[int, int] = field(default_factory=dict)
     credits: dict[int, int] = field(default_factory=dict)
     #: latency histograms, milliseconds (bucket floor) -> count, by class ok / shed / other
@@ -118,11 +119,10 @@ def parse_output(text: str, duration_s: float) -> OverloadResult:
     # The /healthz probes after the deadline move no money and are not deposits.
     result.answered = scalars.get("answered", 0) - scalars.get("probes_answered", 0)
     result.untimed = scalars.get("untimed", 0)
+    result.bannered = scalars.get("bannered", 0)
     result.statuses = maps.get("status", {})
     result.credits = maps.get("credit", {})
-    result.latency_ms = {
-        kind: maps.get(f"latency_{kind}", {}) for kind in ("ok", "shed", "other")
-    }
+    result.latency_ms = {kind: maps.get(f"latency_{kind}", {}) for kind in ("ok", "shed", "other")}
     errors = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
     )
