@@ -187,7 +187,7 @@ class Clients:
     def start(self) -> None:
         seed = self.options.seed
         for process in range(self.options.writers + self.options.readers):
-            rng = random.Random(None if seed is None else seed * 1000 + process)
+            rng = random.Random(None if seed is None else seed * 1000 + process)  # nosec B311  # seeded to replay
             target = self._write if process < self.options.writers else self._read
             thread = threading.Thread(target=target, args=(process, rng), name=f"client-{process}")
             self._threads.append(thread)
