@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck format loadtest compare bench demo clean
+.PHONY: install run test lint typecheck security format loadtest compare bench demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Security lint (bandit, configured in pyproject.toml): any finding fails; docs/security.md.
+security: $(STAMP)
+	$(BIN)/bandit -c pyproject.toml -r service loadtest --quiet
+
 # pytest exits 5 when it collected nothing: that is a broken suite, not a pass.
-test: lint typecheck
+test: lint typecheck security
 	@$(BIN)/pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	exit $$status
