@@ -50,6 +50,7 @@ def test_serve_with_a_token_file_guards_the_bank_and_logs_no_token(tmp_path: Pat
         assert refused.headers["Content-Type"] == "application/problem+json"
         assert refused.headers["WWW-Authenticate"].startswith("Bearer")
         assert refused.json()["code"] == "unauthorized"
+        assert "Server" not in refused.headers
         assert call("GET", "/accounts", WRONG_TOKEN).status_code == 401
         opened = call("POST", "/accounts", TOKENS[1], json={"owner": "alice", "opening_balance": 5})
         assert opened.status_code == 201
@@ -59,6 +60,7 @@ def test_serve_with_a_token_file_guards_the_bank_and_logs_no_token(tmp_path: Pat
             assert [item["owner"] for item in listed.json()["items"]] == ["alice"]  # no mallory
             assert listed.headers["Cache-Control"] == "no-store"
             assert listed.headers["X-Content-Type-Options"] == "nosniff"
+            assert "Server" not in listed.headers  # no banner (service/gunicorn_worker.py)
         assert call("GET", "/audit", TOKENS[0]).status_code == 403
         assert call("GET", "/audit", ADMIN_TOKEN).json()["total_balance"] == 5
     log = server.read_log()
