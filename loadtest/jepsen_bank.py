@@ -61,7 +61,7 @@ RETRY_BACKOFF_CAP_SECONDS = 1.0
 FAILED_READ_PAUSE_SECONDS = 0.05
 FINAL_READ_INTERVAL_SECONDS = 0.2
 # 503s whose problem says nothing was written: the only 5xx that are a "fail".
-NOTHING_WRITTEN_CODES = frozenset({"lock_timeout", "write_conflict"})
+NOTHING_WRITTEN_CODES = frozenset({"lock_timeout", "write_conflict", "overloaded"})
 DEFAULT_HISTORY = Path("var/jepsen/history.json")
 
 
