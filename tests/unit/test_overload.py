@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -25,7 +26,7 @@ from service.config import (
     Config,
     ConfigError,
 )
-from service.gunicorn_worker import QuietAccessLogger, WorkerResponse
+from service.gunicorn_worker import QuietAccessLogger, WorkerResponse, _readable_now
 from service.overload import (
     QUEUE_FULL,
     QUEUE_WAIT,
@@ -303,6 +304,18 @@ def test_an_application_connection_close_closes() -> None:
     )
     assert not kept.should_close()
     assert closed.should_close() and "Connection: close\r\n" in closed.default_headers()
+
+
+def test_readable_now_peeks_without_waiting() -> None:
+    """No byte yet: not readable; a byte, or the peer's close: readable; the byte stays."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        assert not _readable_now(ours)
+        theirs.sendall(b"G")
+        assert _readable_now(ours)
+        assert ours.recv(1) == b"G"  # peeked, not consumed
+        theirs.close()
+        assert _readable_now(ours)
 
 
 def test_the_access_log_is_never_formatted() -> None:
