@@ -97,7 +97,7 @@ def get_mode() -> Response:
         TAG,
         Success(200, "the new mode", "Mode"),
         description="Reaches every worker and replica within one second. The unsafe modes "
-        "(`unlocked`, `process-lock`) are refused (403) unless the service runs with "
+        "(`unlocked`, `process-lock`, `redis-lock`) are refused (403) unless the service runs with "
         "`BANK_ALLOW_UNSAFE_MODES=1`; with no `BANK_ADMIN_TOKEN` set, admin is off (403).",
         body=MODE_CHANGE,
         problems=("unauthorized", "forbidden", *BODY_PROBLEMS, *WRITE_PROBLEMS),
