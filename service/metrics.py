@@ -296,10 +296,14 @@ def shared_directory() -> Iterator[Path]:
         return
     created = Path(tempfile.mkdtemp(prefix="bankrace-metrics-"))
     use_directory(created)
+    maker = os.getpid()
     try:
         yield created
     finally:
-        shutil.rmtree(created, ignore_errors=True)
+        # gunicorn's workers are forked inside this block and leave it too when they
+        # exit (SystemExit): only the master removes it, or the next worker cannot boot.
+        if os.getpid() == maker:
+            shutil.rmtree(created, ignore_errors=True)
 
 
 def use_directory(path: Path) -> None:
