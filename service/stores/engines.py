@@ -6,7 +6,8 @@ timeout equal to the lock timeout (a lock wait is bounded), and the
 documented pysqlite recipe that turns off the driver's own BEGIN so we can
 emit `BEGIN IMMEDIATE` ourselves: a read-modify-write that starts DEFERRED
 and upgrades to a write lock fails at once with SQLITE_BUSY under WAL
-instead of waiting.
+instead of waiting. A file database is opened, never created, and each
+connection is checked against the files its path names (`sqlite_files`).
 
 PostgreSQL (psycopg 3): READ COMMITTED, a pool sized to the worker's
 threads, pre-ping so a restarted database is noticed without restarting
@@ -45,6 +46,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+
+from service.stores import sqlite_files
 
 # A statement may run this much longer than a lock wait before it is cancelled.
 STATEMENT_TIMEOUT_MARGIN_MS = 5000
@@ -87,12 +90,19 @@ def _sqlite_engine(url: str, *, lock_timeout_ms: int, pool_size: int) -> Engine:
     # fails, and every request is answered 503 store_unavailable until it can.
     with contextlib.suppress(OSError):
         ensure_sqlite_directory(url)
+    path = make_url(url).database
+    file_backed = path not in (None, "", ":memory:")
+    options: dict[str, Any] = {
+        "connect_args": {"timeout": lock_timeout_ms / 1000, "check_same_thread": False}
+    }
+    if file_backed:  # never create the database; notice it deleted or replaced (sqlite_files)
+        options = {"creator": sqlite_files.connector(str(path), lock_timeout_ms / 1000)}
     engine = create_engine(
         url,
-        connect_args={"timeout": lock_timeout_ms / 1000, "check_same_thread": False},
         pool_size=pool_size,
         max_overflow=POOL_OVERFLOW_CONNECTIONS,
         pool_timeout=lock_timeout_ms / 1000,
+        **options,
     )
 
     @event.listens_for(engine, "connect")
@@ -110,6 +120,8 @@ def _sqlite_engine(url: str, *, lock_timeout_ms: int, pool_size: int) -> Engine:
         behaviour = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
         connection.exec_driver_sql(f"BEGIN {behaviour}")
 
+    if file_backed:  # after on_connect: WAL mode has made the -wal and -shm files
+        sqlite_files.watch(engine, str(path))
     return engine
 
 

@@ -37,6 +37,7 @@ from sqlalchemy import Connection, Engine
 
 from service.domain import DomainError, LockTimeout, StoreUnavailable
 from service.stores.sql_errors import translated_errors
+from service.stores.sqlite_files import still_current
 
 logger = logging.getLogger(__name__)
 
@@ -211,14 +212,20 @@ class GroupCommitter:
         return left
 
     def _open_connection(self) -> Connection:
+        if self._connection is not None and not still_current(self._connection):
+            # Its database file was deleted, replaced or opened read-only: writing
+            # there would acknowledge writes the path no longer leads to.
+            self._drop_connection(invalidate=True)
         if self._connection is None:
             self._connection = self._engine.connect()
             self._prepare(self._connection)
         return self._connection
 
-    def _drop_connection(self) -> None:
+    def _drop_connection(self, *, invalidate: bool = False) -> None:
         if self._connection is not None:
             with contextlib.suppress(Exception):
+                if invalidate:  # closed for good, not handed back to the pool
+                    self._connection.invalidate()
                 self._connection.close()
             self._connection = None
 

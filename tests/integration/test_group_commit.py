@@ -6,6 +6,7 @@ scratch table, so each test sees exactly what was committed.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +25,9 @@ JOIN_DEADLINE_SECONDS = 30.0
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    built = build_engine(f"sqlite:///{tmp_path / 'scratch.db'}", lock_timeout_ms=2000, pool_size=4)
+    database = tmp_path / "scratch.db"
+    sqlite3.connect(database).close()  # the service's engines open a database, never create one
+    built = build_engine(f"sqlite:///{database}", lock_timeout_ms=2000, pool_size=4)
     with built.begin() as connection:
         connection.exec_driver_sql("CREATE TABLE rows (name TEXT PRIMARY KEY)")
     yield built
