@@ -35,7 +35,10 @@ local function now_us()
    return tonumber(clock.tv_sec) * 1000000 + math.floor(tonumber(clock.tv_nsec) / 1000)
 end
 
-local SCALARS = { "sent", "answered", "probes_sent", "probes_answered", "untimed", "bannered" }
+local SCALARS = {
+   "sent", "answered", "probes_sent", "probes_answered", "untimed", "bannered",
+   "in_window_ok", "in_window_shed", "in_window_other",
+}
 local MAPS = { "status", "credit", "latency_ok", "latency_shed", "latency_other" }
 local BUCKET_MS = 1
 
@@ -115,18 +118,20 @@ end
 
 local function record_deposit(status, response_headers, body)
    increment("status", status)
-   local class = "latency_other"
+   local class = "other"
    if status == 201 then
-      class = "latency_ok"
+      class = "ok"
       local account = tonumber(string.match(body, '"account_id"%s*:%s*(%d+)'))
       if account then increment("credit", account) end
    elseif status == 503 and header(response_headers, "Retry-After")
       and string.find(body, '"code"%s*:%s*"overloaded"') then
-      class = "latency_shed"
+      class = "shed"
    end
+   local now = now_us()
+   if now < deadline_us then add("in_window_" .. class, 1) end -- for rates over the run
    local sent = tonumber(string.match(header(response_headers, "X-Request-ID") or "", "^ov%-(%d+)$"))
    if sent then
-      increment(class, math.floor((now_us() - sent) / 1000 / BUCKET_MS) * BUCKET_MS)
+      increment("latency_" .. class, math.floor((now - sent) / 1000 / BUCKET_MS) * BUCKET_MS)
    else
       add("untimed", 1)
    end

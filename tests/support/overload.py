@@ -8,18 +8,28 @@ holds the answers by status, per-class latency histograms (201, 503
 the service echoed, and the deposits acknowledged per account.
 
 Black-box over HTTP only, like tests/support/load.py.
+
+Also a measuring tool (docs/overload.md): it starts `bankrace serve` with
+the given settings and prints one line per connection count.
+
+    python -m tests.support.overload [--connections 16,64,256] [--duration 3]
+                                     [--set BANK_QUEUE_MAX_REQUESTS=32 ...]
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import requests
 
 from loadtest.service_process import stop_process_group
 
@@ -42,6 +52,8 @@ class OverloadResult:
     answered: int = 0
     untimed: int = 0
     bannered: int = 0  # answers with a `Server` header
+    #: answers that arrived before the load's end, by class ok / shed / other: the rates
+    in_window: dict[str, int] = field(default_factory=dict)
     statuses: dict[int, int] = field(default_factory=dict)
     credits: dict[int, int] = field(default_factory=dict)
     #: latency histograms, milliseconds (bucket floor) -> count, by class ok / shed / other
@@ -74,9 +86,10 @@ class OverloadResult:
 
         return (
             f"offered {self.rate(self.sent):.0f} deposits/s over {self.duration_s:.0f} s "
-            f"({self.sent} sent); answered 201 {self.rate(self.acknowledged):.0f}/s "
-            f"({self.acknowledged}), shed 503 overloaded {self.shed} "
-            f"({self.rate(self.shed):.0f}/s), other {self._other()}, unanswered "
+            f"({self.sent} sent); answered 201 {self.rate(self.in_window.get('ok', 0)):.0f}/s "
+            f"({self.acknowledged} in all), shed 503 overloaded "
+            f"{self.rate(self.in_window.get('shed', 0)):.0f}/s ({self.shed} in all), other "
+            f"{self._other()}, unanswered "
             f"{self.unanswered}; 201 latency p50 {shown(self.percentile_ms('ok', 0.5))} "
             f"p99 {shown(self.percentile_ms('ok', 0.99))} max "
             f"{shown(self.percentile_ms('ok', 1.0))}; shed latency p50 "
@@ -120,6 +133,9 @@ def parse_output(text: str, duration_s: float) -> OverloadResult:
     result.answered = scalars.get("answered", 0) - scalars.get("probes_answered", 0)
     result.untimed = scalars.get("untimed", 0)
     result.bannered = scalars.get("bannered", 0)
+    result.in_window = {
+        kind: scalars.get(f"in_window_{kind}", 0) for kind in ("ok", "shed", "other")
+    }
     result.statuses = maps.get("status", {})
     result.credits = maps.get("credit", {})
     result.latency_ms = {kind: maps.get(f"latency_{kind}", {}) for kind in ("ok", "shed", "other")}
@@ -185,3 +201,65 @@ def _wait_for_drain(
             return True
         time.sleep(POLL_INTERVAL_SECONDS)  # polling interval under a deadline
     return False
+
+
+def _served_queue_wait(url: str) -> str:
+    """The server's own histogram of served requests' queue wait, as `<= bound: share`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    buckets = {
+        sample.labels["le"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "bankrace_queue_wait_seconds_bucket"
+    }
+    total = buckets.get("+Inf", 0.0)
+    if not total:
+        return "no request served"
+    shown = ("0.01", "0.05", "0.1", "0.25", "0.5", "1.0")
+    return ", ".join(f"<= {bound} s {buckets.get(bound, 0.0) / total:.1%}" for bound in shown)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="deposits from wrk at bankrace serve")
+    parser.add_argument("--connections", default="16,64,256")
+    parser.add_argument("--duration", type=int, default=3)
+    parser.add_argument("--accounts", type=int, default=100)
+    parser.add_argument("--set", action="append", default=[], metavar="BANK_X=VALUE")
+    arguments = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="bankrace-overload-"))
+    settings = dict(item.split("=", 1) for item in arguments.set)
+    settings.setdefault("BANK_DATABASE_URL", f"sqlite:///{workdir / 'bank.db'}")
+    print(f"settings {settings}", flush=True)
+    try:
+        _measure(arguments, settings, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _measure(arguments: argparse.Namespace, settings: dict[str, str], workdir: Path) -> None:
+    from tests.support.servers import ServerProcess
+
+    for connections in arguments.connections.split(","):
+        # A fresh server per run: its queue-wait histogram is this run's alone.
+        with ServerProcess(workdir=workdir, settings=settings) as server, requests.Session() as s:
+            ids = [
+                s.post(f"{server.url}/accounts", json={"owner": f"o{n}"}, timeout=10).json()["id"]
+                for n in range(arguments.accounts)
+            ]
+            result = run_overload(
+                server.url,
+                ids,
+                duration_s=arguments.duration,
+                connections=int(connections),
+                workdir=workdir,
+            )
+            print(f"c={connections}: {result.summary()}", flush=True)
+            print(f"    served queue wait (server): {_served_queue_wait(server.url)}", flush=True)
+            if result.unanswered or any(result.socket_errors.values()):
+                print(f"    unanswered {result.unanswered}, socket errors {result.socket_errors}")
+
+
+if __name__ == "__main__":
+    main()
