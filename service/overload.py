@@ -207,7 +207,11 @@ class OverloadGate:
         return [body]
 
     def _log_now_and_then(self, reason: str) -> None:
-        """One warning a second at most, with the counts since the last one (never one a shed)."""
+        """One warning a second at most, with the counts since the last one (never one a shed).
+
+        The refusals of a last quiet second are told with the next refusal;
+        /metrics counts every one at once.
+        """
         with self._log_guard:
             self._shed_since_log[reason] += 1
             now = time.monotonic()
