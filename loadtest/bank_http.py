@@ -5,6 +5,11 @@ and journals after it stops. The load itself goes through Locust's client; this
 one uses `requests`, so it works inside Locust (gevent patches its sockets) and
 outside it (the comparison runner, tests). It knows the API of DESIGN §3 and
 nothing of the service's code.
+
+Every request carries the client token, when given (`loadtest.client_token`);
+GET /mode and GET /audit, which BANK_ADMIN_ONLY_READS keeps for the admin
+(403 to a client token), are asked again with the admin token, when given. A
+401 raises `TokenRefused` at once.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Any
 
 import requests
 
+from loadtest.client_token import bearer, refusal
 from loadtest.reconcile import AccountObservation, scan_journal
 
 REQUEST_TIMEOUT_SECONDS = 30.0
@@ -24,21 +30,58 @@ class BankError(RuntimeError):
     """The bank answered something the load test cannot work with."""
 
 
+class TokenRefused(BankError):
+    """401: the request had no client token, or not one the service takes."""
+
+
+def check_authorized(response: requests.Response) -> None:
+    """Raise `TokenRefused`, with the line that says what to do, for a 401."""
+    if response.status_code == 401:
+        raise TokenRefused(refusal(response.request.headers))
+
+
+def answer_json(response: requests.Response) -> Any:
+    if response.status_code != 200:
+        detail = response.text[:200]
+        raise BankError(f"GET {response.url} answered {response.status_code}: {detail}")
+    return response.json()
+
+
 class BankClient:
-    def __init__(self, base_url: str, timeout_seconds: float = REQUEST_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout_seconds: float = REQUEST_TIMEOUT_SECONDS,
+        token: str | None = None,
+        admin_token: str | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_seconds = timeout_seconds
         self.session = requests.Session()
+        self.session.headers.update(bearer(token))
+        self.admin_headers = bearer(admin_token)
 
     def close(self) -> None:
         self.session.close()
 
-    def get_json(self, path_or_url: str) -> Any:
+    def get(self, path_or_url: str, headers: dict[str, str] | None = None) -> requests.Response:
         url = path_or_url if "://" in path_or_url else self.base_url + path_or_url
-        response = self.session.get(url, timeout=self.timeout_seconds)
-        if response.status_code != 200:
-            raise BankError(f"GET {url} answered {response.status_code}: {response.text[:200]}")
-        return response.json()
+        response = self.session.get(url, headers=headers, timeout=self.timeout_seconds)
+        check_authorized(response)
+        return response
+
+    def get_json(self, path_or_url: str) -> Any:
+        return answer_json(self.get(path_or_url))
+
+    def get_admin_read(self, path: str) -> Any | None:
+        """GET /mode or /audit: with the client token, then with the admin token on a 403.
+
+        None when BANK_ADMIN_ONLY_READS keeps it for an admin token this client lacks.
+        """
+        response = self.get(path)
+        if response.status_code == 403 and self.admin_headers:
+            response = self.get(path, self.admin_headers)
+        return None if response.status_code == 403 else answer_json(response)
 
     def is_ready(self) -> bool:
         try:
@@ -48,7 +91,8 @@ class BankClient:
         return response.status_code == 200
 
     def mode(self) -> dict[str, Any]:
-        return dict(self.get_json("/mode"))
+        """GET /mode; empty when only the admin may read it and this client cannot."""
+        return dict(self.get_admin_read("/mode") or {})
 
     def open_account(self, owner: str, opening_balance: int) -> int:
         response = self.session.post(
@@ -56,6 +100,7 @@ class BankClient:
             json={"owner": owner, "currency": "USD", "opening_balance": opening_balance},
             timeout=self.timeout_seconds,
         )
+        check_authorized(response)
         if response.status_code != 201:
             detail = response.text[:200]
             raise BankError(f"POST /accounts answered {response.status_code}: {detail}")
@@ -93,6 +138,7 @@ class BankClient:
 
     def server_audit(self) -> dict[str, Any] | None:
         try:
-            return dict(self.get_json("/audit"))
+            audit = self.get_admin_read("/audit")
         except (requests.RequestException, BankError, ValueError):
             return None
+        return None if audit is None else dict(audit)

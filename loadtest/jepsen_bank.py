@@ -17,8 +17,10 @@ loadtest/jepsen_checker.py; the exit code is 0 when it is valid.
 
 `--serve` starts its own `python -m service serve` (and, for a PostgreSQL
 `--database` with the `cut` fault, a proxy in front of it); `--host` drives a
-running service (pass `--master-pid` for the worker faults). Black-box: HTTP
-and signals only, never an import of the service.
+running service (pass `--master-pid` for the worker faults); one started with
+BANK_API_TOKENS takes the client token of BANK_CLIENT_TOKEN (a 401 stops the
+run before its load, with one line and exit code 2). Black-box: HTTP and
+signals only, never an import of the service.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from typing import Any
 import requests
 from sqlalchemy.engine import make_url
 
-from loadtest.bank_http import BankClient
+from loadtest.bank_http import BankClient, TokenRefused
+from loadtest.client_token import bearer, client_token
 from loadtest.jepsen_checker import check, render
 from loadtest.jepsen_history import History, balances_value
 from loadtest.jepsen_nemesis import (
@@ -176,10 +179,13 @@ def read_balances(
 class Clients:
     """The writer and reader threads of one run, all stopped by one event."""
 
-    def __init__(self, base_url: str, history: History, options: WorkloadOptions) -> None:
+    def __init__(
+        self, base_url: str, history: History, options: WorkloadOptions, token: str | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.history = history
         self.options = options
+        self.authorization = bearer(token)  # on every session; never in the history
         self.stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.balances_url = balances_url(self.base_url, history.account_ids)
@@ -202,8 +208,13 @@ class Clients:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers.update(self.authorization)
+        return session
+
     def _write(self, process: int, rng: random.Random) -> None:
-        with requests.Session() as session:
+        with self.session() as session:
             while not self.stop.is_set():
                 value = random_transfer(rng, self.history.account_ids, self.options.max_amount)
                 self.history.append(process, "invoke", "transfer", value)
@@ -215,7 +226,7 @@ class Clients:
                 )
 
     def _read(self, process: int, _rng: random.Random) -> None:
-        with requests.Session() as session:
+        with self.session() as session:
             while not self.stop.is_set():
                 self.history.append(process, "invoke", "read", None)
                 kind, balances, error = self.read_once(session)
@@ -263,9 +274,14 @@ def run_workload(
     options: WorkloadOptions,
     nemesis: Nemesis | None = None,
     metadata: dict[str, Any] | None = None,
+    token: str | None = None,
 ) -> History:
-    """Open the accounts, run clients and nemesis for the duration, heal, read a final time."""
-    client = BankClient(base_url, timeout_seconds=30.0)
+    """Open the accounts, run clients and nemesis for the duration, heal, read a final time.
+
+    `token`: the client token of a service with BANK_API_TOKENS (`TokenRefused`
+    before any load when the service answers 401).
+    """
+    client = BankClient(base_url, timeout_seconds=30.0, token=token)
     try:
         mode = client.mode()
         run = uuid.uuid4().hex[:8]
@@ -287,7 +303,7 @@ def run_workload(
             **(metadata or {}),
         },
     )
-    clients = Clients(base_url, history, options)
+    clients = Clients(base_url, history, options, token)
     clients.start()
     if nemesis is not None:
         nemesis.start(history)
@@ -305,7 +321,7 @@ def run_workload(
 def final_read(clients: Clients, options: WorkloadOptions) -> None:
     """After the faults healed: read until the service answers (bounded), marked `final`."""
     process = options.writers + options.readers
-    session = requests.Session()
+    session = clients.session()
     deadline = time.monotonic() + options.final_read_deadline_seconds
     try:
         while True:
@@ -454,7 +470,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as error:
             print(f"jepsen_bank: {error}", file=sys.stderr)
             return 2
-        history = run_workload(url, options, nemesis)
+        try:
+            history = run_workload(url, options, nemesis, token=client_token())
+        except TokenRefused as error:
+            print(f"jepsen_bank: {error}", file=sys.stderr)
+            return 2
     history.save(arguments.history)
     report = check(history.to_dict())
     print(render(report))

@@ -15,6 +15,10 @@ whose report is printed; the exit code is 1 when it is invalid. Faults are
 not injected here: run `python -m loadtest.jepsen_bank` for the nemesis, or
 kill and pause workers by hand while Locust runs.
 
+A service with BANK_API_TOKENS takes the client token of BANK_CLIENT_TOKEN (or
+--bank-token); a run that cannot open its accounts (a 401 included) stops at
+once with one line and exit code 1.
+
 Black-box: HTTP only, never an import of the service.
 """
 
@@ -27,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import gevent
 import requests
 from gevent.event import Event
 from locust import HttpUser, constant, events, task
@@ -39,6 +44,7 @@ if REPOSITORY_ROOT not in sys.path:
     sys.path.insert(0, REPOSITORY_ROOT)
 
 from loadtest.bank_http import BankClient, BankError  # noqa: E402
+from loadtest.client_token import add_locust_option, admin_token, bearer, locust_token  # noqa: E402
 from loadtest.jepsen_bank import (  # noqa: E402
     WorkloadOptions,
     balances_url,
@@ -72,7 +78,8 @@ class JepsenRun:
             opening_balance=int(options.jepsen_opening_balance),
             max_amount=int(options.jepsen_max_amount),
         )
-        client = BankClient(str(environment.host or ""))
+        token = locust_token(options)
+        client = BankClient(str(environment.host or ""), token=token, admin_token=admin_token())
         try:
             mode = client.mode()
             opening = {
@@ -109,6 +116,11 @@ def parsed_options(environment: Environment) -> Any:
     return environment.parsed_options
 
 
+def authorization(environment: Environment) -> dict[str, str]:
+    """The client token's header for every request of this run (none without a token)."""
+    return bearer(locust_token(parsed_options(environment)))
+
+
 @events.init_command_line_parser.add_listener
 def add_arguments(parser: Any) -> None:
     parser.add_argument("--jepsen-accounts", type=int, default=WorkloadOptions.accounts)
@@ -122,6 +134,7 @@ def add_arguments(parser: Any) -> None:
         include_in_web_ui=False,
         help="where this process saves its history (JSON)",
     )
+    add_locust_option(parser)  # --bank-token
 
 
 class BankTransferUser(HttpUser):
@@ -133,6 +146,7 @@ class BankTransferUser(HttpUser):
     def on_start(self) -> None:
         self.process = next(RUN.processes)
         self.rng = random.Random()  # nosec B311  # picks transfers and accounts, not a secret
+        self.client.headers.update(authorization(self.environment))
 
     @task
     def transfer(self) -> None:
@@ -155,6 +169,7 @@ class SnapshotReadUser(HttpUser):
 
     def on_start(self) -> None:
         self.process = next(RUN.processes)
+        self.client.headers.update(authorization(self.environment))
 
     @task
     def read(self) -> None:
@@ -198,6 +213,15 @@ def on_test_start(environment: Environment, **_kwargs: Any) -> None:
         RUN.setup_error = f"could not open the accounts at {environment.host}: {error}"
         print(f"jepsen locustfile: {RUN.setup_error}", file=sys.stderr, flush=True)
         RUN.ready.set()
+        stop_soon(environment)
+
+
+def stop_soon(environment: Environment) -> None:
+    """End a run that cannot work (no load of refusals), once test_start has returned."""
+    runner = environment.runner
+    if runner is not None:
+        headless = bool(getattr(environment.parsed_options, "headless", False))
+        gevent.spawn_later(0, runner.quit if headless else runner.stop)
 
 
 @events.test_stop.add_listener
@@ -209,6 +233,7 @@ def on_test_stop(environment: Environment, **_kwargs: Any) -> None:
     url = balances_url(str(environment.host), history.account_ids)
     deadline = time.monotonic() + FINAL_READ_DEADLINE_SECONDS
     with requests.Session() as session:
+        session.headers.update(authorization(environment))
         while True:
             history.append(process, "invoke", "read", None, final=True)
             kind, balances, error = read_balances(session, url, RUN.options.request_timeout_seconds)

@@ -4,7 +4,9 @@
 
 works with no other flag (and with the web UI, `--processes N`, `--master`/`--worker`).
 Options: --bank-scenario deposits|withdrawals|transfers|mixed|deadlock, --bank-accounts,
---bank-opening-balance, --bank-amount, --bank-report-json PATH.
+--bank-opening-balance, --bank-amount, --bank-report-json PATH, --bank-token (a service
+with BANK_API_TOKENS: better set BANK_CLIENT_TOKEN, which it defaults to; see
+loadtest.client_token). A service that answers 401 stops the run before any load.
 
 Who does what, so that a distributed run gives one correct report:
 - the master (or the only process) opens the run's accounts on test_start and
@@ -48,6 +50,7 @@ if REPOSITORY_ROOT not in sys.path:
 
 from loadtest import race_view  # noqa: E402
 from loadtest.bank_http import BankClient, BankError  # noqa: E402
+from loadtest.client_token import add_locust_option, admin_token, bearer, locust_token  # noqa: E402
 from loadtest.race_live import InFlight  # noqa: E402
 from loadtest.race_report import render_text  # noqa: E402
 from loadtest.reconcile import Reconciliation, RunSetup, reconcile  # noqa: E402
@@ -158,6 +161,7 @@ def add_bank_arguments(parser: Any) -> None:
         include_in_web_ui=False,
         help="also write the reconciliation as JSON to this path",
     )
+    add_locust_option(parser)  # --bank-token
 
 
 class BankCustomer(FastHttpUser):
@@ -170,6 +174,7 @@ class BankCustomer(FastHttpUser):
 
     def on_start(self) -> None:
         self.rng = random.Random()  # nosec B311  # picks the load's operations, not a secret
+        self.authorization = bearer(locust_token(bank_options(self.environment)))
 
     @task
     def operate(self) -> None:
@@ -199,7 +204,7 @@ class BankCustomer(FastHttpUser):
         started = time.perf_counter()
         recorded = False
         flight.start(operation)
-        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        headers = {"Idempotency-Key": uuid.uuid4().hex, **self.authorization}
         try:
             for attempt in range(RETRY_ATTEMPTS):
                 with self.client.post(
@@ -268,7 +273,7 @@ def open_run(environment: Environment, run_id: str) -> RunSetup:
     scenario = str(options.bank_scenario)
     account_count = account_count_for(scenario, int(options.bank_accounts))
     opening_balance = int(options.bank_opening_balance)
-    client = BankClient(str(environment.host or ""), timeout_seconds=REQUEST_TIMEOUT_SECONDS)
+    client = bank_client(environment, str(environment.host or ""), REQUEST_TIMEOUT_SECONDS)
     try:
         mode = client.mode()
         opening_balances = {
@@ -293,6 +298,12 @@ def open_run(environment: Environment, run_id: str) -> RunSetup:
         host=str(environment.host),
         mode=mode,
     )
+
+
+def bank_client(environment: Environment, host: str, timeout_seconds: float) -> BankClient:
+    """The set-up's and the reconciliation's client, with the run's tokens."""
+    token = locust_token(bank_options(environment))
+    return BankClient(host, timeout_seconds, token=token, admin_token=admin_token())
 
 
 def is_worker(environment: Environment) -> bool:
@@ -389,7 +400,9 @@ def finish_report(environment: Environment, tally: Tally, expected_reporters: in
         opening_balances={},
         host=str(environment.host),
     )
-    client = BankClient(setup.host or str(environment.host or ""))
+    client = bank_client(
+        environment, setup.host or str(environment.host or ""), REQUEST_TIMEOUT_SECONDS
+    )
     try:
         observations = {account_id: client.observe(account_id) for account_id in setup.account_ids}
         server_audit = client.server_audit()

@@ -18,13 +18,16 @@ the last view and the chart's history; the page only reads that. Workers send
 their tally and operations in flight to the master twice a second
 (`bank_live`); the arithmetic is `loadtest.race_live`. Over HTTP only: this
 never imports `service`.
+
+Its reads carry the client token of the locustfile's `--bank-token`
+(BANK_CLIENT_TOKEN); GET /mode and GET /audit refused 403 (BANK_ADMIN_ONLY_READS)
+are asked again with the admin token, or shown as unavailable without one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -39,6 +42,8 @@ from gevent.event import Event
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
+from loadtest.bank_http import BankError, check_authorized
+from loadtest.client_token import ADMIN_TOKEN_VARIABLE, admin_token, bearer, locust_token
 from loadtest.lock_modes import UNSAFE_MODES, explain_mode
 from loadtest.race_live import (
     History,
@@ -54,7 +59,6 @@ from loadtest.tally import Tally
 logger = logging.getLogger("bankrace.race_view")
 
 STATIC_DIRECTORY = Path(__file__).resolve().parent / "race_static"
-ADMIN_TOKEN_VARIABLE = "BANK_ADMIN_TOKEN"  # nosec B105  # a variable's name, not a token
 # Bounds on every wait (DESIGN: put a limit on everything).
 POLL_INTERVAL_SECONDS = 0.5  # the view is refreshed at least this often while a run goes on
 BANK_AUDIT_INTERVAL_SECONDS = 5.0  # GET /audit scans the whole journal: less often
@@ -82,11 +86,18 @@ TAB_COLUMNS = (
 class RaceMonitor:
     """What the web UI's process knows of the race: the last view and its history."""
 
-    def __init__(self, environment: Environment, process: Any, admin_token: str | None) -> None:
+    def __init__(
+        self,
+        environment: Environment,
+        process: Any,
+        admin_token: str | None,
+        client_token: str | None = None,
+    ) -> None:
         self.environment = environment
         self.process = process  # the locustfile's LoadTestProcess
         self.admin_token = admin_token
         self.session = requests.Session()
+        self.session.headers.update(bearer(client_token))
         self.worker_samples: dict[str, LiveSample] = {}
         self.history = History()
         self.mode: dict[str, Any] = {}
@@ -148,23 +159,40 @@ class RaceMonitor:
 
     # --- reading the service -----------------------------------------------------------
 
+    def get(self, path: str, headers: dict[str, str] | None = None) -> requests.Response:
+        url = self.host() + path
+        response = self.session.get(url, headers=headers, timeout=REQUEST_TIMEOUT_SECONDS)
+        check_authorized(response)
+        return response
+
     def get_json(self, path: str) -> Any:
-        response = self.session.get(self.host() + path, timeout=REQUEST_TIMEOUT_SECONDS)
+        response = self.get(path)
+        response.raise_for_status()
+        return response.json()
+
+    def get_admin_read(self, path: str) -> Any | None:
+        """GET /mode or /audit; again with the admin token on a 403, None if still refused."""
+        response = self.get(path)
+        if response.status_code == 403 and self.admin_token:
+            response = self.get(path, bearer(self.admin_token))
+        if response.status_code == 403:
+            return None
         response.raise_for_status()
         return response.json()
 
     def read_audit(self, account_id: int) -> dict[str, Any] | None:
         try:
             return dict(self.get_json(f"/accounts/{account_id}/audit"))
-        except (requests.RequestException, ValueError) as error:
+        except (requests.RequestException, BankError, ValueError) as error:
             self.error = f"could not read the audit of account {account_id}: {error}"
             return None
 
     def read_mode_and_bank_audit(self) -> None:
-        self.mode = dict(self.get_json("/mode"))
+        self.mode = dict(self.get_admin_read("/mode") or {})
         if time.monotonic() - self.bank_audit_read_at >= BANK_AUDIT_INTERVAL_SECONDS:
             self.bank_audit_read_at = time.monotonic()
-            self.bank_audit = dict(self.get_json("/audit"))
+            audit = self.get_admin_read("/audit")
+            self.bank_audit = None if audit is None else dict(audit)
         self.server_metrics = self.read_metrics()
 
     def read_metrics(self) -> dict[str, Any] | None:
@@ -183,7 +211,7 @@ class RaceMonitor:
         self.error = None
         try:
             self.read_mode_and_bank_audit()
-        except (requests.RequestException, ValueError) as error:
+        except (requests.RequestException, BankError, ValueError) as error:
             self.error = f"cannot read the service at {self.host() or '(no host)'}: {error}"
             return
         setup = self.process.setup
@@ -465,7 +493,9 @@ def install(environment: Environment, process: Any) -> None:
         if isinstance(runner, MasterRunner):
             runner.register_message("bank_live", lambda *_args, **_kwargs: None)
         return
-    monitor = RaceMonitor(environment, process, os.environ.get(ADMIN_TOKEN_VARIABLE) or None)
+    monitor = RaceMonitor(
+        environment, process, admin_token(), locust_token(environment.parsed_options)
+    )
     if isinstance(runner, MasterRunner):
         runner.register_message("bank_live", monitor.on_worker_sample)
     add_routes(environment, monitor)
