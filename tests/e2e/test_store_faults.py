@@ -21,6 +21,7 @@ and /audit must be consistent.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -192,40 +193,53 @@ def test_a_full_disk(tmp_path: Path) -> None:
             assert_answered_honestly(report, server.url)
 
 
-def test_a_deleted_database_file(tmp_path: Path) -> None:
-    """The database files unlinked: 503 and no write acknowledged into the void; restored: served.
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_a_deleted_database(tmp_path: Path, what: str) -> None:
+    """The database files (or their whole folder) deleted: 503, no write acknowledged into the
+    void; the same files restored: served again.
 
     A server that kept writing into the unlinked file would acknowledge writes
     that vanish at its next restart. Hard links kept aside let the test put
     the same files back, as an operator restoring them would.
     """
     with small_file_system(tmp_path, SMALL_FILE_SYSTEM_MEBIBYTES) as mounted:
-        database = mounted / "bank.db"
-        names = (database.name, f"{database.name}-wal", f"{database.name}-shm")
+        folder = mounted / "var"
+        folder.mkdir()
+        database = folder / "bank.db"
         rescue = mounted / "rescue"
         rescue.mkdir()
         deleted_at: list[float] = []
+        restoring_at: list[float] = []
+        names: list[str] = []
 
         def delete() -> None:
+            names.extend(path.name for path in folder.iterdir())  # -wal, -shm, the writer lock
             for name in names:
-                os.link(mounted / name, rescue / name)
-                os.unlink(mounted / name)
+                os.link(folder / name, rescue / name)
+            if what == "folder":
+                shutil.rmtree(folder)
+            else:
+                for name in names:
+                    os.unlink(folder / name)
             deleted_at.append(time.monotonic())
 
         def restore() -> None:
-            assert not database.exists(), (
-                "the service made a new database in the deleted one's place"
-            )
+            restoring_at.append(time.monotonic())
+            assert not database.exists(), "a new database was made in the deleted one's place"
+            folder.mkdir(exist_ok=True)
             for name in names:
-                os.link(rescue / name, mounted / name)
+                os.link(rescue / name, folder / name)
                 os.unlink(rescue / name)
 
         with running(sqlite_server(tmp_path, database)) as server:
-            report = run_fault("deleted file", server.url, inject=delete, repair=restore)
+            report = run_fault(f"deleted {what}", server.url, inject=delete, repair=restore)
+            # Sent after the files were gone and answered before they were back.
             acknowledged_into_the_void = [
                 item
-                for item in report.during_fault
-                if item.status == 201 and item.started > deleted_at[0]
+                for item in report.sent
+                if item.status == 201
+                and item.started > deleted_at[0]
+                and (item.finished or 0.0) < restoring_at[0]
             ]
             assert acknowledged_into_the_void == [], acknowledged_into_the_void[:5]
             assert_answered_honestly(report, server.url)
