@@ -73,7 +73,7 @@ from service.stores.base import (
 )
 from service.stores.engines import build_engine
 from service.stores.group_commit import GroupCommitter
-from service.stores.sql_errors import translated_errors
+from service.stores.sql_errors import begun, translated_errors
 from service.stores.writer_lock import WriterLock
 from service.tables import SETTINGS_ROW_ID, accounts, settings, transactions, transfers
 
@@ -382,7 +382,7 @@ class SqlStore(Store):
         with translated_errors(), self._engine.connect() as connection:
             if self._is_sqlite:
                 connection.execution_options(sqlite_begin="IMMEDIATE" if write else "DEFERRED")
-            with connection.begin():
+            with begun(connection, write=write):  # a lost COMMIT: outcome unknown
                 yield connection
 
     def _write(self, work: Callable[[_SqlWriter], T]) -> T:

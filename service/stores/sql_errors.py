@@ -3,7 +3,8 @@
 Deadlocks and serialization failures become `RetryableConflict` (nothing was
 written; the service runs the operation again); a lock wait that ran out
 becomes LockTimeout; an unreachable or unmigrated database becomes
-StoreUnavailable. Anything else is a bug and propagates.
+StoreUnavailable -- and a write whose COMMIT was lost on the way says that it
+may have been applied (`begun`). Anything else is a bug and propagates.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 
 from service.domain import LockTimeout, StoreUnavailable
@@ -24,6 +26,10 @@ SERIALIZATION_FAILURE = "40001"
 LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
 UNDEFINED_TABLE = "42P01"
+OUTCOME_UNKNOWN_DETAIL = (
+    "the connection to the database broke while committing: the operation may have been "
+    "applied; repeat it with the same Idempotency-Key to learn its outcome"
+)
 
 
 # What the write path's driver-level cursors raise (SQLAlchemy wraps the same
@@ -57,12 +63,35 @@ def translated_errors() -> Iterator[None]:
             raise StoreUnavailable(
                 "the schema is not migrated (run `bankrace db upgrade`)"
             ) from error
-        if isinstance(error, sa_exc.DBAPIError):
-            unreachable = error.connection_invalidated or isinstance(
-                error, sa_exc.OperationalError | sa_exc.InterfaceError
-            )
-        else:
-            unreachable = isinstance(error, DRIVER_UNREACHABLE)
-        if unreachable:
+        if unreachable(error):
             raise StoreUnavailable("the database cannot be reached") from error
+        raise
+
+
+def unreachable(error: BaseException) -> bool:
+    """The database (or the way to it) failed, as opposed to the statement."""
+    if isinstance(error, sa_exc.DBAPIError):
+        return error.connection_invalidated or isinstance(
+            error, sa_exc.OperationalError | sa_exc.InterfaceError
+        )
+    return isinstance(error, DRIVER_UNREACHABLE)
+
+
+@contextmanager
+def begun(connection: Connection, *, write: bool) -> Iterator[None]:
+    """`connection.begin()`, where a write whose COMMIT fails on the way is an unknown outcome.
+
+    The server may have committed before the connection broke and its answer
+    was lost: "nothing changed" would be a lie. The client is told so, and an
+    Idempotency-Key repeat tells it which (the key's response is stored in the
+    operation's own transaction).
+    """
+    committing = False
+    try:
+        with connection.begin():
+            yield
+            committing = write
+    except (sa_exc.DBAPIError, *DRIVER_ERRORS) as error:
+        if committing and unreachable(error):
+            raise StoreUnavailable(OUTCOME_UNKNOWN_DETAIL) from error
         raise

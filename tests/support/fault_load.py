@@ -7,7 +7,8 @@ The test marks when the fault began and when it was removed; afterwards
 
 - acknowledged (201): its journal entry must be there;
 - refused (503): it must have changed nothing (`applied_refusals` counts the
-  ones whose entry is there anyway);
+  ones whose entry is there anyway) -- unless the 503 said the outcome is
+  unknown (a COMMIT lost on the way): indeterminate, it may be there or not;
 - unanswered (the client gave up): a wait without bound, which the faults
   must never cause.
 
@@ -50,7 +51,13 @@ class Sent:
     finished: float | None = None
     status: int | None = None  # None: no answer
     code: str | None = None
+    detail: str = ""
     retry_after: bool = False
+
+    @property
+    def outcome_unknown(self) -> bool:
+        """A 503 telling that the operation may have been applied (its COMMIT was lost)."""
+        return self.status == 503 and "may have been applied" in self.detail
 
     @property
     def latency(self) -> float:
@@ -141,7 +148,8 @@ class FaultLoad:
         item.retry_after = "Retry-After" in response.headers
         if response.status_code >= 400:
             try:
-                item.code = str(response.json().get("code"))
+                problem = response.json()
+                item.code, item.detail = str(problem.get("code")), str(problem.get("detail"))
             except ValueError:
                 item.code = f"not a problem: {response.text[:80]!r}"
         item.status = response.status_code
@@ -212,7 +220,7 @@ class FaultReport:
             found = (item.account, kind, item.amount) in entries
             if item.status == 201 and not found:
                 self.missing_acknowledged.append(item)
-            if item.status is not None and item.status != 201 and found:
+            if item.status not in (None, 201) and not item.outcome_unknown and found:
                 self.applied_refusals.append(item)
 
     def summary(self) -> str:
@@ -231,5 +239,6 @@ class FaultReport:
             f"max latency during the fault {self.max_fault_latency_seconds:.2f} s, "
             f"codes {dict(self.fault_codes)}; recovered {recovered} after the repair; "
             f"unanswered {len(self.unanswered)}, acknowledged missing "
-            f"{len(self.missing_acknowledged)}, refused but applied {len(self.applied_refusals)}"
+            f"{len(self.missing_acknowledged)}, refused but applied {len(self.applied_refusals)}, "
+            f"outcome unknown {sum(1 for item in self.sent if item.outcome_unknown)}"
         )
