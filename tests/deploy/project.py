@@ -25,7 +25,8 @@ DOCKERFILE_PATH = PROJECT_ROOT / "Dockerfile"
 DOCKERIGNORE_PATH = PROJECT_ROOT / ".dockerignore"
 COMPOSE_SCHEMA_PATH = Path(__file__).resolve().parent / "compose-spec.json"
 
-# DESIGN §4: the service's whole configuration surface.
+# DESIGN §4 and the settings the README adds to it: the service's whole configuration surface
+# (tests/unit/test_config.py checks that service/config.py reads exactly these).
 DESIGN_VARIABLES = frozenset(
     {
         "BANK_DATABASE_URL",
@@ -41,8 +42,15 @@ DESIGN_VARIABLES = frozenset(
         "BANK_IDEMPOTENCY_TTL_HOURS",
         "BANK_REDIS_URL",
         "BANK_REDIS_LOCK_TTL_MS",
+        "BANK_API_TOKENS",
+        "BANK_ADMIN_ONLY_READS",
+        "BANK_CORS_ORIGINS",
+        "BANK_QUEUE_MAX_REQUESTS",
+        "BANK_QUEUE_WAIT_MAX_MS",
     }
 )
+# Read by the load tools and the test suite, never by the service.
+CLIENT_VARIABLES = frozenset({"BANK_TEST_POSTGRES_URL", "BANK_TEST_REDIS_URL", "BANK_CLIENT_TOKEN"})
 # The official postgres image's documented initialisation variables.
 POSTGRES_IMAGE_VARIABLES = frozenset(
     {

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from service import config as config_module
 from service.config import Config, ConfigError, redacted_url
 from service.domain import LockMode
+from tests.deploy.project import DESIGN_VARIABLES
 
 DEFAULTS = Config(
     database_url="sqlite:///var/bank.db",
@@ -511,3 +514,9 @@ def test_cors_origin_that_is_not_exact_is_refused(origin: str) -> None:
     """Wildcards, paths, other schemes, `null` and empty items are refused, naming the variable."""
     with pytest.raises(ConfigError, match="BANK_CORS_ORIGINS"):
         Config.from_env({"BANK_CORS_ORIGINS": origin})
+
+
+def test_the_documented_surface_is_what_config_reads() -> None:
+    """service/config.py reads exactly the variables the docs may mention (tests/deploy)."""
+    source = Path(config_module.__file__).read_text()
+    assert set(re.findall(r'"(BANK_[A-Z_]+)"', source)) == DESIGN_VARIABLES
