@@ -10,10 +10,31 @@ import pytest
 
 from service.schema import upgrade
 from tests.support.postgres import fresh_database
+from tests.support.redis_service import client_for, redis_url_for_database
 from tests.support.servers import ServerProcess
 
 E2E_ADMIN_TOKEN = "e2e-admin-token"
 StartServer = Callable[..., ServerProcess]
+REDIS_MODES = frozenset({"redis-lock", "fenced"})
+# Database 13 and 14 belong to tests/e2e/test_distributed_locks.py.
+E2E_REDIS_DATABASE = 12
+
+
+def redis_settings(lock_mode: str) -> dict[str, str]:
+    """BANK_REDIS_URL of an emptied test database, for a server starting in a Redis mode.
+
+    Emptied so that no lock left by an earlier test's killed worker delays
+    this one; a restart of the same server keeps it (its tokens and locks).
+    """
+    if lock_mode not in REDIS_MODES:
+        return {}
+    url = redis_url_for_database(E2E_REDIS_DATABASE)
+    client = client_for(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return {"BANK_REDIS_URL": url}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -47,6 +68,7 @@ def start_server(tmp_path: Path, server_database_url: str) -> Iterator[StartServ
             environment.update(
                 {f"BANK_{key.upper()}": str(value) for key, value in settings.items()}
             )
+            environment.update(redis_settings(str(settings.get("lock_mode", ""))))
             server = ServerProcess(workdir=tmp_path, settings=environment)
             stack.callback(server.stop)
             return server.start()

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import StartServer
+from tests.e2e.conftest import StartServer, redis_settings
 from tests.support.load import Call, Outcome, audit_of, balance_of, fire, open_account
 from tests.support.servers import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
-SAFE_MODES = ["locked", "optimistic", "atomic"]
+SAFE_MODES = ["locked", "optimistic", "atomic", "fenced"]
 RACE_WINDOW_MS = 20
 DEPOSITS = 160
 WITHDRAWALS = 120
@@ -195,6 +195,7 @@ def start_memory_server(tmp_path: Path) -> Iterator[StartServer]:
             "BANK_LOCK_MODE": lock_mode,
             "BANK_RACE_WINDOW_MS": str(RACE_WINDOW_MS),
             "BANK_ALLOW_UNSAFE_MODES": "1",
+            **redis_settings(lock_mode),
         }
         server = ServerProcess(workdir=tmp_path, settings=settings)
         servers.append(server)

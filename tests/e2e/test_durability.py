@@ -42,7 +42,7 @@ from tests.support.load import (
 
 pytestmark = pytest.mark.e2e
 
-SAFE_MODES = ["locked", "optimistic", "atomic"]
+SAFE_MODES = ["locked", "optimistic", "atomic", "fenced"]
 CLIENTS = 8
 OPERATIONS = 480  # a bound: the kill comes long before the last one is sent
 KILL_AFTER_ACKNOWLEDGED = 120
