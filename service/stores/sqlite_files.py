@@ -21,9 +21,8 @@ for good, even once the files are writable again. So:
 Cost: three stat() calls per checkout (about 5 us in all, measured). Not
 covered: a file replaced and then put back between two checks; and an old
 connection, when closed, may delete the WAL by name (SQLite does so on the
-last close), so restore a
-database either with the service stopped or by putting the very same files
-back (docs/faults.md).
+last close), so restore a database either with the service stopped or by
+putting the very same files back (docs/faults.md).
 """
 
 from __future__ import annotations
