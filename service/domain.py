@@ -156,6 +156,17 @@ class StoreUnavailable(Unavailable):
     retry_after_seconds = 5
 
 
+class OutcomeUnknown(StoreUnavailable):
+    """A write's COMMIT failed on the way: unlike every other 503, it MAY have been applied.
+
+    A StoreUnavailable still (everything that handles a 503 handles it), with
+    its own code so a client need not parse the detail: repeat the request
+    with the same Idempotency-Key to learn its outcome.
+    """
+
+    code = "outcome_unknown"
+
+
 @dataclass(frozen=True)
 class FieldError:
     field: str

@@ -39,6 +39,7 @@ from service.domain import (
     LockMode,
     LockTimeout,
     NotFound,
+    OutcomeUnknown,
     SameAccount,
     StaleLock,
     StoreUnavailable,
@@ -138,6 +139,12 @@ PROBLEMS: dict[str, Problem] = {
             StoreUnavailable,
             "the database cannot be reached or is not migrated, or (in `redis-lock` and "
             "`fenced`) Redis cannot be reached",
+        ),
+        _domain(
+            OutcomeUnknown,
+            "a write's COMMIT failed on the way: it may have been applied (the only 503 that "
+            "may have changed something); repeat it with the same `Idempotency-Key` to learn "
+            "which",
         ),
         Problem(503, "overloaded", "over capacity: refused before running (Retry-After)"),
     )

@@ -209,7 +209,8 @@ AMOUNT = Body(
         ),
     ),
 )
-WRITE_PROBLEMS = ("lock_timeout", "store_unavailable")
+# A write can also lose its COMMIT on the way: 503 outcome_unknown, it may have been applied.
+WRITE_PROBLEMS = ("lock_timeout", "store_unavailable", "outcome_unknown")
 BODY_PROBLEMS = (
     "unsupported_media_type",
     "payload_too_large",

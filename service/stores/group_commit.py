@@ -15,7 +15,9 @@ A write is a *job*: a function of the open connection. The writer runs a
 job only if its request is still waiting for it: a request whose deadline
 passes while the job is queued cancels it and answers 503 (nothing
 happened); once the writer has claimed a job, its request waits for the
-batch's outcome, so a 503 never hides a write that was committed.
+batch's outcome, so a 503 never hides a write that was committed -- except
+when the COMMIT itself fails, whose outcome SQLite cannot promise: those
+jobs get 503 `outcome_unknown` (OutcomeUnknown), never "nothing changed".
 
 What a job does inside the transaction (and so which lock mode is served)
 is the caller's business; this module knows transactions, not money.
@@ -35,7 +37,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
 
-from service.domain import DomainError, LockTimeout, StoreUnavailable
+from service.domain import DomainError, LockTimeout, OutcomeUnknown, StoreUnavailable
 from service.stores.sql_errors import translated_errors
 from service.stores.sqlite_files import still_current
 
@@ -50,6 +52,10 @@ T = TypeVar("T")
 # of waiting for every window before them to be committed).
 MAX_BATCH_JOBS = 64
 MAX_BATCH_SECONDS = 0.05
+LOST_COMMIT_DETAIL = (
+    "the database failed while committing: the operation may have been applied; "
+    "repeat it with the same Idempotency-Key to learn its outcome"
+)
 # How long close() waits for the writer to finish what was queued.
 CLOSE_DEADLINE_SECONDS = 10.0
 
@@ -181,6 +187,7 @@ class GroupCommitter:
         claimed: list[Job[Any]] = []
         outcomes: list[tuple[bool, Any]] = []
         left: list[Job[Any]] = []
+        committing = False
         try:
             with translated_errors(), self._writer_lock():
                 connection = self._open_connection()
@@ -194,14 +201,28 @@ class GroupCommitter:
                         if job.claim():
                             claimed.append(job)
                             outcomes.append(self._run_in_savepoint(connection, cursor, job))
+                    committing = True
         except Exception as error:
             self._drop_connection()
-            # Nothing of this batch was committed: every job in it fails the same way.
+            # Before COMMIT, nothing of this batch was committed: every job fails the same way.
             if not isinstance(error, DomainError):
                 logger.error("group commit of %d writes failed: %r", len(claimed), error)
                 error = StoreUnavailable("the database failed to commit; nothing changed")
+            maybe_committed: set[Job[Any]] = set()
+            if committing and not isinstance(error, LockTimeout):
+                # A COMMIT that failed (other than SQLITE_BUSY, which leaves the
+                # transaction open and uncommitted) may still be on disk: SQLite
+                # wrote the WAL frames and their commit record before the fsync
+                # that failed, and recovery after a restart replays them unless a
+                # later write overwrote them first. The jobs it would have
+                # committed are told so; refused and unstarted jobs changed nothing.
+                maybe_committed = {
+                    job for job, (succeeded, _) in zip(claimed, outcomes, strict=True) if succeeded
+                }
             for job in batch:
-                if job in claimed or job.claim():
+                if job in maybe_committed:
+                    job.fail(OutcomeUnknown(LOST_COMMIT_DETAIL))
+                elif job in claimed or job.claim():
                     job.fail(error)
             return []
         for job, (succeeded, value) in zip(claimed, outcomes, strict=True):

@@ -3,8 +3,8 @@
 Deadlocks and serialization failures become `RetryableConflict` (nothing was
 written; the service runs the operation again); a lock wait that ran out
 becomes LockTimeout; an unreachable or unmigrated database becomes
-StoreUnavailable -- and a write whose COMMIT was lost on the way says that it
-may have been applied (`begun`). Anything else is a bug and propagates.
+StoreUnavailable -- and a write whose COMMIT was lost on the way becomes
+OutcomeUnknown: it may have been applied (`begun`). Anything else is a bug and propagates.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import psycopg
 from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 
-from service.domain import LockTimeout, StoreUnavailable
+from service.domain import LockTimeout, OutcomeUnknown, StoreUnavailable
 from service.stores.base import RetryableConflict
 
 # PostgreSQL SQLSTATEs this store turns into refusals.
@@ -93,5 +93,5 @@ def begun(connection: Connection, *, write: bool) -> Iterator[None]:
             committing = write
     except (sa_exc.DBAPIError, *DRIVER_ERRORS) as error:
         if committing and unreachable(error):
-            raise StoreUnavailable(OUTCOME_UNKNOWN_DETAIL) from error
+            raise OutcomeUnknown(OUTCOME_UNKNOWN_DETAIL) from error
         raise

@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 from service import create_app
 from service.domain import (
     LockTimeout,
+    OutcomeUnknown,
     StoreUnavailable,
     WriteConflict,
 )
@@ -441,6 +442,7 @@ class FailingStore(MemoryStore):
         self.write_error: Exception | None = None
         self.read_error: Exception | None = None
         self.ready_error: Exception | None = None
+        self.error_after_write: Exception | None = None  # written, then the answer is lost
 
     def write_legs_holding_locks(
         self,
@@ -452,7 +454,10 @@ class FailingStore(MemoryStore):
         # Every mode's write ends here (outside `exclusive` after taking the row locks).
         if self.write_error is not None:
             raise self.write_error
-        return super().write_legs_holding_locks(writes, lock_mode, transfer, completion)
+        written = super().write_legs_holding_locks(writes, lock_mode, transfer, completion)
+        if self.error_after_write is not None:
+            raise self.error_after_write
+        return written
 
     def get_account(self, account_id: int) -> Any:
         if self.read_error is not None:
@@ -529,6 +534,48 @@ def test_unavailable_store_is_503_with_retry_after_and_no_change(
     assert response.headers["X-Lock-Mode"] == "locked"
     store.write_error = None
     assert snapshot(client, source, target) == before
+
+
+LOST_COMMIT = OutcomeUnknown("the connection broke while committing: it may have been applied")
+
+
+def money_request(client: FlaskClient, operation: str, source: int, target: int, **kw: Any) -> Any:
+    if operation == "transfer":
+        body = {"from_account": source, "to_account": target, "amount": 1}
+        return client.post("/transfers", json=body, **kw)
+    return client.post(f"/accounts/{source}/{operation}", json={"amount": 1}, **kw)
+
+
+@pytest.mark.parametrize("operation", ["deposit", "withdraw", "transfer"])
+def test_a_lost_commit_is_503_outcome_unknown_with_retry_after(
+    failing: tuple[FailingStore, FlaskClient], operation: str
+) -> None:
+    """A write whose outcome is unknown has its own code, outcome_unknown, not store_unavailable."""
+    store, client = failing
+    source, target = open_account(client, opening_balance=10)["id"], open_account(client)["id"]
+    store.write_error = LOST_COMMIT
+    response = money_request(client, operation, source, target)
+    body = assert_problem(response, 503, "outcome_unknown")
+    assert body["status"] == 503 and body["detail"] == LOST_COMMIT.detail
+    assert response.headers["Retry-After"] == "5"
+
+
+def test_a_committed_write_whose_answer_was_lost_replays_with_its_key(
+    failing: tuple[FailingStore, FlaskClient],
+) -> None:
+    """After outcome_unknown, the key's stored response survives the release: the repeat replays
+    it and the money moved once (a key that was never completed would run again instead)."""
+    store, client = failing
+    source, target = open_account(client, opening_balance=10)["id"], open_account(client)["id"]
+    headers = {"Idempotency-Key": "lost-commit-1"}
+    store.error_after_write = LOST_COMMIT  # the write and its stored response are in
+    lost = money_request(client, "transfer", source, target, headers=headers)
+    assert_problem(lost, 503, "outcome_unknown")
+    store.error_after_write = None
+    repeat = money_request(client, "transfer", source, target, headers=headers)
+    assert repeat.status_code == 201 and repeat.headers["Idempotent-Replayed"] == "true"
+    after = snapshot(client, source, target)
+    assert [after.accounts[key]["balance"] for key in (source, target)] == [9, 1]
 
 
 def test_readyz_when_the_store_is_down_is_503(failing: tuple[FailingStore, FlaskClient]) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, Engine, text
 
-from service.domain import InsufficientFunds, LockTimeout
+from service.domain import InsufficientFunds, LockTimeout, OutcomeUnknown
 from service.stores.engines import build_engine
 from service.stores.group_commit import MAX_BATCH_SECONDS, GroupCommitter
 from service.stores.writer_lock import WriterLock
@@ -154,3 +154,20 @@ def test_jobs_behind_a_long_job_are_committed_in_a_later_batch(
     for thread in threads:
         thread.join(JOIN_DEADLINE_SECONDS)
     assert seen_by_second == [{"slow"}]
+
+
+def test_a_failed_commit_leaves_the_outcome_of_its_writes_unknown(
+    committer: GroupCommitter, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A COMMIT that fails with a disk I/O error (a failed fsync, say) may be on disk all the
+    same (its WAL frames were written): the batch's writes get 503 outcome_unknown."""
+
+    def failing_commit(_connection: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(engine.dialect, "do_commit", failing_commit)
+    with pytest.raises(OutcomeUnknown) as raised:
+        committer.run(insert("a"), later())  # type: ignore[arg-type]
+    assert raised.value.code == "outcome_unknown" and "may have been applied" in raised.value.detail
+    monkeypatch.undo()
+    assert committer.run(insert("b"), later()) == "b"  # type: ignore[arg-type]

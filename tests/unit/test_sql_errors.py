@@ -3,8 +3,8 @@
 A connection that breaks while COMMIT is under way leaves the outcome
 unknown: the server may have committed before the answer was lost (seen in
 tests/e2e/test_store_faults.py, PostgreSQL cut mid-load: a deposit answered
-503 was in the journal). Such a 503 must say the operation may have been
-applied, never that nothing changed.
+503 was in the journal). Such a 503 is `outcome_unknown` (OutcomeUnknown),
+saying the operation may have been applied, never that nothing changed.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy import exc as sa_exc
 
-from service.domain import StoreUnavailable
+from service.domain import OutcomeUnknown, StoreUnavailable
 from service.stores.sql_errors import OUTCOME_UNKNOWN_DETAIL, begun, translated_errors
 
 
@@ -54,15 +54,19 @@ def break_commits(engine: Engine) -> None:
 def test_a_connection_lost_during_commit_leaves_the_outcome_unknown(engine: Engine) -> None:
     """A write whose COMMIT fails on a broken connection: 503 saying it may have been applied."""
     break_commits(engine)
-    assert run(engine, "INSERT INTO rows VALUES ('a')", write=True).detail == OUTCOME_UNKNOWN_DETAIL
+    refusal = run(engine, "INSERT INTO rows VALUES ('a')", write=True)
+    assert isinstance(refusal, OutcomeUnknown) and refusal.code == "outcome_unknown"
+    assert refusal.detail == OUTCOME_UNKNOWN_DETAIL
 
 
 def test_a_connection_lost_before_commit_changed_nothing(engine: Engine) -> None:
     """A statement failing on a broken connection: the plain 503, nothing was committed."""
-    assert run(engine, None, write=True).detail != OUTCOME_UNKNOWN_DETAIL
+    refusal = run(engine, None, write=True)
+    assert refusal.code == "store_unavailable" and refusal.detail != OUTCOME_UNKNOWN_DETAIL
 
 
 def test_a_read_never_reports_an_unknown_outcome(engine: Engine) -> None:
     """A read changes nothing, whenever its connection breaks."""
     break_commits(engine)
-    assert run(engine, "SELECT 1", write=False).detail != OUTCOME_UNKNOWN_DETAIL
+    refusal = run(engine, "SELECT 1", write=False)
+    assert refusal.code == "store_unavailable" and refusal.detail != OUTCOME_UNKNOWN_DETAIL
