@@ -60,6 +60,31 @@ LOST_COMMIT_DETAIL = (
 CLOSE_DEADLINE_SECONDS = 10.0
 
 
+# What SQLite answers when a COMMIT left nothing on disk for certain. The
+# commit record is the last WAL frame written, so a failed write (a full disk,
+# a file made read-only: SQLITE_FULL, SQLITE_IOERR_WRITE, SQLITE_READONLY_*)
+# never wrote a valid one, and SQLITE_BUSY (LockTimeout) leaves the transaction
+# uncommitted. Any other failure -- a failed fsync above all -- may come after
+# the commit record was written: SQLite reports the error and hides the frames
+# from this process, but recovery after a restart replays them unless a later
+# write overwrote them first, so the outcome is unknown.
+NOT_COMMITTED_SQLITE_ERRORS = (
+    "SQLITE_FULL",
+    "SQLITE_IOERR_WRITE",
+    "SQLITE_READONLY",
+    "SQLITE_BUSY",
+)
+
+
+def _certainly_not_committed(error: BaseException) -> bool:
+    """Whether a failed COMMIT, as translated_errors raised it, surely left nothing behind."""
+    if isinstance(error, LockTimeout):
+        return True
+    cause = error.__cause__
+    name = getattr(getattr(cause, "orig", cause), "sqlite_errorname", "")
+    return isinstance(name, str) and name.startswith(NOT_COMMITTED_SQLITE_ERRORS)
+
+
 class _State(enum.Enum):
     QUEUED = "queued"
     CLAIMED = "claimed"
@@ -209,13 +234,12 @@ class GroupCommitter:
                 logger.error("group commit of %d writes failed: %r", len(claimed), error)
                 error = StoreUnavailable("the database failed to commit; nothing changed")
             maybe_committed: set[Job[Any]] = set()
-            if committing and not isinstance(error, LockTimeout):
-                # A COMMIT that failed (other than SQLITE_BUSY, which leaves the
-                # transaction open and uncommitted) may still be on disk: SQLite
-                # wrote the WAL frames and their commit record before the fsync
-                # that failed, and recovery after a restart replays them unless a
-                # later write overwrote them first. The jobs it would have
-                # committed are told so; refused and unstarted jobs changed nothing.
+            if committing and not _certainly_not_committed(error):
+                logger.warning(
+                    "the COMMIT of %d writes failed, outcome unknown: %r",
+                    len(claimed),
+                    error.__cause__,
+                )
                 maybe_committed = {
                     job for job, (succeeded, _) in zip(claimed, outcomes, strict=True) if succeeded
                 }

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, Engine, text
 
-from service.domain import InsufficientFunds, LockTimeout, OutcomeUnknown
+from service.domain import InsufficientFunds, LockTimeout, OutcomeUnknown, StoreUnavailable
 from service.stores.engines import build_engine
 from service.stores.group_commit import MAX_BATCH_SECONDS, GroupCommitter
 from service.stores.writer_lock import WriterLock
@@ -156,18 +156,36 @@ def test_jobs_behind_a_long_job_are_committed_in_a_later_batch(
     assert seen_by_second == [{"slow"}]
 
 
-def test_a_failed_commit_leaves_the_outcome_of_its_writes_unknown(
-    committer: GroupCommitter, engine: Engine, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("error_name", "unknown"),
+    [
+        ("SQLITE_IOERR_FSYNC", True),  # the commit record may be in the WAL: recovery replays it
+        ("SQLITE_IOERR_SHMMAP", True),
+        ("SQLITE_FULL", False),  # the commit record, the last frame, was never written
+        ("SQLITE_IOERR_WRITE", False),
+        ("SQLITE_READONLY_DBMOVED", False),
+    ],
+)
+def test_a_failed_commit_is_outcome_unknown_unless_sqlite_surely_wrote_nothing(
+    committer: GroupCommitter,
+    engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    error_name: str,
+    unknown: bool,
 ) -> None:
-    """A COMMIT that fails with a disk I/O error (a failed fsync, say) may be on disk all the
-    same (its WAL frames were written): the batch's writes get 503 outcome_unknown."""
+    """A COMMIT failing on a failed fsync may be on disk all the same (its WAL frames were
+    written): 503 outcome_unknown. One that failed writing them changed nothing: plain 503."""
 
     def failing_commit(_connection: object) -> None:
-        raise sqlite3.OperationalError("disk I/O error")
+        error = sqlite3.OperationalError("disk I/O error")
+        error.sqlite_errorname = error_name  # what sqlite3 sets on a real failure
+        raise error
 
     monkeypatch.setattr(engine.dialect, "do_commit", failing_commit)
-    with pytest.raises(OutcomeUnknown) as raised:
+    with pytest.raises(StoreUnavailable) as raised:
         committer.run(insert("a"), later())  # type: ignore[arg-type]
-    assert raised.value.code == "outcome_unknown" and "may have been applied" in raised.value.detail
+    assert isinstance(raised.value, OutcomeUnknown) is unknown
+    assert raised.value.code == ("outcome_unknown" if unknown else "store_unavailable")
+    assert ("may have been applied" in raised.value.detail) is unknown
     monkeypatch.undo()
     assert committer.run(insert("b"), later()) == "b"  # type: ignore[arg-type]
