@@ -54,6 +54,7 @@ from loadtest.jepsen_nemesis import (
     available_faults,
 )
 from loadtest.service_process import REPOSITORY_ROOT, ServiceProcess, service_environment
+from loadtest.tally import OUTCOME_UNKNOWN_CODE
 from loadtest.tcp_proxy import TcpProxy
 
 # Every request gets a new connection: kept-alive connections stick to one
@@ -63,8 +64,11 @@ RETRY_BACKOFF_BASE_SECONDS = 0.05
 RETRY_BACKOFF_CAP_SECONDS = 1.0
 FAILED_READ_PAUSE_SECONDS = 0.05
 FINAL_READ_INTERVAL_SECONDS = 0.2
-# 503s whose problem says nothing was written: the only 5xx that are a "fail".
-NOTHING_WRITTEN_CODES = frozenset({"lock_timeout", "write_conflict", "overloaded"})
+# 503s whose problem says nothing was written: the only 5xx that are a "fail". A write
+# that may have been applied is 503 outcome_unknown instead (indeterminate: "info").
+NOTHING_WRITTEN_CODES = frozenset(
+    {"lock_timeout", "write_conflict", "overloaded", "store_unavailable"}
+)
 DEFAULT_HISTORY = Path("var/jepsen/history.json")
 
 
@@ -100,6 +104,8 @@ class Attempt:
     @property
     def uncertain(self) -> bool:
         """Nobody knows whether this attempt moved money."""
+        if self.code == OUTCOME_UNKNOWN_CODE:
+            return True
         if self.status == 0 or self.status >= 500:
             return not (self.status == 503 and self.code in NOTHING_WRITTEN_CODES)
         return self.status == 409 and self.code == "idempotency_in_progress"

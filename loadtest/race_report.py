@@ -23,8 +23,10 @@ How to read this report:
                 breaks conservation
   409 insufficient_funds is a correct refusal, and so is 409 stale_lock (fenced: the request's
   lock lease ran out, a newer holder took the account, the store refused the stale write);
-  503 with Retry-After is an honest, bounded refusal (counted, never an anomaly); any other
-  5xx, no answer or unexpected status is."""
+  503 with Retry-After is an honest, bounded refusal (counted, never an anomaly), except 503
+  outcome_unknown: honest too, but its write may have been applied, so its money is counted
+  as unknown (like no answer), never as refused; any other 5xx, no answer or unexpected
+  status is an anomaly."""
 
 
 def signed(value: int | None) -> str:
@@ -118,6 +120,7 @@ def render_text(result: Reconciliation) -> str:
         f"correct refusals (409) {result.refusals}   "
         f"bounded refusals (503 + Retry-After) {result.bounded_refusals}",
         f"server errors (other 5xx) {result.server_errors}   no answer {result.no_answers}   "
+        f"outcome unknown (503 outcome_unknown) {result.outcome_unknown}   "
         f"unexpected answers {result.unexpected_responses}",
         f"answers: {answers or 'none'}",
         "",

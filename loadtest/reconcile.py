@@ -177,6 +177,7 @@ class Reconciliation:
     applied_twice: int = 0
     stale_lock_refusals: int = 0  # final 409 stale_lock answers (fenced), within `refusals`
     stale_lock_retries: int = 0  # 409 stale_lock answers whose request was sent again
+    outcome_unknown: int = 0  # final 503 outcome_unknown: may have been applied (unknown money)
 
     @property
     def passed(self) -> bool:
@@ -354,6 +355,7 @@ def reconcile(
         applied_twice=sum(report.extra_journal_entries for report in accounts),
         stale_lock_refusals=tally.stale_lock_refusals,
         stale_lock_retries=tally.stale_lock_retries,
+        outcome_unknown=tally.count(Outcome.INDETERMINATE),
     )
     result.problems = find_problems(result, tally, observations, setup_error)
     return result

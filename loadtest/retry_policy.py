@@ -7,6 +7,8 @@ jittered backoff, exactly the answers after which the client is unsure or was
 told to come back:
 - no answer, a 502 or 504 from a balancer: the outcome is unknown;
 - a 503 with Retry-After: nothing changed, the server said when to return;
+- 503 `outcome_unknown`: the write lost its COMMIT and may have been applied;
+  the same key makes the server replay it if it was, run it if it was not;
 - 409 `idempotency_in_progress`: the first try still runs;
 - 409 `stale_lock` (`fenced`): this try's lock lease ran out and a newer holder
   took the account, so the store refused the write; nothing changed.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import random
 
-from loadtest.tally import STALE_LOCK_CODE, Answer
+from loadtest.tally import OUTCOME_UNKNOWN_CODE, STALE_LOCK_CODE, Answer
 
 # A keyed request is sent at most this many times, backing off between tries.
 RETRY_ATTEMPTS = 4
@@ -28,7 +30,7 @@ RETRIED_CONFLICT_CODES = frozenset({"idempotency_in_progress", STALE_LOCK_CODE})
 
 def should_retry(answer: Answer) -> bool:
     """An answer after which the same keyed request may, and should, be sent again."""
-    if answer.status in (0, 502, 504):
+    if answer.status in (0, 502, 504) or answer.code == OUTCOME_UNKNOWN_CODE:
         return True  # unknown outcome: the key makes the retry safe
     if answer.status == 503 and answer.retry_after:
         return True  # nothing changed; the server said when to come back

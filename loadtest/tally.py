@@ -22,6 +22,9 @@ LATENCY_SAMPLES_LIMIT = 10_000
 # `fenced` (DESIGN §2): this request's lock lease ran out and a newer holder took the account;
 # its write changed nothing, and the client may send it again.
 STALE_LOCK_CODE = "stale_lock"
+# A 503 whose write lost its COMMIT on the way: it may have been applied (the only
+# 503 that may have changed something); a repeat with the same Idempotency-Key tells.
+OUTCOME_UNKNOWN_CODE = "outcome_unknown"
 # Correct refusals (DESIGN §3): the server said no and changed nothing.
 REFUSAL_CODES = frozenset({"insufficient_funds", "balance_limit_exceeded", STALE_LOCK_CODE})
 
@@ -32,13 +35,16 @@ class Outcome(StrEnum):
     ACKNOWLEDGED = "acknowledged"  # 2xx: the operation happened
     REFUSED = "refused"  # 409 insufficient_funds / balance_limit_exceeded / stale_lock: correct
     BOUNDED_REFUSAL = "bounded_refusal"  # 503 with Retry-After: nothing changed, honest
+    INDETERMINATE = "indeterminate"  # 503 outcome_unknown: honest, but it may have happened
     SERVER_ERROR = "server_error"  # any other 5xx: an anomaly, effect unknown
     UNEXPECTED = "unexpected"  # any other answer (4xx, 3xx): an anomaly, nothing changed
     NO_ANSWER = "no_answer"  # connection error or timeout: an anomaly, effect unknown
 
 
 ANOMALOUS_OUTCOMES = frozenset({Outcome.SERVER_ERROR, Outcome.UNEXPECTED, Outcome.NO_ANSWER})
-UNKNOWN_EFFECT_OUTCOMES = frozenset({Outcome.SERVER_ERROR, Outcome.NO_ANSWER})
+UNKNOWN_EFFECT_OUTCOMES = frozenset(
+    {Outcome.SERVER_ERROR, Outcome.NO_ANSWER, Outcome.INDETERMINATE}
+)
 
 
 def classify(status: int, code: str | None, retry_after: str | None) -> Outcome:
@@ -49,6 +55,8 @@ def classify(status: int, code: str | None, retry_after: str | None) -> Outcome:
         return Outcome.ACKNOWLEDGED
     if status == 409 and code in REFUSAL_CODES:
         return Outcome.REFUSED
+    if status == 503 and code == OUTCOME_UNKNOWN_CODE:
+        return Outcome.INDETERMINATE  # never a refusal: its money is counted as unknown
     if status == 503 and retry_after:
         return Outcome.BOUNDED_REFUSAL
     if status >= 500:

@@ -57,7 +57,8 @@ AFTER_REPAIR_SECONDS = 1.5
 RECOVERY_GRACE_SECONDS = 0.5
 WORKER_REPLACED_DEADLINE_SECONDS = 20.0
 SMALL_FILE_SYSTEM_MEBIBYTES = 16
-HONEST_CODES = {"store_unavailable"}
+# outcome_unknown: a write whose COMMIT was lost with the connection (it may have been applied).
+HONEST_CODES = {"store_unavailable", "outcome_unknown"}
 
 
 def sqlite_server(workdir: Path, database: Path) -> ServerProcess:

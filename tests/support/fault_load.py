@@ -7,8 +7,8 @@ The test marks when the fault began and when it was removed; afterwards
 
 - acknowledged (201): its journal entry must be there;
 - refused (503): it must have changed nothing (`applied_refusals` counts the
-  ones whose entry is there anyway) -- unless the 503 said the outcome is
-  unknown (a COMMIT lost on the way): indeterminate, it may be there or not;
+  ones whose entry is there anyway) -- unless it is 503 `outcome_unknown` (a
+  COMMIT lost on the way): indeterminate, it may be there or not;
 - unanswered (the client gave up): a wait without bound, which the faults
   must never cause.
 
@@ -57,7 +57,7 @@ class Sent:
     @property
     def outcome_unknown(self) -> bool:
         """A 503 telling that the operation may have been applied (its COMMIT was lost)."""
-        return self.status == 503 and "may have been applied" in self.detail
+        return self.status == 503 and self.code == "outcome_unknown"
 
     @property
     def latency(self) -> float:
