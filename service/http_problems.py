@@ -20,6 +20,8 @@ import socket
 
 from gunicorn.util import write_nonblock
 
+from service.api.headers import API_CONTENT_SECURITY_POLICY, NO_STORE, SECURITY_HEADERS
+
 # gunicorn's statuses (gunicorn.workers.base.Worker.handle_error) and the code
 # each gets; the OpenAPI document lists them under every operation's `default`.
 GUNICORN_PROBLEM_CODES = {
@@ -49,11 +51,19 @@ def problem_response(status: int, reason: str, detail: str) -> bytes:
         }
     ).encode()
     reason = reason.encode("latin-1", "replace").decode("latin-1")
+    # The same headers as every answer of the app (service/api/headers.py); no Server banner.
+    headers = {
+        "Connection": "close",
+        "Content-Type": "application/problem+json",
+        "Content-Length": str(len(body)),
+        **SECURITY_HEADERS,
+        "Content-Security-Policy": API_CONTENT_SECURITY_POLICY,
+        "Cache-Control": NO_STORE,
+    }
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
-        "Connection: close\r\n"
-        "Content-Type: application/problem+json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        + "\r\n"
     )
     return head.encode("latin-1") + body
 

@@ -16,6 +16,7 @@ from flask import Flask
 
 from service import create_app
 from service.api.docs import ASSETS
+from service.api.headers import API_CONTENT_SECURITY_POLICY, NO_STORE, SECURITY_HEADERS
 from service.http_problems import GUNICORN_PROBLEM_CODES, problem_response
 from tests.conftest import make_config
 
@@ -53,3 +54,16 @@ def test_the_http_servers_refusals_are_problems_the_document_allows(
     default = document["paths"]["/balances"]["get"]["responses"]["default"]
     schema = {**default["content"]["application/problem+json"]["schema"], **document}
     jsonschema.Draft202012Validator(schema).validate(problem)
+
+
+@pytest.mark.parametrize("status", GUNICORN_PROBLEM_CODES)
+def test_the_http_servers_refusals_carry_the_security_headers(status: int) -> None:
+    """Every answer carries the headers service/api/headers.py promises, gunicorn's own too."""
+    head = problem_response(status, "Reason", "Invalid HTTP Header").split(b"\r\n\r\n", 1)[0]
+    lines = head.decode("latin-1").split("\r\n")[1:]
+    headers = dict(line.split(": ", 1) for line in lines)
+    for name, value in SECURITY_HEADERS.items():
+        assert headers[name] == value
+    assert headers["Content-Security-Policy"] == API_CONTENT_SECURITY_POLICY
+    assert headers["Cache-Control"] == NO_STORE
+    assert "Server" not in headers
