@@ -7,6 +7,11 @@ parses its output: wrk's own summary (`--latency`: percentiles, max, socket
 errors) and the `bench-result` lines of the script (answers by status, the
 accounts each acknowledgement moved, requests still unanswered).
 
+The run itself (`prepare_workdir`, `wrk_command`, `drive_wrk`,
+`wait_for_drain`) and the reading of a script's counters (`result_lines`,
+`socket_errors`) serve any script built on loadtest/wrk_load.lua: the
+overload test's tests/support/overload.lua too.
+
 `ensure_wrk` finds wrk, installing the Debian package when it is missing and
 the process may (root with apt-get).
 """
@@ -142,31 +147,50 @@ def read_summary(text: str, result: LoadResult) -> None:
         result.p50_ms = milliseconds(percentiles["50"])
     if "99" in percentiles:
         result.p99_ms = milliseconds(percentiles["99"])
+    result.socket_errors = socket_errors(text)
+
+
+def socket_errors(text: str) -> dict[str, int]:
+    """The counts of wrk's `Socket errors:` line, by kind (all 0 when it printed none)."""
     errors = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
     )
     counts = map(int, errors.groups()) if errors else [0] * len(SOCKET_ERROR_KINDS)
-    result.socket_errors = dict(zip(SOCKET_ERROR_KINDS, counts, strict=True))
+    return dict(zip(SOCKET_ERROR_KINDS, counts, strict=True))
+
+
+def result_lines(text: str, prefix: str) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """The counters a loadtest/wrk_load.lua script's done() printed, as (scalars, maps).
+
+    `PREFIX-result NAME N` is a scalar, `PREFIX-result MAP KEY N` one key of a map.
+    """
+    label = f"{prefix}-result"
+    scalars: dict[str, int] = {}
+    maps: dict[str, dict[str, int]] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[0] == label:
+            scalars[fields[1]] = int(fields[2])
+        elif len(fields) == 4 and fields[0] == label:
+            maps.setdefault(fields[1], {})[fields[2]] = int(fields[3])
+    return scalars, maps
+
+
+def int_keys(counts: dict[str, int]) -> dict[int, int]:
+    return {int(key): count for key, count in counts.items()}
 
 
 def read_counters(text: str, result: LoadResult) -> None:
     """The counters bench.lua's done() printed: `bench-result NAME N` or `... MAP KEY N`."""
-    scalars: dict[str, int] = {}
-    maps: dict[str, dict[str, int]] = {"status": {}, "credit": {}, "debit": {}, "mode": {}}
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) == 3 and fields[0] == "bench-result":
-            scalars[fields[1]] = int(fields[2])
-        elif len(fields) == 4 and fields[0] == "bench-result" and fields[1] in maps:
-            maps[fields[1]][fields[2]] = int(fields[3])
+    scalars, maps = result_lines(text, "bench")
     for name in COUNTERS:
         setattr(result, name, scalars.get(name, 0))
     # The /healthz probes sent after the deadline (answered 200) move no money.
     result.answered -= scalars.get("probes_answered", 0)
-    result.statuses = {int(status): count for status, count in maps["status"].items()}
-    result.credits = {int(account): count for account, count in maps["credit"].items()}
-    result.debits = {int(account): count for account, count in maps["debit"].items()}
-    result.served_modes = maps["mode"]
+    result.statuses = int_keys(maps.get("status", {}))
+    result.credits = int_keys(maps.get("credit", {}))
+    result.debits = int_keys(maps.get("debit", {}))
+    result.served_modes = maps.get("mode", {})
 
 
 def write_account_ids(path: Path, account_ids: Sequence[int]) -> None:
@@ -181,13 +205,35 @@ def thread_count(threads: int, connections: int) -> int:
 
 
 def wrk_command(
-    wrk: str, url: str, *, threads: int, connections: int, duration_s: int, arguments: list[str]
+    wrk: str,
+    url: str,
+    *,
+    threads: int,
+    connections: int,
+    duration_s: int,
+    arguments: list[str],
+    script: Path = LUA_SCRIPT,
+    drain_limit_s: int = DRAIN_LIMIT_SECONDS,
+    timeout_s: int = WRK_TIMEOUT_SECONDS,
 ) -> list[str]:
+    """wrk running `script` for the load's duration plus the drain limit."""
     return [
         wrk, "-t", str(thread_count(threads, connections)), "-c", str(connections),
-        "-d", f"{duration_s + DRAIN_LIMIT_SECONDS}s", "--latency",
-        "--timeout", f"{WRK_TIMEOUT_SECONDS}s", "-s", str(LUA_SCRIPT), url, "--", *arguments,
+        "-d", f"{duration_s + drain_limit_s}s", "--latency",
+        "--timeout", f"{timeout_s}s", "-s", str(script), url, "--", *arguments,
     ]  # fmt: skip
+
+
+def prepare_workdir(
+    workdir: Path, account_ids: Sequence[int], *, prefix: str = ""
+) -> tuple[Path, Path]:
+    """The account ids file (written) and an empty signal directory, in `workdir`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ids_file, signal_dir = workdir / f"{prefix}accounts.txt", workdir / f"{prefix}signals"
+    write_account_ids(ids_file, account_ids)
+    shutil.rmtree(signal_dir, ignore_errors=True)
+    signal_dir.mkdir(parents=True)
+    return ids_file, signal_dir
 
 
 def run_wrk(
@@ -205,27 +251,46 @@ def run_wrk(
     keyed: bool = False,
 ) -> LoadResult:
     """One run: load for `duration_s`, drain, stop wrk, parse. Raises LoadError."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    ids_file, signal_dir = workdir / "accounts.txt", workdir / "signals"
-    write_account_ids(ids_file, account_ids)
-    shutil.rmtree(signal_dir, ignore_errors=True)
-    signal_dir.mkdir(parents=True)
+    ids_file, signal_dir = prepare_workdir(workdir, account_ids)
     arguments = [operation, str(amount), str(duration_s), str(ids_file), str(signal_dir),
                  expected_mode, "keyed" if keyed else ""]  # fmt: skip
     command = wrk_command(
         wrk, url, threads=threads, connections=connections, duration_s=duration_s,
         arguments=arguments,
     )  # fmt: skip
-    wrk_threads = thread_count(threads, connections)
-    output_path = workdir / "wrk.out"
+    text, drained = drive_wrk(
+        command,
+        signal_dir=signal_dir,
+        threads=thread_count(threads, connections),
+        duration_s=duration_s,
+        output_path=workdir / "wrk.out",
+    )
+    result = parse_wrk_output(text, float(duration_s))
+    result.drained = drained
+    return result
+
+
+def drive_wrk(
+    command: list[str],
+    *,
+    signal_dir: Path,
+    threads: int,
+    duration_s: int,
+    output_path: Path,
+    drain_limit_s: int = DRAIN_LIMIT_SECONDS,
+) -> tuple[str, bool]:
+    """Run wrk, wait for the drain, stop it with SIGINT: its output, and whether it drained.
+
+    Raises LoadError when wrk does not stop or exits with an error.
+    """
     with output_path.open("wb") as output:
         process = subprocess.Popen(
             command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            drained = wait_for_drain(process, signal_dir, wrk_threads, duration_s)
+            drained = wait_for_drain(process, signal_dir, threads, duration_s, drain_limit_s)
             if process.poll() is None:
-                process.send_signal(signal.SIGINT)  # wrk stops and prints its summary
+                process.send_signal(signal.SIGINT)  # wrk stops, runs done(), prints its summary
             process.wait(timeout=EXIT_DEADLINE_SECONDS)
         except subprocess.TimeoutExpired as timeout:
             raise LoadError("wrk did not stop after SIGINT") from timeout
@@ -234,16 +299,18 @@ def run_wrk(
     text = output_path.read_text(errors="replace")
     if process.returncode != 0:
         raise LoadError(f"wrk exited with {process.returncode}: {text[-1000:]}")
-    result = parse_wrk_output(text, float(duration_s))
-    result.drained = drained
-    return result
+    return text, drained
 
 
 def wait_for_drain(
-    process: subprocess.Popen[bytes], signal_dir: Path, threads: int, duration_s: int
+    process: subprocess.Popen[bytes],
+    signal_dir: Path,
+    threads: int,
+    duration_s: int,
+    drain_limit_s: int = DRAIN_LIMIT_SECONDS,
 ) -> bool:
     """Poll until every wrk thread signalled that it has nothing in flight after the deadline."""
-    deadline = time.monotonic() + duration_s + DRAIN_LIMIT_SECONDS
+    deadline = time.monotonic() + duration_s + drain_limit_s
     while time.monotonic() < deadline and process.poll() is None:
         if len(list(signal_dir.glob("drained-*"))) >= threads:
             return True

@@ -2,7 +2,8 @@
 
 `run_overload` starts wrk with tests/support/overload.lua: many connections
 send deposits of 1 to random accounts for `duration_s`, then drain (every
-request sent gets its answer or wrk's timeout) and wrk is stopped. The result
+request sent gets its answer or wrk's timeout) and wrk is stopped; the run
+and the reading of wrk's output are the benchmark's (loadtest/bench_wrk.py). The result
 holds the answers by status, per-class latency histograms (201, 503
 `overloaded`, other) timed by the client from the X-Request-ID it sent and
 the service echoed, and the deposits acknowledged per account.
@@ -19,29 +20,31 @@ the given settings and prints one line per connection count.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
-import signal
-import subprocess
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
-from loadtest.service_process import stop_process_group
+from loadtest.bench_wrk import (
+    LoadError,
+    drive_wrk,
+    int_keys,
+    prepare_workdir,
+    result_lines,
+    socket_errors,
+    thread_count,
+    wrk_command,
+)
 
 LUA_SCRIPT = Path(__file__).resolve().parent / "overload.lua"
 DRAIN_LIMIT_SECONDS = 15  # beyond the service's lock-wait bound (5 s) and queue bounds
 WRK_TIMEOUT_SECONDS = 10  # wrk counts slower answers as timeouts (unanswered)
-EXIT_DEADLINE_SECONDS = 15.0
-POLL_INTERVAL_SECONDS = 0.02
-SOCKET_ERROR_KINDS = ("connect", "read", "write", "timeout")
 
 
-class OverloadError(RuntimeError):
+class OverloadError(LoadError):
     """wrk failed; the run has no figures."""
 
 
@@ -120,14 +123,7 @@ def parse_output(text: str, duration_s: float) -> OverloadResult:
     if "ov-result threads" not in text:
         raise OverloadError(f"wrk printed no ov-result lines (did the Lua script fail?)\n{text}")
     result = OverloadResult(duration_s=duration_s)
-    scalars: dict[str, int] = {}
-    maps: dict[str, dict[int, int]] = {}
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) == 3 and fields[0] == "ov-result":
-            scalars[fields[1]] = int(fields[2])
-        elif len(fields) == 4 and fields[0] == "ov-result":
-            maps.setdefault(fields[1], {})[int(fields[2])] = int(fields[3])
+    scalars, maps = result_lines(text, "ov")
     result.sent = scalars.get("sent", 0)
     # The /healthz probes after the deadline move no money and are not deposits.
     result.answered = scalars.get("answered", 0) - scalars.get("probes_answered", 0)
@@ -136,14 +132,12 @@ def parse_output(text: str, duration_s: float) -> OverloadResult:
     result.in_window = {
         kind: scalars.get(f"in_window_{kind}", 0) for kind in ("ok", "shed", "other")
     }
-    result.statuses = maps.get("status", {})
-    result.credits = maps.get("credit", {})
-    result.latency_ms = {kind: maps.get(f"latency_{kind}", {}) for kind in ("ok", "shed", "other")}
-    errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
-    )
-    counts = [int(count) for count in errors.groups()] if errors else [0, 0, 0, 0]
-    result.socket_errors = dict(zip(SOCKET_ERROR_KINDS, counts, strict=True))
+    result.statuses = int_keys(maps.get("status", {}))
+    result.credits = int_keys(maps.get("credit", {}))
+    result.latency_ms = {
+        kind: int_keys(maps.get(f"latency_{kind}", {})) for kind in ("ok", "shed", "other")
+    }
+    result.socket_errors = socket_errors(text)
     return result
 
 
@@ -160,47 +154,32 @@ def run_overload(
     wrk = shutil.which("wrk")
     if wrk is None:
         raise OverloadError("wrk is not installed (.ci/run installs it)")
-    workdir.mkdir(parents=True, exist_ok=True)
-    ids_file, signal_dir = workdir / "overload-accounts.txt", workdir / "overload-signals"
-    ids_file.write_text("".join(f"{account}\n" for account in account_ids))
-    shutil.rmtree(signal_dir, ignore_errors=True)
-    signal_dir.mkdir(parents=True)
-    command = [
-        wrk, "-t", str(wrk_threads), "-c", str(connections),
-        "-d", f"{duration_s + DRAIN_LIMIT_SECONDS}s", "--timeout", f"{WRK_TIMEOUT_SECONDS}s",
-        "-s", str(LUA_SCRIPT), url, "--", str(duration_s), str(ids_file), str(signal_dir),
-    ]  # fmt: skip
-    output_path = workdir / "overload-wrk.out"
-    with output_path.open("wb") as output:
-        process = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+    ids_file, signal_dir = prepare_workdir(workdir, account_ids, prefix="overload-")
+    command = wrk_command(
+        wrk,
+        url,
+        threads=wrk_threads,
+        connections=connections,
+        duration_s=duration_s,
+        arguments=[str(duration_s), str(ids_file), str(signal_dir)],
+        script=LUA_SCRIPT,
+        drain_limit_s=DRAIN_LIMIT_SECONDS,
+        timeout_s=WRK_TIMEOUT_SECONDS,
+    )
+    try:
+        text, drained = drive_wrk(
+            command,
+            signal_dir=signal_dir,
+            threads=thread_count(wrk_threads, connections),
+            duration_s=duration_s,
+            output_path=workdir / "overload-wrk.out",
+            drain_limit_s=DRAIN_LIMIT_SECONDS,
         )
-        try:
-            drained = _wait_for_drain(process, signal_dir, wrk_threads, duration_s)
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)  # wrk stops and runs done()
-            process.wait(timeout=EXIT_DEADLINE_SECONDS)
-        except subprocess.TimeoutExpired as timeout:
-            raise OverloadError("wrk did not stop after SIGINT") from timeout
-        finally:
-            stop_process_group(process, signal.SIGKILL)
-    text = output_path.read_text(errors="replace")
-    if process.returncode != 0:
-        raise OverloadError(f"wrk exited with {process.returncode}: {text[-1000:]}")
+    except LoadError as error:
+        raise OverloadError(str(error)) from error
     result = parse_output(text, float(duration_s))
     result.drained = drained
     return result
-
-
-def _wait_for_drain(
-    process: subprocess.Popen[bytes], signal_dir: Path, threads: int, duration_s: int
-) -> bool:
-    deadline = time.monotonic() + duration_s + DRAIN_LIMIT_SECONDS
-    while time.monotonic() < deadline and process.poll() is None:
-        if len(list(signal_dir.glob("drained-*"))) >= threads:
-            return True
-        time.sleep(POLL_INTERVAL_SECONDS)  # polling interval under a deadline
-    return False
 
 
 def _served_queue_wait(url: str) -> str:
