@@ -17,13 +17,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy.engine import make_url
 
-from service.schema import upgrade
 from service.stores.engines import CONNECT_TIMEOUT_SECONDS, DEAD_PEER_NOTICED_SECONDS
 from tests.support.packet_loss import dropped_packets
-from tests.support.postgres import fresh_database
-from tests.support.servers import ServerProcess
+from tests.support.postgres import proxied_database
+from tests.support.servers import ServerProcess, wait_for_status
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -32,17 +30,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 # reconnect times out, and the mode may be re-read first: a few bounds in a row.
 ANSWER_DEADLINE_SECONDS = 3 * (DEAD_PEER_NOTICED_SECONDS + CONNECT_TIMEOUT_SECONDS)
 RECOVERY_DEADLINE_SECONDS = 30
-POLL_INTERVAL_SECONDS = 0.1
 
 
 @pytest.fixture
 def proxied_server(tmp_path: Path) -> Iterator[tuple[ServerProcess, TcpProxy]]:
     """One worker with two threads whose only path to PostgreSQL is a TcpProxy."""
-    with fresh_database() as database_url:
-        upgrade(database_url)
-        url = make_url(database_url)
-        proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
-        proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    with proxied_database() as (proxied, proxy):
         server = ServerProcess(
             workdir=tmp_path,
             settings={
@@ -56,7 +49,6 @@ def proxied_server(tmp_path: Path) -> Iterator[tuple[ServerProcess, TcpProxy]]:
             yield server.start(), proxy
         finally:
             server.stop()
-            proxy.close()
 
 
 def open_account(server: ServerProcess, opening_balance: int) -> int:
@@ -73,13 +65,6 @@ def deposit(server: ServerProcess, account: int, timeout_seconds: float) -> requ
     return requests.post(
         f"{server.url}/accounts/{account}/deposit", json={"amount": 1}, timeout=timeout_seconds
     )
-
-
-def wait_until_ready(server: ServerProcess) -> None:
-    deadline = time.monotonic() + RECOVERY_DEADLINE_SECONDS
-    while requests.get(f"{server.url}/readyz", timeout=30).status_code != 200:
-        assert time.monotonic() < deadline, "the service never became ready again"
-        time.sleep(POLL_INTERVAL_SECONDS)  # polling interval, not synchronisation
 
 
 def test_silent_packet_loss_is_answered_503_within_the_bound(
@@ -102,7 +87,13 @@ def test_silent_packet_loss_is_answered_503_within_the_bound(
     )
     assert refused.status_code == 503, refused.text
     assert refused.json()["code"] == "store_unavailable" and "Retry-After" in refused.headers
-    wait_until_ready(server)
+    ready = wait_for_status(
+        f"{server.url}/readyz",
+        200,
+        deadline_seconds=RECOVERY_DEADLINE_SECONDS,
+        request_timeout_seconds=30,
+    )
+    assert ready.status_code == 200, "the service never became ready again"
     assert deposit(server, account, 30).status_code == 201
     balance = requests.get(f"{server.url}/accounts/{account}", timeout=30).json()["balance"]
     assert balance == 11  # the refused deposit changed nothing

@@ -30,15 +30,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy.engine import make_url
 
-from service.schema import upgrade
 from tests.support.fault_load import OPENING_BALANCE, FaultLoad, FaultReport
 from tests.support.filesystems import fill, immutable, small_file_system
 from tests.support.load import audit_of, open_account
-from tests.support.postgres import fresh_database
+from tests.support.postgres import proxied_database
 from tests.support.servers import ServerProcess
-from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
 
@@ -249,11 +246,7 @@ def test_a_deleted_database(tmp_path: Path, what: str) -> None:
 @pytest.mark.postgres
 def test_postgresql_cut_mid_load(tmp_path: Path) -> None:
     """Every connection to PostgreSQL cut under load: 503; the path restored: served again."""
-    with fresh_database() as database_url:
-        upgrade(database_url)
-        url = make_url(database_url)
-        proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
-        proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    with proxied_database() as (proxied, proxy):
         server = ServerProcess(
             workdir=tmp_path,
             settings={
@@ -262,11 +255,6 @@ def test_postgresql_cut_mid_load(tmp_path: Path) -> None:
                 "BANK_LOCK_TIMEOUT_MS": str(LOCK_TIMEOUT_MS),
             },
         )
-        try:
-            with running(server):
-                report = run_fault(
-                    "PostgreSQL cut", server.url, inject=proxy.cut, repair=proxy.restore
-                )
-                assert_answered_honestly(report, server.url)
-        finally:
-            proxy.close()
+        with running(server):
+            report = run_fault("PostgreSQL cut", server.url, inject=proxy.cut, repair=proxy.restore)
+            assert_answered_honestly(report, server.url)

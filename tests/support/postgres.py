@@ -1,5 +1,8 @@
 """A fresh PostgreSQL database per test, on the server named by BANK_TEST_POSTGRES_URL.
 
+`proxied_database` adds the schema and a cuttable TcpProxy in front of it,
+for the tests that take PostgreSQL away from a running service.
+
 Without that variable the tests that need PostgreSQL skip with a reason;
 under CI=true an unset variable or an unreachable server fails the run
 instead, so a green CI always means PostgreSQL was really exercised.
@@ -15,6 +18,8 @@ from contextlib import contextmanager
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
+from loadtest.tcp_proxy import TcpProxy
 
 POSTGRES_URL_VARIABLE = "BANK_TEST_POSTGRES_URL"
 
@@ -55,3 +60,23 @@ def fresh_database() -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@contextmanager
+def proxied_database() -> Iterator[tuple[str, TcpProxy]]:
+    """A fresh database with the schema, reached through a TcpProxy: (the proxied URL, the proxy).
+
+    Point the service at the proxied URL; `proxy.cut()` takes PostgreSQL away from it,
+    `proxy.restore()` gives it back. The proxy is closed, then the database dropped.
+    """
+    from service.schema import upgrade
+
+    with fresh_database() as database_url:
+        upgrade(database_url)
+        url = make_url(database_url)
+        proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+        try:
+            proxied = url.set(host="127.0.0.1", port=proxy.port)
+            yield proxied.render_as_string(hide_password=False), proxy
+        finally:
+            proxy.close()

@@ -23,6 +23,19 @@ from loadtest.service_process import free_port, stop_process_group
 STARTUP_DEADLINE_SECONDS = 30.0
 STOP_DEADLINE_SECONDS = 15.0
 POLL_INTERVAL_SECONDS = 0.05
+STATUS_POLL_INTERVAL_SECONDS = 0.1
+
+
+def wait_for_status(
+    url: str, status: int, *, deadline_seconds: float, request_timeout_seconds: float = 10
+) -> requests.Response:
+    """GET `url` until it answers `status`; the last answer (another status at the deadline)."""
+    deadline = time.monotonic() + deadline_seconds
+    while True:
+        response = requests.get(url, timeout=request_timeout_seconds)
+        if response.status_code == status or time.monotonic() > deadline:
+            return response
+        time.sleep(STATUS_POLL_INTERVAL_SECONDS)  # polling interval, not synchronisation
 
 
 def clean_environment(overrides: Mapping[str, str]) -> dict[str, str]:
