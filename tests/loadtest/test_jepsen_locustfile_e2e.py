@@ -1,14 +1,11 @@
 """The Locust variant of the bank test, headless against a real server: exit 1 unlocked, 0 locked.
 
-Locust runs only as a subprocess: importing it here would let gevent patch pytest.
+Locust runs only as a subprocess (tests/support/locust_runs.py): importing it
+here would let gevent patch pytest.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +13,7 @@ import requests
 
 from loadtest.jepsen_checker import check
 from loadtest.jepsen_history import load
+from tests.support.locust_runs import run_headless
 from tests.support.servers import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -28,22 +26,14 @@ LOCUST_DEADLINE_SECONDS = 90
 def run_locust(url: str, workdir: Path, name: str) -> tuple[int, str, Path]:
     """Locust headless for 3 s (6 transfer users, 3 readers); exit code, output, history."""
     history = workdir / f"{name}.json"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-         "-u", "9", "-r", "9", "-t", "3s", "--host", url, "--jepsen-history", str(history)],
-        cwd=workdir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        output, _ = process.communicate(timeout=LOCUST_DEADLINE_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-    assert history.exists(), f"no history written:\n{output[-3000:]}"
-    return process.returncode, output, history
+    run = run_headless(
+        LOCUSTFILE,
+        ["-u", "9", "-r", "9", "-t", "3s", "--host", url, "--jepsen-history", str(history)],
+        workdir=workdir,
+        deadline_seconds=LOCUST_DEADLINE_SECONDS,
+    )
+    assert history.exists(), f"no history written:\n{run.output[-3000:]}"
+    return run.exit_code, run.output, history
 
 
 def test_the_locust_scenario_catches_unlocked_and_passes_locked(tmp_path: Path) -> None:

@@ -1,15 +1,12 @@
 """End-to-end: the real locustfile, headless, against a real gunicorn `bankrace serve`.
 
-Locust runs only as a subprocess: importing it here would let gevent patch pytest.
+Locust runs only as a subprocess (tests/support/locust_runs.py): importing it
+here would let gevent patch pytest.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.locust_runs import run_headless
 from tests.support.servers import ServerProcess, free_port
 
 pytestmark = pytest.mark.e2e
@@ -42,25 +40,16 @@ def run_locust(url: str, workdir: Path, *extra: str, users: int = 10) -> LocustR
         # Locust's default master port (5557) may be taken by another run on the machine.
         port = str(free_port())
         extra = (*extra, "--master-bind-port", port, "--master-port", port)
-    # Its own process group, so a run past its deadline takes its forked workers with it.
-    process = subprocess.Popen(
-        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-         "-u", str(users), "-r", str(users), "-t", "4s", "--host", url,
+    # Past the deadline its whole process group goes, forked workers included.
+    run = run_headless(
+        LOCUSTFILE,
+        ["-u", str(users), "-r", str(users), "-t", "4s", "--host", url,
          "--bank-report-json", str(report_path), *extra],
-        cwd=workdir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+        workdir=workdir,
+        deadline_seconds=LOCUST_DEADLINE_SECONDS,
     )  # fmt: skip
-    try:
-        output, _ = process.communicate(timeout=LOCUST_DEADLINE_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-    completed = subprocess.CompletedProcess(process.args, process.returncode, output, "")
-    assert report_path.exists(), f"no report written:\n{output[-3000:]}"
-    return LocustRun(completed.returncode, output, json.loads(report_path.read_text()))
+    assert report_path.exists(), f"no report written:\n{run.output[-3000:]}"
+    return LocustRun(run.exit_code, run.output, json.loads(report_path.read_text()))
 
 
 def start_server(workdir: Path, settings: dict[str, str]) -> ServerProcess:
