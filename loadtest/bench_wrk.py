@@ -7,7 +7,7 @@ parses its output: wrk's own summary (`--latency`: percentiles, max, socket
 errors) and the `bench-result` lines of the script (answers by status, the
 accounts each acknowledgement moved, requests still unanswered).
 
-The run itself (`prepare_workdir`, `wrk_command`, `drive_wrk`,
+The run itself (`prepare_workdir`, `drive_wrk` with `wrk_command` and
 `wait_for_drain`) and the reading of a script's counters (`result_lines`,
 `socket_errors`) serve any script built on loadtest/wrk_load.lua: the
 overload test's tests/support/overload.lua too.
@@ -254,41 +254,44 @@ def run_wrk(
     ids_file, signal_dir = prepare_workdir(workdir, account_ids)
     arguments = [operation, str(amount), str(duration_s), str(ids_file), str(signal_dir),
                  expected_mode, "keyed" if keyed else ""]  # fmt: skip
-    command = wrk_command(
-        wrk, url, threads=threads, connections=connections, duration_s=duration_s,
-        arguments=arguments,
-    )  # fmt: skip
     text, drained = drive_wrk(
-        command,
-        signal_dir=signal_dir,
-        threads=thread_count(threads, connections),
-        duration_s=duration_s,
-        output_path=workdir / "wrk.out",
-    )
+        wrk, url, threads=threads, connections=connections, duration_s=duration_s,
+        arguments=arguments, signal_dir=signal_dir, output_path=workdir / "wrk.out",
+    )  # fmt: skip
     result = parse_wrk_output(text, float(duration_s))
     result.drained = drained
     return result
 
 
 def drive_wrk(
-    command: list[str],
+    wrk: str,
+    url: str,
     *,
-    signal_dir: Path,
     threads: int,
+    connections: int,
     duration_s: int,
+    arguments: list[str],
+    signal_dir: Path,
     output_path: Path,
+    script: Path = LUA_SCRIPT,
     drain_limit_s: int = DRAIN_LIMIT_SECONDS,
+    timeout_s: int = WRK_TIMEOUT_SECONDS,
 ) -> tuple[str, bool]:
-    """Run wrk, wait for the drain, stop it with SIGINT: its output, and whether it drained.
+    """Run wrk, wait for the drain, stop it with SIGINT: (its output, whether it drained).
 
-    Raises LoadError when wrk does not stop or exits with an error.
+    The command is `wrk_command`'s. Raises LoadError if wrk does not stop or exits with an error.
     """
+    command = wrk_command(
+        wrk, url, threads=threads, connections=connections, duration_s=duration_s,
+        arguments=arguments, script=script, drain_limit_s=drain_limit_s, timeout_s=timeout_s,
+    )  # fmt: skip
+    wrk_threads = thread_count(threads, connections)  # as wrk_command gives wrk
     with output_path.open("wb") as output:
         process = subprocess.Popen(
             command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            drained = wait_for_drain(process, signal_dir, threads, duration_s, drain_limit_s)
+            drained = wait_for_drain(process, signal_dir, wrk_threads, duration_s, drain_limit_s)
             if process.poll() is None:
                 process.send_signal(signal.SIGINT)  # wrk stops, runs done(), prints its summary
             process.wait(timeout=EXIT_DEADLINE_SECONDS)

@@ -20,7 +20,7 @@ import requests
 
 from service.stores.engines import CONNECT_TIMEOUT_SECONDS, DEAD_PEER_NOTICED_SECONDS
 from tests.support.packet_loss import dropped_packets
-from tests.support.postgres import proxied_database
+from tests.support.postgres import server_behind_proxy
 from tests.support.servers import ServerProcess, wait_for_status
 from tests.support.tcp_proxy import TcpProxy
 
@@ -35,20 +35,9 @@ RECOVERY_DEADLINE_SECONDS = 30
 @pytest.fixture
 def proxied_server(tmp_path: Path) -> Iterator[tuple[ServerProcess, TcpProxy]]:
     """One worker with two threads whose only path to PostgreSQL is a TcpProxy."""
-    with proxied_database() as (proxied, proxy):
-        server = ServerProcess(
-            workdir=tmp_path,
-            settings={
-                "BANK_DATABASE_URL": proxied,
-                "BANK_WORKERS": "1",
-                "BANK_THREADS": "2",
-                "BANK_LOCK_TIMEOUT_MS": "1000",
-            },
-        )
-        try:
-            yield server.start(), proxy
-        finally:
-            server.stop()
+    settings = {"BANK_WORKERS": "1", "BANK_THREADS": "2", "BANK_LOCK_TIMEOUT_MS": "1000"}
+    with server_behind_proxy(tmp_path, settings) as started:
+        yield started
 
 
 def open_account(server: ServerProcess, opening_balance: int) -> int:

@@ -34,7 +34,7 @@ import requests
 from tests.support.fault_load import OPENING_BALANCE, FaultLoad, FaultReport
 from tests.support.filesystems import fill, immutable, small_file_system
 from tests.support.load import audit_of, open_account
-from tests.support.postgres import proxied_database
+from tests.support.postgres import server_behind_proxy
 from tests.support.servers import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -246,15 +246,7 @@ def test_a_deleted_database(tmp_path: Path, what: str) -> None:
 @pytest.mark.postgres
 def test_postgresql_cut_mid_load(tmp_path: Path) -> None:
     """Every connection to PostgreSQL cut under load: 503; the path restored: served again."""
-    with proxied_database() as (proxied, proxy):
-        server = ServerProcess(
-            workdir=tmp_path,
-            settings={
-                "BANK_DATABASE_URL": proxied,
-                "BANK_WORKERS": "2",
-                "BANK_LOCK_TIMEOUT_MS": str(LOCK_TIMEOUT_MS),
-            },
-        )
-        with running(server):
-            report = run_fault("PostgreSQL cut", server.url, inject=proxy.cut, repair=proxy.restore)
-            assert_answered_honestly(report, server.url)
+    settings = {"BANK_WORKERS": "2", "BANK_LOCK_TIMEOUT_MS": str(LOCK_TIMEOUT_MS)}
+    with server_behind_proxy(tmp_path, settings) as (server, proxy):
+        report = run_fault("PostgreSQL cut", server.url, inject=proxy.cut, repair=proxy.restore)
+        assert_answered_honestly(report, server.url)

@@ -1,7 +1,6 @@
 """The Locust variant of the bank test, headless against a real server: exit 1 unlocked, 0 locked.
 
-Locust runs only as a subprocess (tests/support/locust_runs.py): importing it
-here would let gevent patch pytest.
+Locust runs only as a subprocess (tests/support/locust_runs.py).
 """
 
 from __future__ import annotations
@@ -13,13 +12,12 @@ import requests
 
 from loadtest.jepsen_checker import check
 from loadtest.jepsen_history import load
-from tests.support.locust_runs import run_headless
+from tests.support.locust_runs import LOADTEST_DIRECTORY, run_headless
 from tests.support.servers import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
-LOCUSTFILE = REPOSITORY_ROOT / "loadtest" / "jepsen_locustfile.py"
+LOCUSTFILE = LOADTEST_DIRECTORY / "jepsen_locustfile.py"
 LOCUST_DEADLINE_SECONDS = 90
 
 

@@ -1,7 +1,6 @@
 """End-to-end: the real locustfile, headless, against a real gunicorn `bankrace serve`.
 
-Locust runs only as a subprocess (tests/support/locust_runs.py): importing it
-here would let gevent patch pytest.
+Locust runs only as a subprocess (tests/support/locust_runs.py).
 """
 
 from __future__ import annotations
@@ -14,13 +13,12 @@ from typing import Any
 
 import pytest
 
-from tests.support.locust_runs import run_headless
+from tests.support.locust_runs import LOADTEST_DIRECTORY, run_headless
 from tests.support.servers import ServerProcess, free_port
 
 pytestmark = pytest.mark.e2e
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
-LOCUSTFILE = REPOSITORY_ROOT / "loadtest" / "locustfile.py"
+LOCUSTFILE = LOADTEST_DIRECTORY / "locustfile.py"
 LOCUST_DEADLINE_SECONDS = 120
 REPORT_HEADER = " bankrace race report "
 RACE_WINDOW_MS = "20"

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+LOADTEST_DIRECTORY = Path(__file__).resolve().parents[2] / "loadtest"  # the locustfiles
+
 
 @dataclass
 class LocustProcess:

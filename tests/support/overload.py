@@ -35,8 +35,6 @@ from loadtest.bench_wrk import (
     prepare_workdir,
     result_lines,
     socket_errors,
-    thread_count,
-    wrk_command,
 )
 
 LUA_SCRIPT = Path(__file__).resolve().parent / "overload.lua"
@@ -155,26 +153,13 @@ def run_overload(
     if wrk is None:
         raise OverloadError("wrk is not installed (.ci/run installs it)")
     ids_file, signal_dir = prepare_workdir(workdir, account_ids, prefix="overload-")
-    command = wrk_command(
-        wrk,
-        url,
-        threads=wrk_threads,
-        connections=connections,
-        duration_s=duration_s,
-        arguments=[str(duration_s), str(ids_file), str(signal_dir)],
-        script=LUA_SCRIPT,
-        drain_limit_s=DRAIN_LIMIT_SECONDS,
-        timeout_s=WRK_TIMEOUT_SECONDS,
-    )
     try:
         text, drained = drive_wrk(
-            command,
-            signal_dir=signal_dir,
-            threads=thread_count(wrk_threads, connections),
-            duration_s=duration_s,
-            output_path=workdir / "overload-wrk.out",
-            drain_limit_s=DRAIN_LIMIT_SECONDS,
-        )
+            wrk, url, threads=wrk_threads, connections=connections, duration_s=duration_s,
+            arguments=[str(duration_s), str(ids_file), str(signal_dir)], signal_dir=signal_dir,
+            output_path=workdir / "overload-wrk.out", script=LUA_SCRIPT,
+            drain_limit_s=DRAIN_LIMIT_SECONDS, timeout_s=WRK_TIMEOUT_SECONDS,
+        )  # fmt: skip
     except LoadError as error:
         raise OverloadError(str(error)) from error
     result = parse_output(text, float(duration_s))

@@ -1,7 +1,8 @@
 """A fresh PostgreSQL database per test, on the server named by BANK_TEST_POSTGRES_URL.
 
 `proxied_database` adds the schema and a cuttable TcpProxy in front of it,
-for the tests that take PostgreSQL away from a running service.
+and `server_behind_proxy` a running `bankrace serve` on it, for the tests
+that take PostgreSQL away from a running service.
 
 Without that variable the tests that need PostgreSQL skip with a reason;
 under CI=true an unset variable or an unreachable server fails the run
@@ -12,14 +13,16 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from loadtest.tcp_proxy import TcpProxy
+from tests.support.servers import ServerProcess
 
 POSTGRES_URL_VARIABLE = "BANK_TEST_POSTGRES_URL"
 
@@ -80,3 +83,16 @@ def proxied_database() -> Iterator[tuple[str, TcpProxy]]:
             yield proxied.render_as_string(hide_password=False), proxy
         finally:
             proxy.close()
+
+
+@contextmanager
+def server_behind_proxy(
+    workdir: Path, settings: Mapping[str, str]
+) -> Iterator[tuple[ServerProcess, TcpProxy]]:
+    """`bankrace serve` (started, with `settings`) on a `proxied_database`: (server, proxy)."""
+    with proxied_database() as (proxied, proxy):
+        server = ServerProcess(workdir=workdir, settings={"BANK_DATABASE_URL": proxied, **settings})
+        try:
+            yield server.start(), proxy
+        finally:
+            server.stop()
