@@ -7,10 +7,9 @@ parses its output: wrk's own summary (`--latency`: percentiles, max, socket
 errors) and the `bench-result` lines of the script (answers by status, the
 accounts each acknowledgement moved, requests still unanswered).
 
-The run itself (`prepare_workdir`, `drive_wrk` with `wrk_command` and
-`wait_for_drain`) and the reading of a script's counters (`result_lines`,
-`socket_errors`) serve any script built on loadtest/wrk_load.lua: the
-overload test's tests/support/overload.lua too.
+The run itself (`prepare_workdir`, `drive_wrk`, `wait_for_drain`) and the
+reading of a script's counters (`result_lines`, `socket_errors`) serve any
+script built on loadtest/wrk_load.lua: tests/support/overload.lua's too.
 
 `ensure_wrk` finds wrk, installing the Debian package when it is missing and
 the process may (root with apt-get).
@@ -204,26 +203,6 @@ def thread_count(threads: int, connections: int) -> int:
     )
 
 
-def wrk_command(
-    wrk: str,
-    url: str,
-    *,
-    threads: int,
-    connections: int,
-    duration_s: int,
-    arguments: list[str],
-    script: Path = LUA_SCRIPT,
-    drain_limit_s: int = DRAIN_LIMIT_SECONDS,
-    timeout_s: int = WRK_TIMEOUT_SECONDS,
-) -> list[str]:
-    """wrk running `script` for the load's duration plus the drain limit."""
-    return [
-        wrk, "-t", str(thread_count(threads, connections)), "-c", str(connections),
-        "-d", f"{duration_s + drain_limit_s}s", "--latency",
-        "--timeout", f"{timeout_s}s", "-s", str(script), url, "--", *arguments,
-    ]  # fmt: skip
-
-
 def prepare_workdir(
     workdir: Path, account_ids: Sequence[int], *, prefix: str = ""
 ) -> tuple[Path, Path]:
@@ -267,25 +246,26 @@ def drive_wrk(
     wrk: str,
     url: str,
     *,
+    signal_dir: Path,
+    output_path: Path,
     threads: int,
     connections: int,
     duration_s: int,
     arguments: list[str],
-    signal_dir: Path,
-    output_path: Path,
     script: Path = LUA_SCRIPT,
     drain_limit_s: int = DRAIN_LIMIT_SECONDS,
     timeout_s: int = WRK_TIMEOUT_SECONDS,
 ) -> tuple[str, bool]:
     """Run wrk, wait for the drain, stop it with SIGINT: (its output, whether it drained).
 
-    The command is `wrk_command`'s. Raises LoadError if wrk does not stop or exits with an error.
+    Raises LoadError if wrk does not stop or exits with an error.
     """
-    command = wrk_command(
-        wrk, url, threads=threads, connections=connections, duration_s=duration_s,
-        arguments=arguments, script=script, drain_limit_s=drain_limit_s, timeout_s=timeout_s,
-    )  # fmt: skip
-    wrk_threads = thread_count(threads, connections)  # as wrk_command gives wrk
+    wrk_threads = thread_count(threads, connections)  # wrk gives each connections // threads
+    command = [
+        wrk, "-t", str(wrk_threads), "-c", str(connections),
+        "-d", f"{duration_s + drain_limit_s}s", "--latency",
+        "--timeout", f"{timeout_s}s", "-s", str(script), url, "--", *arguments,
+    ]  # fmt: skip
     with output_path.open("wb") as output:
         process = subprocess.Popen(
             command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
