@@ -23,15 +23,13 @@ from typing import Any
 
 import pytest
 import requests
-from sqlalchemy.engine import make_url
 
 from loadtest.jepsen_bank import WorkloadOptions, run_workload
 from loadtest.jepsen_checker import Report, check, render
 from loadtest.jepsen_history import History, load
 from loadtest.jepsen_nemesis import Nemesis, child_pids
 from loadtest.service_process import REPOSITORY_ROOT
-from service.schema import upgrade
-from tests.support.postgres import fresh_database
+from tests.support.postgres import proxied_database
 from tests.support.servers import ServerProcess
 from tests.support.tcp_proxy import TcpProxy
 
@@ -72,14 +70,7 @@ def bank_server(
         if backend == "sqlite":
             database_url = f"sqlite:///{workdir / 'bank.db'}"
         else:
-            database_url = stack.enter_context(fresh_database())
-            upgrade(database_url)
-            url = make_url(database_url)
-            proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
-            stack.callback(proxy.close)
-            database_url = url.set(host="127.0.0.1", port=proxy.port).render_as_string(
-                hide_password=False
-            )
+            database_url, proxy = stack.enter_context(proxied_database())
         server = ServerProcess(
             workdir=workdir,
             settings={

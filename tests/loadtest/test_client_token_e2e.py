@@ -13,11 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,23 +21,17 @@ import pytest
 from loadtest.client_token import NEEDS_TOKEN
 from loadtest.jepsen_checker import check
 from loadtest.jepsen_history import load
+from tests.support.locust_runs import LOADTEST_DIRECTORY, LocustProcess, run_headless
 from tests.support.servers import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
-LOCUSTFILE = REPOSITORY_ROOT / "loadtest" / "locustfile.py"
-JEPSEN_LOCUSTFILE = REPOSITORY_ROOT / "loadtest" / "jepsen_locustfile.py"
+LOCUSTFILE = LOADTEST_DIRECTORY / "locustfile.py"
+JEPSEN_LOCUSTFILE = LOADTEST_DIRECTORY / "jepsen_locustfile.py"
 # Far beyond a run that stops at once; a run of 401s for its whole -t would not end by then.
 LOCUST_DEADLINE_SECONDS = 40
 CLIENT_TOKEN = f"e2e-load-client-{secrets.token_urlsafe(12)}"
 ADMIN_TOKEN = f"e2e-load-admin-{secrets.token_urlsafe(12)}"
-
-
-@dataclass
-class LocustRun:
-    exit_code: int
-    output: str  # stdout and stderr
 
 
 @pytest.fixture(scope="module")
@@ -59,26 +49,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield started
 
 
-def run_locust(locustfile: Path, workdir: Path, tokens: dict[str, str], *args: str) -> LocustRun:
+def run_locust(
+    locustfile: Path, workdir: Path, tokens: dict[str, str], *args: str
+) -> LocustProcess:
     """Locust headless from `workdir`, with only `tokens` of the BANK_* variables."""
     environment = {key: value for key, value in os.environ.items() if not key.startswith("BANK_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", *args],
-        cwd=workdir,
-        env={**environment, **tokens},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    run = run_headless(
+        locustfile,
+        args,
+        workdir=workdir,
+        deadline_seconds=LOCUST_DEADLINE_SECONDS,
+        environment={**environment, **tokens},
     )
-    try:
-        output, _ = process.communicate(timeout=LOCUST_DEADLINE_SECONDS)
-    except subprocess.TimeoutExpired as expired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        message = f"locust ran past {LOCUST_DEADLINE_SECONDS} s:\n{output[-3000:]}"
-        raise AssertionError(message) from expired
-    return LocustRun(process.returncode, output)
+    if run.timed_out:
+        raise AssertionError(f"locust ran past {LOCUST_DEADLINE_SECONDS} s:\n{run.output[-3000:]}")
+    return run
 
 
 def race_arguments(url: str, report: Path, run_time: str) -> list[str]:
