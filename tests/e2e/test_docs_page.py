@@ -10,7 +10,6 @@ its Content-Security-Policy, and a violation of it fails the test too.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,11 +19,11 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from tests.support.browser import launch_chromium
 from tests.support.servers import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path("/usr/bin/chromium")
 WAIT_SECONDS = 30.0
 POLL_SECONDS = 0.1
 VIEWPORT = {"width": 1280, "height": 900}
@@ -41,17 +40,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     }
     with ServerProcess(workdir, settings) as running:
         yield running
-
-
-def launch_chromium(playwright: Any) -> Any:
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing: apt-get install chromium"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return playwright.chromium.launch(
-        executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True
-    )
 
 
 def wait_for(what: str, read: Callable[[], T], done: Callable[[T], bool]) -> T:

@@ -25,12 +25,12 @@ from loadtest.demo import Demo, DemoSettings
 from loadtest.lock_modes import ALL_MODES, UNSAFE_MODES, explain_mode
 from loadtest.redis_target import redis_problem
 from loadtest.service_process import free_port
+from tests.support.browser import launch_chromium
 from tests.support.postgres import missing
 
 pytestmark = pytest.mark.e2e
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
 README_SCREENSHOT = REPOSITORY_ROOT / "docs" / "images" / "race-live.png"
 USERS = 8
 WAIT_SECONDS = 25.0  # bound on each wait for the page or the load
@@ -153,17 +153,6 @@ def press_with_the_keyboard(page: Any, lock_mode: str) -> None:
             page.keyboard.press("Enter")
             return
     raise AssertionError(f"the {lock_mode} button is not reachable with Tab")
-
-
-def launch_chromium(playwright: Any) -> Any:
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing: apt-get install chromium"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return playwright.chromium.launch(
-        executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True
-    )
 
 
 def test_losses_grow_unlocked_and_stop_when_locked_is_pressed(demo: Demo, tmp_path: Path) -> None:
