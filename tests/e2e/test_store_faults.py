@@ -225,7 +225,9 @@ def test_a_deleted_database(tmp_path: Path, what: str) -> None:
             restoring_at.append(time.monotonic())
             assert not database.exists(), "a new database was made in the deleted one's place"
             folder.mkdir(exist_ok=True)
-            for name in names:
+            # The database file last: once it is back, a worker may open it at once, and
+            # SQLite would make a new -shm (or -wal) if the old ones were not there yet.
+            for name in sorted(names, key=lambda name: name == database.name):
                 os.link(rescue / name, folder / name)
                 os.unlink(rescue / name)
 
