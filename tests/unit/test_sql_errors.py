@@ -35,14 +35,20 @@ def engine() -> Iterator[Engine]:
     built.dispose()
 
 
-def run(engine: Engine, statement: str | None, *, write: bool) -> StoreUnavailable:
-    """The StoreUnavailable a transaction running `statement` ends with (None: a broken one)."""
+def run(engine: Engine, *statements: str | None, write: bool) -> StoreUnavailable:
+    """The StoreUnavailable a transaction running `statements` ends with (None: a broken one)."""
     with pytest.raises(StoreUnavailable) as raised:  # noqa: SIM117 (the order matters)
         with translated_errors(), engine.connect() as connection, begun(connection, write=write):
-            if statement is None:
-                raise broken_connection()
-            connection.execute(text(statement))
+            for statement in statements:
+                if statement is None:
+                    raise broken_connection()
+                connection.execute(text(statement))
     return raised.value
+
+
+def stored_rows(engine: Engine) -> list[str]:
+    with engine.connect() as connection:
+        return list(connection.scalars(text("SELECT name FROM rows")))
 
 
 def break_commits(engine: Engine) -> None:
@@ -60,9 +66,10 @@ def test_a_connection_lost_during_commit_leaves_the_outcome_unknown(engine: Engi
 
 
 def test_a_connection_lost_before_commit_changed_nothing(engine: Engine) -> None:
-    """A statement failing on a broken connection: the plain 503, nothing was committed."""
-    refusal = run(engine, None, write=True)
+    """A write's next statement fails on a broken connection: the plain 503, its row rolled back."""
+    refusal = run(engine, "INSERT INTO rows VALUES ('a')", None, write=True)
     assert refusal.code == "store_unavailable" and refusal.detail != OUTCOME_UNKNOWN_DETAIL
+    assert stored_rows(engine) == []
 
 
 def test_a_read_never_reports_an_unknown_outcome(engine: Engine) -> None:
