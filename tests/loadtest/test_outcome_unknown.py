@@ -43,6 +43,15 @@ def test_outcome_unknown_money_is_counted_as_unknown() -> None:
     assert tally.count(Outcome.INDETERMINATE) == 1
 
 
+def test_a_plain_503_is_a_refusal_whose_money_did_not_move() -> None:
+    """store_unavailable with Retry-After changed nothing: no unknown money on either leg."""
+    tally = Tally(run_id="r")
+    tally.record(Operation("transfer", 1, AMOUNT, 2), PLAIN_503)
+    unknown = {n: (a.unknown_debit, a.unknown_credit) for n, a in tally.accounts.items()}
+    assert all(money == (0, 0) for money in unknown.values()), unknown
+    assert tally.count(Outcome.BOUNDED_REFUSAL) == 1 and tally.count(Outcome.INDETERMINATE) == 0
+
+
 @pytest.mark.parametrize("applied", [True, False])
 def test_the_race_report_accepts_either_fate_of_an_unknown_outcome(applied: bool) -> None:
     """The deposit may be in the balance or not: no lost update, no problem, and it is shown."""
@@ -76,6 +85,7 @@ def test_fault_load_reads_the_code_not_the_detail() -> None:
     """The fault load's indeterminate answers are the ones with code outcome_unknown."""
     lost = Sent("deposit", 1, 1, None, 0.0, status=503, code=OUTCOME_UNKNOWN_CODE)
     plain = Sent("deposit", 2, 1, None, 0.0, status=503, code="store_unavailable")
-    plain.detail = "the operation may have been applied"  # detail text is no contract
+    # Detail text is no contract: each says the opposite of its code here.
+    lost.detail = "the database cannot be reached"
+    plain.detail = "the operation may have been applied"
     assert lost.outcome_unknown and not plain.outcome_unknown
-    assert PLAIN_503.code != LOST_COMMIT.code
