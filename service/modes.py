@@ -15,7 +15,7 @@ of holding a lock can be measured.
 | optimistic    | write only if the version is still the one read; else retry  |
 | atomic        | no read at all: one guarded UPDATE does the arithmetic       |
 | redis-lock    | a lease lock per account in Redis: until a holder outlives it |
-| fenced        | the Redis lock, and the store refuses a stale token's write  |
+| fenced        | the Redis lock; the store refuses a stale token or version   |
 
 In `atomic` there is no read to pause after: the window is spent before the
 guarded update, outside any lock, so it adds latency but cannot open a race.
@@ -25,8 +25,15 @@ every holder finishes within its lease; a race window longer than the lease,
 or a pause (GC, swap, SIGSTOP), lets the next holder in while the first
 still writes. `fenced` hands the store the lock's fencing token with the
 read and the write: the read records it on the account, and the write
-applies only if no newer token has been recorded since (else 409
-`stale_lock`, nothing written), so a late holder changes nothing.
+applies only while the account still holds that token and the version that
+was read (else 409 `stale_lock`, nothing written), so neither a late holder
+nor a write in another mode meanwhile (workers serve the old mode for a
+moment after a switch) is overwritten.
+
+Every safe mode is safe against the others' writes at the same moment:
+`locked` holds the store's lock that every write waits for, `optimistic`
+and `fenced` compare the version every write bumps, `atomic` never writes
+from a stale read.
 
 Modes know the store interface and the domain; not HTTP, not SQL.
 """
@@ -100,7 +107,12 @@ class ModeContext:
 
 
 def pause_in_race_window(race_window_ms: int) -> None:
-    """The product's race window: widen the read-to-write gap on purpose."""
+    """The product's race window: widen the read-to-write gap on purpose.
+
+    The one place every mode pauses, looked up at each call: the mode-switch
+    tests put a gate here to hold an operation in its gap
+    (tests/support/interleaving.py).
+    """
     if race_window_ms > 0:
         time.sleep(race_window_ms / 1000)
 
@@ -218,7 +230,9 @@ def run_redis_lock(operation: Operation, context: ModeContext) -> Written:
 def run_fenced(operation: Operation, context: ModeContext) -> Written:
     # The same lease, and the store as referee: the read records this lock's
     # token on the accounts, the write applies only while no newer token has
-    # been recorded, so a late holder is refused instead of overwriting.
+    # been recorded and the version is still the one read, so a late holder
+    # -- or a worker serving another mode right after a switch, which takes
+    # no Redis lock -- is never overwritten: this write is refused instead.
     asked = metrics.lock_started()
     mode = LockMode.FENCED
     with context.redis.holding(operation.lock_order, mode.value, context.deadline) as lease:
@@ -226,7 +240,7 @@ def run_fenced(operation: Operation, context: ModeContext) -> Written:
         try:
             states = context.store.claim_states(lease.tokens)
             writes = plan_writes(
-                in_lock_order(operation), states, compare_versions=False, fences=lease.tokens
+                in_lock_order(operation), states, compare_versions=True, fences=lease.tokens
             )
             pause_in_race_window(context.race_window_ms)
             return context.store.write_legs(

@@ -24,6 +24,7 @@ from service.domain import (
     BankAudit,
     Leg,
     ModeSetting,
+    StaleLock,
     Transaction,
     Transfer,
 )
@@ -51,15 +52,31 @@ class LegWrite:
     read, else `VersionConflict`. `new_balance` None: add the leg's delta in
     the database itself, refused with InsufficientFunds/BalanceLimitExceeded
     when the result would leave [0, MAX_BALANCE_MINOR]. With `fence` (a
-    fencing token that `Store.claim_states` recorded on the account) the
-    write only happens if no newer token has claimed the account since, else
-    StaleLock, and nothing of the whole operation is written.
+    fencing token that `Store.claim_states` recorded on the account) and the
+    `expected_version` that claim read, the write only happens if the
+    account still holds that token *and* that version -- no newer token
+    claimed it, and no write in any other mode landed since the read (a
+    worker still serving `locked`, `optimistic` or `atomic` after a mode
+    switch) -- else StaleLock, and nothing of the whole operation is written.
     """
 
     leg: Leg
     new_balance: int | None = None
     expected_version: int | None = None
     fence: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.fence is not None and (self.new_balance is None or self.expected_version is None):
+            raise ValueError("a fenced write carries the balance and version its claim read")
+
+
+def written_since_claim(account_id: int, fence: int) -> StaleLock:
+    """A fenced write's refusal when its token still holds but another mode wrote meanwhile."""
+    return StaleLock(
+        f"account {account_id} was written by another request since this request read it "
+        "under its lock; nothing was written, retry",
+        fence,
+    )
 
 
 @dataclass(frozen=True)
@@ -124,8 +141,9 @@ class Store(LegWriter):
         A token is recorded only if it is above the one the account holds
         (the account's `fence`); otherwise nothing is recorded and StaleLock
         says a newer lock holder came first. A write fenced with the token
-        then applies only while the account still holds it: between this
-        read and that write nobody else can write the account in this mode.
+        and the version read here then applies only while the account still
+        holds both: a newer holder, or a write in any other mode, in between
+        makes it StaleLock.
         """
 
     @abc.abstractmethod

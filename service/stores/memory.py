@@ -46,6 +46,7 @@ from service.stores.base import (
     TransferSpec,
     VersionConflict,
     Written,
+    written_since_claim,
 )
 
 
@@ -221,12 +222,15 @@ class MemoryStore(Store):
 
     def _new_balance(self, write: LegWrite) -> int:
         account = self._require(write.leg.account_id)
-        if write.expected_version is not None and account.version != write.expected_version:
+        if write.fence is not None:  # fenced: the token and the version it read, or StaleLock
+            if self._fences.get(account.id, 0) != write.fence:
+                raise StaleLock.on_account(account.id, self._fences.get(account.id, 0))
+            if account.version != write.expected_version:
+                raise written_since_claim(account.id, write.fence)
+        elif write.expected_version is not None and account.version != write.expected_version:
             raise VersionConflict(
                 f"account {account.id} moved past version {write.expected_version}"
             )
-        if write.fence is not None and self._fences.get(account.id, 0) != write.fence:
-            raise StaleLock.on_account(account.id, self._fences.get(account.id, 0))
         if write.new_balance is not None:
             return write.new_balance
         return check_new_balance(account.balance, write.leg.delta, account.id)

@@ -70,6 +70,7 @@ from service.stores.base import (
     TransferSpec,
     VersionConflict,
     Written,
+    written_since_claim,
 )
 from service.stores.engines import build_engine
 from service.stores.group_commit import GroupCommitter
@@ -245,7 +246,11 @@ class _SqlWriter(LegWriter):
             parameters.update(delta=leg.delta, max_balance=MAX_BALANCE_MINOR)
         elif write.fence is not None:
             sql = statements.SET_BALANCE_IF_FENCE
-            parameters.update(new_balance=write.new_balance, fence=write.fence)
+            parameters.update(
+                new_balance=write.new_balance,
+                fence=write.fence,
+                expected_version=write.expected_version,
+            )
         elif write.expected_version is None:
             sql = statements.SET_BALANCE
             parameters.update(new_balance=write.new_balance)
@@ -296,7 +301,10 @@ class _SqlWriter(LegWriter):
         """Why an UPDATE matched no row: the refusal to raise."""
         account_id = write.leg.account_id
         if write.fence is not None:
-            return self._stale_or_missing(account_id)
+            refusal = self._stale_or_missing(account_id)
+            if isinstance(refusal, StaleLock) and refusal.newer_token == write.fence:
+                return written_since_claim(account_id, write.fence)  # the version moved
+            return refusal
         if self._row(statements.READ_STATE, {"id": account_id}) is None:
             return NotFound(f"account {account_id} does not exist")
         if write.expected_version is not None:

@@ -2,9 +2,10 @@
 
 These are the statements the lock modes are made of; `SqlStore.sql`
 rewrites the parameters for psycopg. Only `fenced` touches the `fence`
-column: the other modes' statements neither read nor write it. Every write of a balance bumps the
-version (optimistic locking compares it) and returns the balance it wrote,
-which the journal entry records as `balance_after`.
+column: the other modes' statements neither read nor write it. Every write
+of a balance bumps the version (optimistic and fenced writes compare it) and
+returns the balance it wrote, which the journal entry records as
+`balance_after`.
 """
 
 from __future__ import annotations
@@ -36,10 +37,13 @@ CLAIM_FENCE = (
     " RETURNING balance, version"
 )
 
-# Fenced: the read-modify-write's write, only if no newer token claimed the account since.
+# Fenced: the read-modify-write's write, only if no newer token claimed the
+# account since and nothing was written since the claim's read: the other
+# modes never touch the fence, so only the version shows that a worker still
+# serving (or already serving) another mode wrote in between.
 SET_BALANCE_IF_FENCE = (
     "UPDATE accounts SET balance = :new_balance, version = version + 1, updated_at = :updated_at"
-    " WHERE id = :id AND fence = :fence RETURNING balance"
+    " WHERE id = :id AND fence = :fence AND version = :expected_version RETURNING balance"
 )
 
 # Atomic: the database does the arithmetic and the range check in one statement.

@@ -15,9 +15,15 @@ from service.domain import Leg, NotFound, StaleLock, TransactionKind
 from service.stores.base import LegWrite, Store, TransferSpec
 
 
-def deposit(account_id: int, amount: int, new_balance: int, fence: int) -> LegWrite:
+def deposit(
+    account_id: int, amount: int, new_balance: int, fence: int, version: int = 0
+) -> LegWrite:
+    """A fenced deposit computed from a claim that read `version`."""
     return LegWrite(
-        Leg(account_id, TransactionKind.DEPOSIT, amount), new_balance=new_balance, fence=fence
+        Leg(account_id, TransactionKind.DEPOSIT, amount),
+        new_balance=new_balance,
+        expected_version=version,
+        fence=fence,
     )
 
 
@@ -88,11 +94,13 @@ def test_a_transfer_with_one_stale_leg_writes_neither_leg(store: Store) -> None:
         LegWrite(
             Leg(a.id, TransactionKind.TRANSFER_OUT, 30),
             new_balance=states[a.id].balance - 30,
+            expected_version=states[a.id].version,
             fence=1,
         ),
         LegWrite(
             Leg(b.id, TransactionKind.TRANSFER_IN, 30),
             new_balance=states[b.id].balance + 30,
+            expected_version=states[b.id].version,
             fence=1,
         ),
     ]
@@ -121,15 +129,35 @@ def test_a_claim_of_a_missing_account_is_not_found(store: Store) -> None:
         store.claim_states({999: 1})
 
 
-def test_the_other_modes_neither_check_nor_move_the_fence(store: Store) -> None:
-    """A plain or atomic write ignores the fence; the recorded token stays and still rules."""
+def test_the_other_modes_ignore_the_fence_but_a_fenced_write_sees_their_writes(
+    store: Store,
+) -> None:
+    """An atomic and a plain write between a claim and its write neither check nor move the
+    fence -- but they move the version, so the fenced write computed before them is refused
+    (a worker still serving another mode after a switch is not overwritten)."""
     account = store.open_account("a", "USD", 10, "fenced")
-    store.claim_states({account.id: 4})
+    claimed = store.claim_states({account.id: 4})[account.id]
     store.write_legs([LegWrite(Leg(account.id, TransactionKind.DEPOSIT, 1))], "atomic")
     store.write_legs(
         [LegWrite(Leg(account.id, TransactionKind.DEPOSIT, 1), new_balance=12)], "locked"
     )
-    with pytest.raises(StaleLock):
+    with pytest.raises(StaleLock, match="written by another request") as refused:
+        store.write_legs(
+            [deposit(account.id, 1, claimed.balance + 1, fence=4, version=claimed.version)],
+            "fenced",
+        )
+    assert refused.value.newer_token == 4  # the token still holds: nothing for Redis to heal
+    assert store.get_account(account.id).balance == 12
+    with pytest.raises(StaleLock):  # token 4 is still the recorded one
         store.claim_states({account.id: 4})
-    store.write_legs([deposit(account.id, 1, 13, fence=4)], "fenced")
+    fresh = store.claim_states({account.id: 5})[account.id]
+    assert (fresh.balance, fresh.version) == (12, 2)
+    store.write_legs([deposit(account.id, 1, 13, fence=5, version=fresh.version)], "fenced")
     assert store.get_account(account.id).balance == 13
+    assert store.audit_account(account.id).consistent
+
+
+def test_a_fenced_write_without_the_version_it_read_is_a_programming_error() -> None:
+    """LegWrite refuses a fence without the claim's version: the check cannot be skipped."""
+    with pytest.raises(ValueError, match="version"):
+        LegWrite(Leg(1, TransactionKind.DEPOSIT, 1), new_balance=2, fence=1)
