@@ -32,6 +32,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_QUEUE_WAIT_MAX_MS
+from tests.support.components import require_executable
 from tests.support.overload import OverloadResult, run_overload
 from tests.support.servers import ServerProcess
 
@@ -118,6 +119,7 @@ def test_overload_is_shed_fast_and_nothing_acknowledged_is_lost(
     server: ServerProcess, tmp_path: Path
 ) -> None:
     """16x the connections the service can serve: 503 overloaded, bounded waits, books exact."""
+    require_executable("wrk", "apt-get install wrk")
     account_ids = open_accounts(server.url)
     before = metric_samples(server.url)
     probes = Probes(server.url)

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.support.components import missing
 
 CHROMIUM = Path("/usr/bin/chromium")
 
 
 def launch_chromium(playwright: Any) -> Any:
-    """Headless /usr/bin/chromium; skipped when it is missing, a failure under CI=true."""
+    """Headless /usr/bin/chromium; skipped when it is missing, a failure under CI."""
     if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing: apt-get install chromium"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"{CHROMIUM} is missing: apt-get install chromium")
     return playwright.chromium.launch(
         executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True
     )

@@ -4,9 +4,8 @@
 and `server_behind_proxy` a running `bankrace serve` on it, for the tests
 that take PostgreSQL away from a running service.
 
-Without that variable the tests that need PostgreSQL skip with a reason;
-under CI=true an unset variable or an unreachable server fails the run
-instead, so a green CI always means PostgreSQL was really exercised.
+Without that variable, or with a server that cannot be used, the tests that
+need PostgreSQL skip with a reason, or fail under CI (tests/support/components.py).
 """
 
 from __future__ import annotations
@@ -17,25 +16,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from loadtest.tcp_proxy import TcpProxy
+from tests.support.components import missing
 from tests.support.servers import ServerProcess
 
 POSTGRES_URL_VARIABLE = "BANK_TEST_POSTGRES_URL"
-
-
-def running_in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def missing(reason: str) -> None:
-    """Skip locally; fail under CI, where a missing component is a broken set-up."""
-    if running_in_ci():
-        pytest.fail(f"{reason} (CI=true: this is a failure, not a skip)")
-    pytest.skip(reason)
 
 
 def server_url() -> str:

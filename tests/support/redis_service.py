@@ -1,8 +1,8 @@
 """The Redis the tests use (BANK_TEST_REDIS_URL), one database number or key prefix per test.
 
 Redis runs on this machine at 127.0.0.1:6379 (`.ci/run` starts it). Without
-it the tests that need it skip with a reason; under CI=true they fail
-instead, so a green CI always means Redis was really exercised.
+it the tests that need it skip with a reason, or fail under CI
+(tests/support/components.py).
 
 Tests never flush a database others may use: each takes its own key prefix
 (`unique_prefix`) or its own database number (`redis_url_for_database`).
@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from tests.support.postgres import missing
+from tests.support.components import missing
 
 REDIS_URL_VARIABLE = "BANK_TEST_REDIS_URL"
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/0"
