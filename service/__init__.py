@@ -14,7 +14,6 @@ from flask import Flask, request
 from werkzeug.routing import BaseConverter
 
 from service.api import accounts, admin, auth, docs, headers, ops, request_log, transfers
-from service.api.admin import ADMIN_TOKEN_KEY
 from service.api.context import EXTENSION_KEY
 from service.api.errors import register_error_handlers
 from service.api.parsing import MAX_BODY_BYTES, MAX_ID_DIGITS
@@ -63,7 +62,6 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
     configure_service_logging()  # before anything below can log
     app = Flask(__name__, static_folder=None)  # no /static route: every route is in the API
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.config[ADMIN_TOKEN_KEY] = config.admin_token
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.url_map.converters["id"] = IdConverter
     app.url_map.strict_slashes = False

@@ -20,10 +20,12 @@ and Stripe's behaviour (DESIGN §3):
   (`claim_lease`: 3 lock timeouts + 2 race windows + 5 s) has passed; keys are
   kept `BANK_IDEMPOTENCY_TTL_HOURS`.
 
-Scope: keys are global to the service (there are no client identities yet).
-A stored response is only ever replayed to a request with the same method,
-path and body, so a client can never be answered with another client's
-response to a *different* request; clients should use random keys (UUIDs).
+Scope: a key belongs to a `Claim.scope`. With client tokens (BANK_API_TOKENS)
+the API makes each client a scope of its own, a digest of its token
+(service/api/auth.py `idempotency_scope`), as Stripe scopes keys to the
+account: one client's key never replays, refuses or blocks another's.
+Without client tokens there is one scope (`DEFAULT_SCOPE`). The stores
+know a scope only as an opaque string of at most 64 characters.
 
 Standard library only: the stores and the API depend on this module.
 """

@@ -8,11 +8,11 @@ money is a WARNING. The token is never logged, right or wrong.
 
 from __future__ import annotations
 
-import hmac
 import logging
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
+from service.api.auth import require_admin
 from service.api.context import current_bank
 from service.api.errors import ProblemError
 from service.api.parsing import json_object, validated
@@ -39,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 blueprint = Blueprint("admin", __name__)
 
-ADMIN_TOKEN_KEY = "BANKRACE_ADMIN_TOKEN"  # nosec B105  # a config key's name, not a token
 TAG = "mode"
 MODE_CHANGE = Body(
     "ModeChange",
@@ -135,7 +134,7 @@ def put_mode() -> Response:
 
 def _change_mode() -> tuple[ModeSetting, ModeSetting]:
     """The mode stored before the change (what every worker and replica was told), and after."""
-    _require_admin()
+    require_admin()  # the one admin check, shared with the admin-only reads
     fields = validated(json_object(), MODE_CHANGE)
     lock_mode = LockMode(fields["lock_mode"]) if "lock_mode" in fields else None
     bank = current_bank()
@@ -143,19 +142,3 @@ def _change_mode() -> tuple[ModeSetting, ModeSetting]:
     # MODE_REFRESH_SECONDS behind a change made through another worker.
     before = bank.store.load_mode() or bank.modes.current()
     return before, bank.modes.change(lock_mode, fields.get("race_window_ms"))
-
-
-def _require_admin() -> None:
-    expected: str | None = current_app.config.get(ADMIN_TOKEN_KEY)
-    if expected is None:
-        raise ProblemError(403, "forbidden", "admin is disabled: BANK_ADMIN_TOKEN is not set")
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        raise ProblemError(
-            401,
-            "unauthorized",
-            "send Authorization: Bearer <admin token>",
-            headers={"WWW-Authenticate": 'Bearer realm="bankrace"'},
-        )
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise ProblemError(403, "forbidden", "the admin token is wrong")

@@ -4,9 +4,15 @@ With `BANK_API_TOKENS` set, every route except the public ones (liveness,
 readiness, metrics, the OpenAPI document and the docs page with its files)
 needs `Authorization: Bearer <token>`, one of those tokens or the admin
 token; anything else is a 401 problem with `WWW-Authenticate: Bearer`.
-With `BANK_ADMIN_ONLY_READS=1`, `GET /audit` and `GET /mode` need the admin
-token itself, answered as `PUT /mode` answers (401 without a bearer token,
-403 with another one).
+With `BANK_ADMIN_ONLY_READS=1`, `GET /audit`, `GET /mode` and `GET /metrics`
+(which shows the lock mode, the race window and the last audit) need the
+admin token itself, answered as `PUT /mode` answers (401 without a bearer
+token, 403 with another one). `require_admin` is the one admin check: these
+reads and `PUT /mode` (service/api/admin.py) both call it, so a token is
+the admin's or not whichever path it is sent to.
+
+Each client is also an Idempotency-Key scope (`idempotency_scope`): with
+client tokens, a digest of the request's token; without, one scope.
 
 The check runs before the request is routed to a view: a refused request
 reads no body, runs nothing and stores nothing (not even an
@@ -35,6 +41,7 @@ from flask import Flask, current_app, request
 from service.api.errors import ProblemError
 from service.api.spec import Endpoint
 from service.config import Config
+from service.idempotency import DEFAULT_SCOPE
 
 EXTENSION_KEY = "bankrace.auth"
 CHALLENGE = 'Bearer realm="bankrace"'
@@ -51,18 +58,32 @@ PUBLIC_ENDPOINTS = frozenset(
         "docs.docs_asset",
     }
 )
-# Views BANK_ADMIN_ONLY_READS puts behind the admin token.
-ADMIN_READ_ENDPOINTS = frozenset({"ops.audit", "admin.get_mode"})
+# Views BANK_ADMIN_ONLY_READS puts behind the admin token: each shows the lock mode, the race
+# window or audit figures (DESIGN §3), /metrics all three.
+ADMIN_READ_ENDPOINTS = frozenset({"ops.audit", "admin.get_mode", "ops.metrics_text"})
 ADMIN_PROBLEMS = ("unauthorized", "forbidden")
 # OpenAPI security scheme names, not tokens; adminToken is declared by service/api/openapi.py.
 API_TOKEN_SCHEME = "apiToken"  # nosec B105  # a name
 ADMIN_TOKEN_SCHEME = "adminToken"  # nosec B105  # a name
 
 
+# Domain separation: a client's stored key scope is not the digest its token is compared by.
+SCOPE_DIGEST_LABEL = b"bankrace idempotency-key scope\x00"
+
+
+def _token_bytes(token: str) -> bytes:
+    # surrogatepass: any str a header can decode to has bytes of its own; no two share them.
+    return token.encode("utf-8", "surrogatepass")
+
+
 def digest(token: str) -> bytes:
     """A fixed-length stand-in for a token, so that comparing reveals nothing of its length."""
-    # surrogatepass: any str a header can decode to has bytes of its own; no two share them.
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+    return hashlib.sha256(_token_bytes(token)).digest()
+
+
+def scope_digest(token: str) -> str:
+    """The key scope stored for a client: 64 hex digits, from which the token cannot be read."""
+    return hashlib.sha256(SCOPE_DIGEST_LABEL + _token_bytes(token)).hexdigest()
 
 
 def matches_any(given: str, digests: Iterable[bytes]) -> bool:
@@ -94,7 +115,10 @@ class Guard:
         return self.admin_only_reads and endpoint in ADMIN_READ_ENDPOINTS
 
     def needs_client_token(self, endpoint: str | None) -> bool:
-        return bool(self.client_digests) and endpoint not in PUBLIC_ENDPOINTS
+        # An admin-only read is no longer public: a token that is nobody's is a 401 there too,
+        # as on PUT /mode, before the admin check refuses a client's token (403).
+        public = endpoint in PUBLIC_ENDPOINTS and not self.needs_admin(endpoint)
+        return bool(self.client_digests) and not public
 
 
 def install(app: Flask, config: Config) -> None:
@@ -118,23 +142,47 @@ def authenticate() -> None:
     """Refuse the request (before its view runs) unless it carries the token it needs."""
     guard = guard_of(current_app)
     endpoint = request.endpoint  # None when the path or method routes nowhere
-    if guard.needs_admin(endpoint):
-        _require_admin(guard)
-    elif guard.needs_client_token(endpoint):
+    if guard.needs_client_token(endpoint):
         token = bearer_token()
         if token is None:
             raise _unauthorized("send Authorization: Bearer <token>", CHALLENGE)
         if not matches_any(token, guard.client_digests):
             raise _unauthorized("the bearer token is not one of this service's tokens")
+    if guard.needs_admin(endpoint):
+        _require_admin(guard)
+
+
+def require_admin() -> None:
+    """Refuse the request unless it carries the admin token: 403 when admin is off, 401
+    without a bearer token, 403 with any other token."""
+    _require_admin(guard_of(current_app))
 
 
 def _require_admin(guard: Guard) -> None:
+    if not guard.admin_digests:
+        raise ProblemError(403, "forbidden", "admin is disabled: BANK_ADMIN_TOKEN is not set")
     token = bearer_token()
     if token is None:
         raise _unauthorized("send Authorization: Bearer <admin token>", CHALLENGE)
     if not matches_any(token, guard.admin_digests):
         detail = f"{request.method} {request.path} needs the admin token"
         raise ProblemError(403, "forbidden", detail)
+
+
+def idempotency_scope() -> str:
+    """The Idempotency-Key scope of this request's client (DESIGN §3).
+
+    With client tokens, each token (the admin token included) is a client of
+    its own, stored as `scope_digest` of it, never the token, so one
+    client's key never replays, refuses or blocks another's. Without client
+    tokens the service cannot tell clients apart: one scope for all.
+    """
+    if not guard_of(current_app).client_digests:
+        return DEFAULT_SCOPE
+    token = bearer_token()
+    if token is None:  # authenticate() let no such request through to a view
+        raise RuntimeError("a view that needs a client token ran without one")
+    return scope_digest(token)
 
 
 def _unauthorized(detail: str, challenge: str = WRONG_TOKEN_CHALLENGE) -> ProblemError:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from flask import Response, g, request
 
+from service.api.auth import idempotency_scope
 from service.api.context import current_bank
 from service.api.errors import handle_domain_error
 from service.domain import (
@@ -34,7 +35,6 @@ from service.domain import (
     utc_now,
 )
 from service.idempotency import (
-    DEFAULT_SCOPE,
     KEY_HEADER,
     REPLAYED_HEADER,
     Claim,
@@ -85,7 +85,7 @@ def answer(
     if bank.key_janitor is not None:
         bank.key_janitor.maybe_purge()
     claim = Claim(
-        DEFAULT_SCOPE,
+        idempotency_scope(),
         key,
         fingerprint(request.method, request.path, body),
         uuid.uuid4().hex,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 
 from service import metrics, services
+from service.api import auth
 from service.api.context import current_bank
 from service.api.representations import bank_audit_json
 from service.api.spec import Endpoint, Success, documented
@@ -29,7 +30,8 @@ def healthz() -> Response:
         TAG,
         Success(200, "ready", "Readiness"),
         description="In `redis-lock` and `fenced` Redis (BANK_REDIS_URL) must answer too, and "
-        'the answer says `"lock_service": "redis"`; the other modes never touch Redis.',
+        'the answer says `"lock_service": "redis"` (not with `BANK_ADMIN_ONLY_READS=1`: it '
+        "would tell the lock mode); the other modes never touch Redis.",
         problems=("store_unavailable",),
     )
 )
@@ -38,7 +40,8 @@ def readyz() -> Response:
     bank.store.check_ready()  # StoreUnavailable -> 503 problem with the reason
     if bank.modes.current().lock_mode.uses_redis and bank.redis_locks is not None:
         bank.redis_locks.check_ready()  # the same 503, naming Redis
-        return jsonify({"status": "ready", "lock_service": "redis"})
+        if not auth.guard_of(current_app).admin_only_reads:  # it would tell the mode's family
+            return jsonify({"status": "ready", "lock_service": "redis"})
     return jsonify({"status": "ready"})
 
 
@@ -71,7 +74,8 @@ def audit() -> Response:
         Success(200, "the Prometheus text format", media_type="text/plain"),
         description="Requests by route and status, latency, problems by code, operations by "
         "kind, outcome and lock mode, lock wait, retries, the last audit's drift and chain "
-        "breaks, the lock mode and the build (docs/operate.md lists them).",
+        "breaks, the lock mode and the build (docs/operate.md lists them). Open to scrapers, "
+        "unless `BANK_ADMIN_ONLY_READS=1`: then it needs the admin token, like `GET /mode`.",
     )
 )
 def metrics_text() -> Response:

@@ -247,18 +247,111 @@ def test_put_mode_still_needs_the_admin_token(guarded: FlaskClient) -> None:
 def test_admin_only_reads_guard_audit_and_mode(
     make_app: Callable[..., Flask], tokens: tuple[str, ...]
 ) -> None:
-    """GET /audit and GET /mode: 401 without a token, 403 with another, 200 with the admin's."""
+    """GET /audit and GET /mode: 401 without a token (or with one that is nobody's, when client
+    tokens are set), 403 with another token, 200 with the admin's: as PUT /mode answers."""
     client = make_app(api_tokens=tokens, admin_only_reads=True).test_client()
+    nobodys = 401 if tokens else 403
     for path in ("/audit", "/mode"):
         response = client.get(path)
         assert_problem(response, 401, "unauthorized")
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
-        for token in (CLIENT_TOKENS[0], "client-token-wrong"):
-            assert_problem(client.get(path, headers=bearer(token)), 403, "forbidden")
+        assert_problem(client.get(path, headers=bearer(CLIENT_TOKENS[0])), 403, "forbidden")
+        wrong = client.get(path, headers=bearer("client-token-wrong"))
+        assert wrong.status_code == nobodys
+        put = client.put("/mode", json={"race_window_ms": 1}, headers=bearer("client-token-wrong"))
+        assert put.status_code == nobodys
         assert client.get(path, headers=ADMIN).status_code == 200
     everyone = {} if not tokens else CLIENT
     assert client.get("/accounts", headers=everyone).status_code == 200
     assert client.get("/accounts/1/audit", headers=everyone).status_code == 404
+
+
+def test_admin_only_reads_guard_metrics_too(make_app: Callable[..., Flask]) -> None:
+    """/metrics shows the lock mode, race window and audit figures: the admin token's alone."""
+    for tokens in ((), CLIENT_TOKENS):
+        client = make_app(api_tokens=tokens, admin_only_reads=True).test_client()
+        client.get("/audit", headers=ADMIN)  # the audit gauges now hold figures
+        anonymous = client.get("/metrics")
+        assert_problem(anonymous, 401, "unauthorized")
+        assert anonymous.headers["WWW-Authenticate"].startswith("Bearer")
+        for token, status in (
+            (CLIENT_TOKENS[0], 403),
+            ("client-token-wrong", 401 if tokens else 403),
+        ):
+            refused = client.get("/metrics", headers=bearer(token))
+            assert refused.status_code == status
+            assert "bankrace_" not in refused.get_data(as_text=True)
+        scraped = client.get("/metrics", headers=ADMIN)
+        assert scraped.status_code == 200
+        text = scraped.get_data(as_text=True)
+        for series in ("bankrace_lock_mode", "bankrace_race_window_seconds", "bankrace_audit_"):
+            assert series in text
+    for token in ((), CLIENT_TOKENS):  # without admin-only reads, scrapers need no token
+        assert make_app(api_tokens=token).test_client().get("/metrics").status_code == 200
+
+
+# The same admin token, spelt as clients send it: RFC 6750 allows 1*SP after the scheme.
+ADMIN_FORMS = [
+    f"Bearer {ADMIN_TOKEN}",
+    f"Bearer  {ADMIN_TOKEN}",
+    f"bearer {ADMIN_TOKEN}",
+    f"BEARER   {ADMIN_TOKEN} ",
+]
+NOT_ADMIN_FORMS = [
+    "",
+    "Bearer",
+    "Bearer ",
+    f"Bearer {ADMIN_TOKEN}x",
+    f"Bearer {ADMIN_TOKEN[:-1]}",
+    f"Bearer {ADMIN_TOKEN} {ADMIN_TOKEN}",
+    f"Bearer\t{ADMIN_TOKEN}",
+    f"Basic {ADMIN_TOKEN}",
+    ADMIN_TOKEN,
+    f"Bearer {CLIENT_TOKENS[0]}",
+]
+ADMIN_PATHS = [("PUT", "/mode"), ("GET", "/mode"), ("GET", "/audit"), ("GET", "/metrics")]
+
+
+@pytest.mark.parametrize("authorization", ADMIN_FORMS)
+def test_every_admin_path_takes_every_spelling_of_the_admin_token(
+    make_app: Callable[..., Flask], authorization: str
+) -> None:
+    """PUT /mode and the admin-only reads: one check, so one verdict for `Bearer  <token>`."""
+    client = make_app(api_tokens=CLIENT_TOKENS, admin_only_reads=True).test_client()
+    for method, path in ADMIN_PATHS:
+        body = {"race_window_ms": 0} if method == "PUT" else None
+        response = client.open(
+            path, method=method, json=body, headers={"Authorization": authorization}
+        )
+        assert response.status_code == 200, (method, path, response.get_data(as_text=True))
+
+
+@pytest.mark.parametrize("authorization", NOT_ADMIN_FORMS)
+@pytest.mark.parametrize("tokens", [(), CLIENT_TOKENS])
+def test_every_admin_path_refuses_what_is_not_the_admin_token_alike(
+    make_app: Callable[..., Flask], tokens: tuple[str, ...], authorization: str
+) -> None:
+    """A near miss gets the same 401 or 403 from PUT /mode and from each admin-only read."""
+    client = make_app(api_tokens=tokens, admin_only_reads=True).test_client()
+    verdicts = set()
+    for method, path in ADMIN_PATHS:
+        body = {"race_window_ms": 1} if method == "PUT" else None
+        headers = {"Authorization": authorization} if authorization else {}
+        response = client.open(path, method=method, json=body, headers=headers)
+        verdicts.add(response.status_code)
+        assert response.status_code in (401, 403), (method, path)
+    assert len(verdicts) == 1, (authorization, verdicts)
+    assert client.get("/mode", headers=ADMIN).get_json()["race_window_ms"] == 0
+
+
+def test_put_mode_with_admin_off_is_403_whatever_is_sent(make_app: Callable[..., Flask]) -> None:
+    """No BANK_ADMIN_TOKEN: admin is off, with or without a bearer token."""
+    client = make_app(admin_token=None).test_client()
+    for sent in ({}, ADMIN, bearer("anything-at-all")):
+        body = assert_problem(
+            client.put("/mode", json={"race_window_ms": 1}, headers=sent), 403, "forbidden"
+        )
+        assert "BANK_ADMIN_TOKEN" in body["detail"]
 
 
 # --------------------------------------------------------------------------- comparison, logs
@@ -496,12 +589,12 @@ def test_openapi_document_shows_the_bearer_scheme_on_protected_operations(
 
 
 def test_openapi_document_shows_admin_only_reads(make_app: Callable[..., Flask]) -> None:
-    """With BANK_ADMIN_ONLY_READS, GET /audit and GET /mode need adminToken and list 401 and 403."""
+    """With BANK_ADMIN_ONLY_READS, GET /audit, /mode and /metrics need adminToken (401, 403)."""
     client = make_app(admin_only_reads=True).test_client()
     document = client.get("/openapi.json").get_json()
     validate(document)
     assert "apiToken" not in document["components"]["securitySchemes"]
-    for path in ("/audit", "/mode"):
+    for path in ("/audit", "/mode", "/metrics"):
         operation = document["paths"][path]["get"]
         assert operation["security"] == [{"adminToken": []}]
         assert {"401", "403"} <= set(operation["responses"])
