@@ -1,21 +1,24 @@
-"""gunicorn's gthread worker with a deadline on every request head.
+"""gunicorn's gthread worker with a deadline on every request, head and body.
 
 gthread waits at most 5 s in a thread for a connection's first byte (then
 hands the connection to its poller), but reads the rest of the request
 line and headers on a blocking socket with no deadline: a client that
 sends part of its headers and stops holds a thread forever, and as many
-such clients as threads stop the worker. Here the whole head must arrive
-within REQUEST_HEAD_TIMEOUT_SECONDS, counted from the moment the connection
-was accepted (or, on a kept-alive connection, from the end of the previous
-response or the next byte's arrival, whichever is later). When it runs out
-the client gets a 408 problem and the connection is closed. A connection
-that waited in the thread pool's queue past its deadline (behind stalled
-ones) gets QUEUED_HEAD_GRACE_SECONDS more: a head that arrived meanwhile is
-read at once, a stalled one is refused quickly, so stalled clients cannot
-queue up in front of good ones for more than one deadline.
-
-After the head, the socket is blocking again as gthread expects; the body
-read has its own deadline (`BODY_READ_TIMEOUT_SECONDS` in service/__init__.py).
+such clients as threads stop the worker. A per-read timeout is no cure: a
+client sending a byte every few seconds never trips it (a 13-byte body
+dribbled that way was run and answered 201 after 23 s). Here the head and
+the whole body must arrive within REQUEST_TIMEOUT_SECONDS, one deadline
+counted from the moment the connection was accepted (or, on a kept-alive
+connection, from the end of the previous response or the next byte's
+arrival, whichever is later); every socket read of the request waits at
+most for what is left of it. A late head gets a 408 problem written here;
+a late body makes the application's read fail (`RequestBodyTimeout`, a
+TimeoutError), which it answers 408 having changed nothing
+(service/api/parsing.py); either way the connection is closed. A
+connection that waited in the thread pool's queue past its deadline (behind
+stalled ones) gets QUEUED_HEAD_GRACE_SECONDS more: a head that arrived
+meanwhile is read at once, a stalled one is refused quickly, so stalled
+clients cannot queue up in front of good ones for more than one deadline.
 
 Closing: gthread closes a connection it will not keep alive "gracefully"
 (FIN, then up to 2 s draining until the client closes) on its main thread,
@@ -30,6 +33,11 @@ thread takes it (`handle`) the ticket becomes a verdict: serve it, or answer
 503 `overloaded` without calling the application because too many were
 waiting or it waited too long (service/overload.py, docs/overload.md). The
 application is wrapped in the `OverloadGate` that answers the refusals.
+The wait bound must hold even while no thread comes free (every thread
+held by slow requests, up to their own bounds): the main loop wakes when
+the oldest waiting request's time runs out, takes it back from the pool's
+queue (`Future.cancel`, which fails once a thread has it) and hands it to
+the refusal thread (`shed_overdue`).
 
 No banner: gunicorn writes `Server: gunicorn` on every response it frames.
 `WorkerResponse` leaves the header out; gunicorn's own error pages
@@ -46,8 +54,10 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections import deque
 from concurrent import futures
 from contextlib import suppress
+from functools import partial
 from typing import Any, cast
 
 from gunicorn import glogging, util
@@ -60,7 +70,6 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 from service.config import Config
 from service.http_problems import write_problem
 from service.overload import (
-    QUEUE_FULL,
     SERVE_AT_ONCE,
     AdmissionQueue,
     OverloadGate,
@@ -69,9 +78,14 @@ from service.overload import (
     WsgiApp,
 )
 
-REQUEST_HEAD_TIMEOUT_SECONDS = 10
+# The head and the whole body of a request (DESIGN §3, 408 request_timeout).
+REQUEST_TIMEOUT_SECONDS = 10
 QUEUED_HEAD_GRACE_SECONDS = 0.5
 CLOSE_LINGER_SECONDS = 2.0
+# A request that ran out of time may still be sending: a short wait for its
+# client to read the 408 and close, so the close is not a reset that could
+# destroy the answer in flight.
+TIMED_OUT_LINGER_SECONDS = 0.5
 # Threads that answer 503 overloaded, apart from the pool that serves: a refusal
 # never waits behind a request being served, nor a served one behind refusals.
 REFUSAL_THREADS = 1
@@ -84,17 +98,32 @@ REFUSAL_IO_SECONDS = 0.5
 # under 256 connections retrying at once, twice the deposits served).
 REFUSAL_REST_RATIO = 1.0
 REFUSAL_REST_MAX_SECONDS = 0.005
+# How long the main loop may sleep when no request waits for a thread (gthread's own).
+IDLE_SHED_CHECK_SECONDS = 1.0
 CLOSE_DRAIN_MAX_BYTES = 65536
 
 
 class RequestHeadTimeout(Exception):
-    """The request line and headers did not arrive before the deadline."""
+    """The request line and headers did not arrive before the deadline.
+
+    Not an OSError: gthread would take it for a socket failure and close
+    without a word, where `handle_error` answers 408.
+    """
 
 
-class HeadDeadlineUnreader(SocketUnreader):  # type: ignore[misc]
-    """Socket reads bounded by a deadline while a request head is being read."""
+class RequestBodyTimeout(TimeoutError):
+    """The body did not arrive in full before the request's deadline.
+
+    Raised to the application from its body read, as a socket timeout is:
+    it answers 408 and changes nothing.
+    """
+
+
+class DeadlineUnreader(SocketUnreader):  # type: ignore[misc]
+    """Socket reads bounded by one deadline while a request's head and body are read."""
 
     deadline: float | None = None
+    reading_body = False
     timed_out = False
 
     def chunk(self, size_hint: int | None = None) -> bytes:
@@ -104,10 +133,14 @@ class HeadDeadlineUnreader(SocketUnreader):  # type: ignore[misc]
         try:
             if remaining_seconds <= 0:
                 raise TimeoutError
+            # One wait for whatever is left of the deadline: a byte arriving wakes
+            # the thread, but never extends the request's time.
             self.sock.settimeout(remaining_seconds)
             return cast(bytes, super().chunk(size_hint))
         except TimeoutError:
             self.timed_out = True
+            if self.reading_body:
+                raise RequestBodyTimeout from None
             raise RequestHeadTimeout from None
         finally:
             self.sock.setblocking(True)
@@ -119,8 +152,14 @@ class WorkerResponse(wsgi.Response):  # type: ignore[misc]
     gunicorn writes `Server: gunicorn` on every response and drops the
     application's `Connection` header; here the banner goes, and an
     application's `Connection: close` (a refused request, service/overload.py)
-    closes the connection after the response.
+    closes the connection after the response, as does a body that ran out of
+    time (the rest of it may still be coming: where the next request starts
+    is unknown).
     """
+
+    def should_close(self) -> bool:
+        timed_out = getattr(getattr(self.req, "unreader", None), "timed_out", False)
+        return bool(super().should_close()) or timed_out is True
 
     def default_headers(self) -> list[str]:
         headers = cast(list[str], super().default_headers())
@@ -150,7 +189,7 @@ class QuietAccessLogger(glogging.Logger):  # type: ignore[misc]
 
 
 class HeadBoundedConnection(TConn):  # type: ignore[misc]
-    """A gthread connection whose next request head has a deadline."""
+    """A gthread connection whose next request (head and body) has a deadline."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -159,29 +198,38 @@ class HeadBoundedConnection(TConn):  # type: ignore[misc]
         self.ticket: Ticket | None = None  # its place in the thread pool's queue
         self.verdict = SERVE_AT_ONCE
         self.refusing = False  # its verdict was to shed it: every socket wait is short
+        self.in_refusal_pool = False
 
     def init(self) -> None:
         """gthread calls this in the worker thread right before reading each request."""
         super().init()
         if self.is_http2:
             return
-        if not isinstance(self.parser.unreader, HeadDeadlineUnreader):
-            unreader = HeadDeadlineUnreader(self.sock)
+        if not isinstance(self.parser.unreader, DeadlineUnreader):
+            unreader = DeadlineUnreader(self.sock)
             unreader.buf = self.parser.unreader.buf  # keep anything already read ahead
             self.parser.unreader = unreader
+        self.parser.unreader.reading_body = False
         self.parser.unreader.deadline = max(
-            self.head_started + REQUEST_HEAD_TIMEOUT_SECONDS,
+            self.head_started + REQUEST_TIMEOUT_SECONDS,
             time.monotonic() + QUEUED_HEAD_GRACE_SECONDS,
         )
         if self.refusing:
             self.parser.unreader.deadline = time.monotonic() + REFUSAL_IO_SECONDS
 
-    def head_timed_out(self) -> bool:
+    def timed_out(self) -> bool:
         return bool(getattr(getattr(self.parser, "unreader", None), "timed_out", False))
 
     def head_received(self) -> None:
-        if isinstance(getattr(self.parser, "unreader", None), HeadDeadlineUnreader):
+        """The body's reads keep the head's deadline (and a late one is a RequestBodyTimeout)."""
+        if isinstance(getattr(self.parser, "unreader", None), DeadlineUnreader):
+            self.parser.unreader.reading_body = True
+
+    def request_done(self) -> None:
+        """The application returned: gthread's own drain of an unread body bounds itself."""
+        if isinstance(getattr(self.parser, "unreader", None), DeadlineUnreader):
             self.parser.unreader.deadline = None
+        self.restart_head_clock()  # for a request pipelined behind this one
 
     def restart_head_clock(self) -> None:
         self.head_started = time.monotonic()
@@ -222,6 +270,8 @@ class HeadBoundedThreadWorker(ThreadWorker):  # type: ignore[misc]
             config if isinstance(config, Config) else Config()
         )
         self.admission = AdmissionQueue(self.overload_limits)
+        # Requests in the thread pool's queue, oldest first (main thread only).
+        self.queued: deque[tuple[HeadBoundedConnection, Ticket, futures.Future[Any]]] = deque()
         self.refusal_pool = futures.ThreadPoolExecutor(
             max_workers=REFUSAL_THREADS, thread_name_prefix="refusal"
         )
@@ -245,12 +295,51 @@ class HeadBoundedThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     def enqueue_req(self, connection: HeadBoundedConnection) -> None:
         """ThreadWorker.enqueue_req, with a ticket: refused requests go to the refusal pool."""
-        connection.ticket = self.admission.arrive()
-        pool = self.tpool if connection.ticket.admitted else self.refusal_pool
-        future = pool.submit(self.handle, connection)
-        future.add_done_callback(
-            lambda done: self.method_queue.defer(self.finish_request, connection, done)
-        )
+        ticket = connection.ticket = self.admission.arrive()
+        connection.in_refusal_pool = not ticket.admitted
+        if not ticket.admitted:
+            self._refuse_in_refusal_pool(connection)
+            return
+        future = self.tpool.submit(self.handle, connection)
+        self.queued.append((connection, ticket, future))
+        future.add_done_callback(partial(self._request_finished, connection))
+
+    def _refuse_in_refusal_pool(self, connection: HeadBoundedConnection) -> None:
+        connection.in_refusal_pool = True
+        future = self.refusal_pool.submit(self.handle, connection)
+        future.add_done_callback(partial(self._request_finished, connection))
+
+    def _request_finished(self, connection: HeadBoundedConnection, done: Any) -> None:
+        if done.cancelled():  # taken back from the pool's queue: `shed_overdue` refuses it
+            return
+        self.method_queue.defer(self.finish_request, connection, done)
+
+    def shed_overdue(self) -> float:
+        """Refuse the requests that waited their bound for a thread; seconds until the next is due.
+
+        On the main thread, like `enqueue_req`: the oldest waiters are at the
+        front, in the order the pool's threads take them. A cancelled future's
+        job never runs, so each request is either taken by a thread (which
+        decides its verdict) or refused here, never both.
+        """
+        while self.queued:
+            connection, ticket, future = self.queued[0]
+            if future.running() or future.done():  # a thread took it
+                self.queued.popleft()
+                continue
+            due_in_seconds = self.admission.overdue_in(ticket)
+            if due_in_seconds > 0:
+                return due_in_seconds
+            self.queued.popleft()
+            if future.cancel():
+                connection.ticket = None
+                connection.verdict = self.admission.expire(ticket)
+                self._refuse_in_refusal_pool(connection)
+        return IDLE_SHED_CHECK_SECONDS
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        # Wake up when the oldest waiting request's time runs out, not a second later.
+        super().wait_for_and_dispatch_events(min(timeout, self.shed_overdue()))
 
     def set_accept_enabled(self, enabled: bool) -> None:
         super().set_accept_enabled(enabled)
@@ -286,14 +375,19 @@ class HeadBoundedThreadWorker(ThreadWorker):  # type: ignore[misc]
             if not _readable_now(connection.sock):
                 return DEFER
             connection.data_ready = True
-        in_refusal_thread = connection.verdict.shed_reason == QUEUE_FULL
+        in_refusal_thread = connection.in_refusal_pool
         started = time.perf_counter()
         result = super().handle(connection)
         if result is False:  # gthread will close it: linger here, not on its main thread
-            # A late head was read to its last byte, and a refused request's body was
-            # drained: nothing left to drain, and no more thread time for either.
-            drained = connection.head_timed_out() or connection.refusing
-            connection.linger_before_close(0 if drained else CLOSE_LINGER_SECONDS)
+            # A refused request's body was drained: nothing left to drain, and no more
+            # thread time for it. A request out of time may still be dribbling.
+            if connection.refusing:
+                linger_seconds = 0.0
+            elif connection.timed_out():
+                linger_seconds = TIMED_OUT_LINGER_SECONDS
+            else:
+                linger_seconds = CLOSE_LINGER_SECONDS
+            connection.linger_before_close(linger_seconds)
         if in_refusal_thread:
             rest_seconds = (time.perf_counter() - started) * REFUSAL_REST_RATIO
             time.sleep(min(rest_seconds, REFUSAL_REST_MAX_SECONDS))  # a CPU budget, not a wait
@@ -323,7 +417,7 @@ class HeadBoundedThreadWorker(ThreadWorker):  # type: ignore[misc]
             with self.gate.deciding(verdict):
                 return bool(super().handle_request(request, connection))
         finally:
-            connection.restart_head_clock()  # for a request pipelined behind this one
+            connection.request_done()
 
     def handle_error(self, request: Any, client: Any, address: Any, error: BaseException) -> None:
         if not isinstance(error, RequestHeadTimeout):
@@ -332,7 +426,7 @@ class HeadBoundedThreadWorker(ThreadWorker):  # type: ignore[misc]
         self.log.warning(
             "Request head from %s not received within %s s: answered 408, connection closed",
             address[0] if isinstance(address, tuple) else "a unix socket",
-            REQUEST_HEAD_TIMEOUT_SECONDS,
+            REQUEST_TIMEOUT_SECONDS,
         )
         with suppress(OSError):  # the client is gone; the connection is closed either way
             write_nonblock(client, _request_timeout_response())
@@ -359,7 +453,7 @@ def _request_timeout_response() -> bytes:
             "type": "urn:bankrace:problem:request_timeout",
             "title": "Request timeout",
             "status": 408,
-            "detail": f"the request head did not arrive within {REQUEST_HEAD_TIMEOUT_SECONDS} s",
+            "detail": f"the request head did not arrive within {REQUEST_TIMEOUT_SECONDS} s",
             "code": "request_timeout",
             "instance": None,
         }

@@ -11,10 +11,12 @@ linearly with the clients). Two bounds, per worker process, decide instead
   still takes its turn in the pool, but a refusal costs a thread a fraction
   of a millisecond, so it is answered within about one queue's wait.
 - **Queue wait** (`BANK_QUEUE_WAIT_MAX_MS`): a request that waited longer
-  than this for a thread is refused when its turn comes. The length bound
-  keeps the wait short while requests are quick; this one holds when they
-  are slow (lock waits, a slow database, a race window), so the queue wait
-  of every request the service answers is bounded in time.
+  than this for a thread is refused, when its turn comes or, if no thread
+  comes free before, when its time runs out (`expire`, from the worker's
+  main loop). The length bound keeps the wait short while requests are
+  quick; this one holds when they are slow (lock waits, a slow database, a
+  race window, every thread held by slow clients), so no request waits for
+  a thread much longer than the bound, served or refused.
 
 A refused request has had its head read, nothing else: the application is
 not called, so no body is parsed, no idempotency key stored, no money moved.
@@ -119,6 +121,16 @@ class AdmissionQueue:
             if admitted:
                 self._waiting += 1
         return Ticket(self._clock(), admitted)
+
+    def overdue_in(self, ticket: Ticket) -> float:
+        """Seconds until an admitted request has waited its bound (0 or less: it has)."""
+        return ticket.enqueued_at + self.limits.max_queue_wait_ms / 1000 - self._clock()
+
+    def expire(self, ticket: Ticket) -> Verdict:
+        """An admitted request that waited its bound and no thread took: it leaves, refused."""
+        with self._guard:
+            self._waiting -= 1
+        return Verdict(QUEUE_WAIT, max(self._clock() - ticket.enqueued_at, 0.0))
 
     def leave(self, ticket: Ticket) -> Verdict:
         waited_seconds = max(self._clock() - ticket.enqueued_at, 0.0)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from service.gunicorn_worker import REQUEST_HEAD_TIMEOUT_SECONDS
+from service.gunicorn_worker import REQUEST_TIMEOUT_SECONDS
 from tests.support.servers import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -27,7 +27,7 @@ THREADS = 2
 STALLED_CONNECTIONS = 2 * THREADS + 1
 STALLED_HEAD = b"POST /accounts HTTP/1.1\r\nHost: x\r\n"
 MARGIN_SECONDS = 10
-BOUND_SECONDS = REQUEST_HEAD_TIMEOUT_SECONDS + MARGIN_SECONDS
+BOUND_SECONDS = REQUEST_TIMEOUT_SECONDS + MARGIN_SECONDS
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def test_stalled_heads_are_closed_and_others_are_served(server: ServerProcess) -
     print(
         f"{STALLED_CONNECTIONS} stalled heads, {THREADS} threads: a normal request served after "
         f"{served_after:.1f} s, every staller closed after {closed_after:.1f} s "
-        f"(head timeout {REQUEST_HEAD_TIMEOUT_SECONDS} s)"
+        f"(head timeout {REQUEST_TIMEOUT_SECONDS} s)"
     )
     for answer in answers:
         assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]

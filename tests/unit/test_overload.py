@@ -88,6 +88,24 @@ def test_a_request_that_waited_past_the_bound_is_refused() -> None:
     assert queue.waiting == 0
 
 
+def test_a_request_no_thread_takes_is_refused_when_its_time_runs_out() -> None:
+    """overdue_in counts down to the bound; expire refuses (queue_wait) and frees its place."""
+    clock = FakeClock()
+    queue = AdmissionQueue(LIMITS, clock)
+    oldest = queue.arrive()
+    clock.now += 0.2
+    newer = queue.arrive()
+    assert queue.overdue_in(oldest) == pytest.approx(0.3)
+    assert queue.overdue_in(newer) == pytest.approx(0.5)
+    clock.now += 0.3
+    assert queue.overdue_in(oldest) == pytest.approx(0.0)
+    clock.now += 0.05
+    assert queue.expire(oldest) == Verdict(QUEUE_WAIT, pytest.approx(0.55))
+    assert queue.waiting == 1
+    assert queue.leave(newer) == Verdict(None, pytest.approx(0.35))
+    assert queue.waiting == 0
+
+
 def test_the_count_holds_under_threads() -> None:
     """Threads arriving and leaving at once never let more than the bound wait, and end at 0."""
     queue = AdmissionQueue(OverloadLimits(max_queued_requests=5, max_queue_wait_ms=60_000))
