@@ -22,7 +22,6 @@ import pytest
 import requests
 
 from loadtest.demo import Demo, DemoSettings
-from loadtest.lock_modes import ALL_MODES, UNSAFE_MODES, explain_mode
 from loadtest.redis_target import redis_problem
 from loadtest.service_process import free_port
 from tests.support.browser import launch_chromium
@@ -40,6 +39,21 @@ JUDGE_ACKNOWLEDGED = 100  # locked answers the losses must not grow over
 VIEWPORT = {"width": 1280, "height": 800}  # a laptop screen
 REDIS_URL = os.environ.get("BANK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 FENCED_ACKNOWLEDGED = 20  # fenced answers the losses must not grow over (it refuses many)
+# DESIGN §2, written out here so the view is judged against the contract, not its own source.
+DESIGN_MODES = {
+    "unlocked", "locked", "process-lock", "optimistic", "atomic", "redis-lock", "fenced",
+}  # fmt: skip
+DESIGN_UNSAFE_MODES = {"unlocked", "process-lock", "redis-lock"}
+# What DESIGN §2 says each mode does, as the switcher's line must name it.
+DESIGN_MECHANISMS = {
+    "unlocked": "race window",
+    "locked": "exclusive lock",
+    "process-lock": "threading.Lock",
+    "optimistic": "version",
+    "atomic": "UPDATE",
+    "redis-lock": "Redis",
+    "fenced": "fencing token",
+}
 
 
 def start_demo(workdir: Path, **settings: Any) -> Demo:
@@ -211,12 +225,20 @@ def test_losses_grow_unlocked_and_stop_when_locked_is_pressed(demo: Demo, tmp_pa
 
 
 def test_the_mode_switcher_offers_every_mode_with_its_line(demo: Demo) -> None:
-    """The service's seven modes, each with its explanation; the unsafe ones tagged so."""
-    offered = {mode["name"]: mode for mode in race_data(demo)["modes"]}
-    assert set(offered) == set(ALL_MODES)
-    for name, mode in offered.items():
-        assert mode["explanation"] == explain_mode(name)
-        assert mode["unsafe"] is (name in UNSAFE_MODES)
+    """The service's seven modes, each with its own explanation; the unsafe ones tagged so."""
+    listed = race_data(demo)["modes"]
+    offered = {mode["name"]: mode for mode in listed}
+    assert len(listed) == len(offered) == len(DESIGN_MODES)
+    assert set(offered) == DESIGN_MODES
+    assert {name for name, mode in offered.items() if mode["unsafe"] is True} == DESIGN_UNSAFE_MODES
+    assert {name for name, mode in offered.items() if mode["unsafe"] is False} == (
+        DESIGN_MODES - DESIGN_UNSAFE_MODES
+    )
+    explanations = {name: mode["explanation"] for name, mode in offered.items()}
+    unexplained = {
+        name: line for name, line in explanations.items() if DESIGN_MECHANISMS[name] not in line
+    }
+    assert not unexplained, f"lines that do not name their mode's mechanism: {unexplained}"
 
 
 def settled_segment(demo: Demo, lock_mode: str, done: Callable[[dict[str, Any]], bool]) -> Any:
