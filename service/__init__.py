@@ -83,6 +83,7 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
             config.redis_url,
             lease_ms=config.redis_lock_ttl_ms,
             lock_timeout_ms=config.lock_timeout_ms,
+            key_prefix=config.redis_prefix,
         ),
     )
 

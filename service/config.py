@@ -55,6 +55,11 @@ MAX_API_TOKENS = 1000
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 DEFAULT_REDIS_LOCK_TTL_MS = 2000
+# Every Redis key of the lock service starts with `<prefix>:`. No glob characters (an operator's
+# SCAN MATCH "<prefix>:*" must match only this deployment's keys), no spaces, no ':' at either end.
+DEFAULT_REDIS_PREFIX = "bankrace"
+REDIS_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_.\-](?:[A-Za-z0-9_.:\-]{0,62}[A-Za-z0-9_.\-])?")
+MAX_REDIS_PREFIX_CHARACTERS = 64
 MIN_REDIS_LOCK_TTL_MS = 10
 MAX_REDIS_LOCK_TTL_MS = 600_000
 # An exact origin: scheme, host and optional port, nothing after.
@@ -92,6 +97,8 @@ class Config:
     cors_origins: tuple[str, ...] = ()
     redis_url: str = DEFAULT_REDIS_URL
     redis_lock_ttl_ms: int = DEFAULT_REDIS_LOCK_TTL_MS
+    #: The start of every lock and fencing-counter key in Redis: one per deployment sharing it.
+    redis_prefix: str = DEFAULT_REDIS_PREFIX
     #: Requests that may wait for a thread of one worker; one more is answered 503 overloaded.
     queue_max_requests: int = DEFAULT_QUEUE_MAX_REQUESTS
     #: The longest a request may wait for a thread; past it, it is answered 503 overloaded.
@@ -133,6 +140,7 @@ class Config:
                 MIN_REDIS_LOCK_TTL_MS,
                 MAX_REDIS_LOCK_TTL_MS,
             ),
+            redis_prefix=_redis_prefix(env, "BANK_REDIS_PREFIX"),
             queue_max_requests=_integer(
                 env,
                 "BANK_QUEUE_MAX_REQUESTS",
@@ -166,6 +174,7 @@ class Config:
             )
         _database_url({"BANK_DATABASE_URL": self.database_url}, "BANK_DATABASE_URL")
         _redis_url({"BANK_REDIS_URL": self.redis_url}, "BANK_REDIS_URL")
+        _redis_prefix({"BANK_REDIS_PREFIX": self.redis_prefix}, "BANK_REDIS_PREFIX")
         for token in self.api_tokens:
             if not API_TOKEN_PATTERN.fullmatch(token):
                 raise ConfigError(
@@ -324,6 +333,17 @@ def _redis_url(env: Mapping[str, str], name: str) -> str:
     database = parts.path.lstrip("/")
     if database and not re.fullmatch(r"[0-9]{1,4}", database):
         raise ConfigError(f"{name} names database {database!r}; it must be a number")
+    return value
+
+
+def _redis_prefix(env: Mapping[str, str], name: str) -> str:
+    value = _text(env, name, DEFAULT_REDIS_PREFIX)
+    if not REDIS_PREFIX_PATTERN.fullmatch(value):
+        shown = value if len(value) <= MAX_REDIS_PREFIX_CHARACTERS else value[:20] + "..."
+        raise ConfigError(
+            f"{name}={shown!r} must be 1 to {MAX_REDIS_PREFIX_CHARACTERS} letters, digits, "
+            "'.', '_', '-' or ':' (not at either end)"
+        )
     return value
 
 

@@ -11,6 +11,11 @@ lock's value is that token and the holder's process id, so a person (or a
 test) reading Redis can see who holds what, and a release can tell whether
 the lock is still its own.
 
+Every key starts with the deployment's prefix (BANK_REDIS_PREFIX, default
+`bankrace`): `<prefix>:lock:account:<id>` and `<prefix>:fencing-token`, so
+deployments sharing one Redis under their own prefixes share no lock and no
+counter (two banks each have an account 1).
+
 The lock is a lease: it expires after `BANK_REDIS_LOCK_TTL_MS` whatever its
 holder is doing. A holder paused past it (GC, swap, SIGSTOP, a race window
 longer than the lease) still believes it holds the lock; that is the whole
@@ -44,12 +49,12 @@ from redis.commands.core import Script
 from redis.retry import Retry
 
 from service import metrics
-from service.config import redacted_redis_url
+from service.config import DEFAULT_REDIS_PREFIX, redacted_redis_url
 from service.domain import LockTimeout, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_KEY_PREFIX = "bankrace"
+DEFAULT_KEY_PREFIX = DEFAULT_REDIS_PREFIX  # BANK_REDIS_PREFIX: one per deployment sharing a Redis
 # One Redis round trip may take this long before Redis counts as unreachable;
 # never longer than the lock timeout itself.
 REDIS_SOCKET_TIMEOUT_SECONDS = 0.5
@@ -123,7 +128,7 @@ class RedisLocks:
         self._url = url
         self.lease_ms = lease_ms
         self._socket_timeout_seconds = min(REDIS_SOCKET_TIMEOUT_SECONDS, lock_timeout_ms / 1000)
-        self._key_prefix = key_prefix
+        self.key_prefix = key_prefix
         self._client: _Client | None = None
         self._guard = threading.Lock()
 
@@ -230,10 +235,10 @@ class RedisLocks:
     # ------------------------------------------------------------------ internals
 
     def _lock_key(self, account_id: int) -> str:
-        return f"{self._key_prefix}:lock:account:{account_id}"
+        return f"{self.key_prefix}:lock:account:{account_id}"
 
     def _counter_key(self) -> str:
-        return f"{self._key_prefix}:fencing-token"
+        return f"{self.key_prefix}:fencing-token"
 
     @staticmethod
     def _value(token: int) -> str:
@@ -263,8 +268,13 @@ class RedisLocks:
         try:
             yield
         except redis.RedisError as error:
-            # The reason names the server (password hidden), never a traceback.
+            # Clients learn that Redis failed and how, never where it is (host, port, URL):
+            # that goes to the server's log only, its password masked.
+            logger.warning(
+                "the lock service (Redis at %s) cannot be used: %s",
+                redacted_redis_url(self._url),
+                type(error).__name__,
+            )
             raise StoreUnavailable(
-                f"the lock service (Redis at {redacted_redis_url(self._url)}) "
-                f"cannot be used: {type(error).__name__}"
+                f"the lock service (Redis) cannot be used: {type(error).__name__}"
             ) from error

@@ -189,6 +189,32 @@ def test_redis_down_is_503_store_unavailable_and_readyz_says_so(make_app: Any, m
     assert ready.headers["Retry-After"]
 
 
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+def test_redis_down_names_no_host_or_port_to_clients_only_to_the_log(
+    make_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The 503 of a money request and of /readyz hold no host, port or URL of Redis (its
+    password least of all); the server's log names the server, password masked."""
+    down = closed_port_url().replace("redis://", "redis://user:s3cr3t-pass@")
+    port = down.rsplit(":", 1)[1].split("/")[0]
+    client = make_app(redis_at=down).test_client()
+    set_mode(client, lock_mode="fenced")
+    account = open_account(client, "alice", 10)["id"]
+    with caplog.at_level("WARNING", logger="service"):
+        answers = [
+            client.post(f"/accounts/{account}/deposit", json={"amount": 5}),
+            client.get("/readyz"),
+        ]
+    for response in answers:
+        body = assert_problem(response, 503, "store_unavailable")
+        assert "Redis" in body["detail"]
+        text = response.get_data(as_text=True)
+        for secret in ("127.0.0.1", port, "redis://", "s3cr3t-pass", "user"):
+            assert secret not in text, (secret, text)
+    logged = caplog.text
+    assert f"127.0.0.1:{port}" in logged and "s3cr3t-pass" not in logged
+
+
 @pytest.mark.parametrize("backend", ["memory", "sqlite"], indirect=True)
 def test_readyz_checks_redis_only_in_a_redis_mode(make_app: Any) -> None:
     """locked with no Redis at all: ready. fenced with Redis up: ready, naming the lock service."""
@@ -202,3 +228,13 @@ def test_readyz_checks_redis_only_in_a_redis_mode(make_app: Any) -> None:
     response = client.get("/readyz")
     assert response.status_code == 200
     assert response.get_json() == {"status": "ready", "lock_service": "redis"}
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+def test_readyz_names_no_lock_service_under_admin_only_reads(make_app: Any) -> None:
+    """With BANK_ADMIN_ONLY_READS the anonymous probe must not tell a Redis mode from another."""
+    client = make_app(admin_only_reads=True).test_client()
+    set_mode(client, lock_mode="fenced")
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ready"}

@@ -211,6 +211,10 @@ BAD_VALUES = [
     ("BANK_IDEMPOTENCY_TTL_HOURS", "8761"),
     ("BANK_IDEMPOTENCY_TTL_HOURS", "1.5"),
     ("BANK_IDEMPOTENCY_TTL_HOURS", "a day"),
+    ("BANK_REDIS_PREFIX", "two words"),
+    ("BANK_REDIS_PREFIX", "bank*"),
+    ("BANK_REDIS_PREFIX", "bank:"),
+    ("BANK_REDIS_PREFIX", "x" * 65),
 ]
 
 
