@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from service.api.accounts import MAX_BALANCE_IDS
+from service.stores.base import Store
 from tests.api.helpers import assert_problem, assert_validation, open_account, snapshot
 from tests.api.test_openapi import assert_documented
 
@@ -18,6 +20,7 @@ BALANCE_FIELDS = {"account_id", "balance", "currency", "version"}
 TRANSFER_THREADS = 3
 TRANSFERS_PER_THREAD = 40
 SNAPSHOT_READS = 60
+JOIN_DEADLINE_SECONDS = 60
 
 
 def balances(client: FlaskClient, *account_ids: int) -> list[dict[str, Any]]:
@@ -146,37 +149,99 @@ def test_an_unknown_account_is_a_404_naming_it(shared_client: FlaskClient) -> No
     assert_problem(shared_client.get(f"/balances?ids={at_bound}"), 404, "not_found")
 
 
-def test_snapshots_never_see_half_a_transfer(app: Flask) -> None:
-    """Threads transfer while another reads: every snapshot sums to the opening total."""
+class TransferAfterEachCall:
+    """The app's store, except that each store call the reading thread makes returns only
+    once one more transfer has committed: a read split over several calls sees part of the
+    books before that transfer and the rest after it, on every store, every time."""
+
+    def __init__(self, store: Store, commit_transfer: Callable[[], None]) -> None:
+        self.store = store
+        self._commit_transfer = commit_transfer
+        self.reader: int | None = None  # the thread whose calls are interleaved
+        self.interleaved = 0
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.store, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = attribute(*args, **kwargs)
+            if threading.get_ident() == self.reader:
+                self._commit_transfer()
+                self.interleaved += 1
+            return result
+
+        return call
+
+
+def test_snapshots_never_see_half_a_transfer(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Transfers commit while balances are read -- one after each store call a read makes,
+    more from free-running threads -- and every snapshot still sums to the opening total."""
     client = app.test_client()
     accounts = [open_account(client, f"owner {n}", opening_balance=1000)["id"] for n in range(4)]
     total = 1000 * len(accounts)
     failures: list[str] = []
+    committed: list[int] = []  # one item per transfer answered 201 (append is atomic)
+
+    def move(mover: FlaskClient, source: int, target: int, amount: int) -> int:
+        body = {"from_account": source, "to_account": target, "amount": amount}
+        status = mover.post("/transfers", json=body).status_code
+        if status == 201:
+            committed.append(amount)
+        elif status not in (409, 503):
+            failures.append(f"transfer answered {status}")
+        return status
+
+    def transfer_between_calls() -> None:
+        # From the first account read to the last: a read split between them sees the
+        # money arrive without having seen it leave.
+        statuses: list[int] = []
+        mover = threading.Thread(
+            target=lambda: statuses.append(move(app.test_client(), accounts[0], accounts[-1], 1))
+        )
+        mover.start()
+        mover.join(JOIN_DEADLINE_SECONDS)
+        assert statuses == [201], f"the transfer between two store calls answered {statuses}"
 
     def transfer(seed: int) -> None:
         mover = app.test_client()
         for number in range(TRANSFERS_PER_THREAD):
             source = accounts[(seed + number) % len(accounts)]
             target = accounts[(seed + 2 * number + 1) % len(accounts)]
-            if source == target:
-                continue
-            body = {"from_account": source, "to_account": target, "amount": 1 + number % 7}
-            status = mover.post("/transfers", json=body).status_code
-            if status not in (201, 409, 503):
-                failures.append(f"transfer answered {status}")
+            if source != target:
+                move(mover, source, target, 1 + number % 7)
 
+    bank = app.extensions["bankrace"]
+    interleaving = TransferAfterEachCall(bank.store, transfer_between_calls)
+    monkeypatch.setattr(bank, "store", interleaving)
     movers = [threading.Thread(target=transfer, args=(seed,)) for seed in range(TRANSFER_THREADS)]
     for mover in movers:
         mover.start()
-    sums = []
-    for _ in range(SNAPSHOT_READS):
-        items = balances(client, *accounts)
-        sums.append(sum(item["balance"] for item in items))
-        assert min(item["balance"] for item in items) >= 0
-    for mover in movers:
-        mover.join(timeout=60)
+    sums, overlapped = [], 0
+    try:
+        for _ in range(SNAPSHOT_READS):
+            before = len(committed)
+            interleaving.reader = threading.get_ident()
+            items = balances(client, *accounts)
+            interleaving.reader = None
+            overlapped += len(committed) > before
+            sums.append(sum(item["balance"] for item in items))
+            assert min(item["balance"] for item in items) >= 0
+    finally:
+        interleaving.reader = None
+        for mover in movers:
+            mover.join(JOIN_DEADLINE_SECONDS)
+    print(
+        f"{SNAPSHOT_READS} reads, {overlapped} overlapped by a committed transfer; "
+        f"{interleaving.interleaved} transfers committed between a read's store calls, "
+        f"{len(committed) - interleaving.interleaved} by the free-running threads"
+    )
+    assert not any(mover.is_alive() for mover in movers), "a transfer thread hung"
     assert not failures, failures
-    assert sums == [total] * SNAPSHOT_READS
+    assert interleaving.interleaved >= SNAPSHOT_READS, "the reads never reached the store"
+    assert overlapped == SNAPSHOT_READS, "a read overlapped no transfer: it proved nothing"
+    assert sums == [total] * SNAPSHOT_READS, sorted(set(sums))
     final = balances(client, *accounts)
     assert sum(item["balance"] for item in final) == total
     assert sum(item["version"] for item in final) > 0  # the transfers did run
