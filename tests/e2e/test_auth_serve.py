@@ -2,7 +2,9 @@
 
 Every gunicorn worker reads BANK_API_TOKENS at start-up; the probes stay open
 (the server is awaited through /readyz with no token), the bank answers 401
-without one of the file's tokens, and the server's log never holds a token.
+without one of the file's tokens, /metrics needs the admin token under
+BANK_ADMIN_ONLY_READS, each client's Idempotency-Keys are its own, and the
+server's log never holds a token.
 """
 
 from __future__ import annotations
@@ -43,8 +45,13 @@ def test_serve_with_a_token_file_guards_the_bank_and_logs_no_token(tmp_path: Pat
                 method, server.url + path, headers=headers, timeout=TIMEOUT_SECONDS, **kwargs
             )
 
-        for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
+        for path in ("/healthz", "/readyz", "/openapi.json", "/docs"):
             assert call("GET", path).status_code == 200, path
+        # BANK_ADMIN_ONLY_READS: /metrics shows the lock mode and the audit, so it is the admin's.
+        assert call("GET", "/metrics").status_code == 401
+        assert call("GET", "/metrics", TOKENS[0]).status_code == 403
+        scraped = call("GET", "/metrics", ADMIN_TOKEN)
+        assert scraped.status_code == 200 and "bankrace_lock_mode" in scraped.text
         refused = call("POST", "/accounts", json={"owner": "mallory", "opening_balance": 9})
         assert refused.status_code == 401
         assert refused.headers["Content-Type"] == "application/problem+json"
@@ -63,6 +70,24 @@ def test_serve_with_a_token_file_guards_the_bank_and_logs_no_token(tmp_path: Pat
             assert "Server" not in listed.headers  # no banner (service/gunicorn_worker.py)
         assert call("GET", "/audit", TOKENS[0]).status_code == 403
         assert call("GET", "/audit", ADMIN_TOKEN).json()["total_balance"] == 5
+        # Each client's Idempotency-Keys are its own, whichever worker answers.
+        account = opened.json()["id"]
+        deposits = [
+            session.post(
+                f"{server.url}/accounts/{account}/deposit",
+                json={"amount": 10},
+                headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "e2e-1"},
+                timeout=TIMEOUT_SECONDS,
+            )
+            for token in (TOKENS[0], TOKENS[1], TOKENS[0])
+        ]
+        assert [response.status_code for response in deposits] == [201, 201, 201]
+        assert [response.headers.get("Idempotent-Replayed") for response in deposits] == [
+            None,
+            None,
+            "true",
+        ]
+        assert call("GET", f"/accounts/{account}", TOKENS[0]).json()["balance"] == 25
     log = server.read_log()
     assert "POST /accounts 401" in log and "GET /audit 403" in log
     for secret in (*TOKENS, ADMIN_TOKEN, WRONG_TOKEN):
