@@ -1,12 +1,13 @@
 """Hostile input against a real `bankrace serve`: no 5xx, only contract problems, sound books.
 
 A hand-written fuzzer (tests/support/hostile_http.py; the OpenAPI-driven one
-waits for the document) sends a few thousand seeded random requests over raw
-sockets to a real gunicorn on SQLite: random JSON types in every field,
-huge numbers, unicode and lone surrogates, control characters and NUL,
-1,000-deep nesting, duplicate and unknown keys, wrong media types and
-charsets, bodies over 64 KiB, Content-Length mismatches, odd paths,
-methods, query strings, headers and framing. Every answer is judged:
+waits for the document) sends 5,000 seeded random requests (all of them: one
+left unsent at the send deadline fails the run) over raw sockets to a real
+gunicorn on SQLite: random JSON types in every field, huge numbers, unicode
+and lone surrogates, control characters and NUL, 1,000-deep nesting,
+duplicate and unknown keys, wrong media types and charsets, bodies over
+64 KiB, Content-Length mismatches, odd paths, methods, query strings,
+headers and framing. Every answer is judged:
 
 - never a 5xx (a 503 with Retry-After and a code of lock_timeout,
   write_conflict or store_unavailable would be honest, and is counted);
@@ -57,6 +58,7 @@ pytestmark = pytest.mark.e2e
 
 REQUESTS = 5000
 CLIENT_THREADS = 4
+# Bounds a hung run only (all 5000 take about 6 s): a request still unsent then fails the test.
 SEND_DEADLINE_SECONDS = 45
 BALANCE_LIMIT = 2**53 - 1
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -111,6 +113,7 @@ class Ledger:
     no_answer: Counter[str] = field(default_factory=Counter)
     no_answer_examples: set[str] = field(default_factory=set)
     honest_503: int = 0
+    unsent: int = 0
     incomplete_body_acknowledged: int = 0
     violations: list[str] = field(default_factory=list)
     guard: threading.Lock = field(default_factory=threading.Lock)
@@ -275,12 +278,17 @@ def open_setup_accounts(base_url: str, ledger: Ledger) -> list[int]:
 
 
 def send_all(port: int, hostile: list[RawRequest], ledger: Ledger) -> int:
-    """Send every request (CLIENT_THREADS at a time) until the deadline; how many were sent."""
+    """Send every request (CLIENT_THREADS at a time); how many were sent.
+
+    Those the deadline leaves unsent are counted in `ledger.unsent`, never dropped quietly.
+    """
     deadline = time.monotonic() + SEND_DEADLINE_SECONDS
     sent = [0]
 
     def send(request: RawRequest) -> None:
         if time.monotonic() > deadline:
+            with ledger.guard:
+                ledger.unsent += 1
             return
         response = exchange(port, request)
         with ledger.guard:
@@ -319,7 +327,8 @@ def books_problems(base_url: str, ledger: Ledger) -> list[str]:
 
 def summary(ledger: Ledger, seed: int, sent: int, seconds: float) -> str:
     lines = [
-        f"fuzz seed {seed} (FUZZ_SEED={seed} replays it): {sent} requests in {seconds:.1f}s",
+        f"fuzz seed {seed} (FUZZ_SEED={seed} replays it): {sent} requests in {seconds:.1f}s, "
+        f"{ledger.unsent} left unsent at the {SEND_DEADLINE_SECONDS} s deadline",
         "  sent by category: " + ", ".join(f"{k} {v}" for k, v in sorted(ledger.sent.items())),
         "  statuses: " + ", ".join(f"{k}: {v}" for k, v in sorted(ledger.statuses.items())),
     ]
@@ -348,7 +357,7 @@ def summary(ledger: Ledger, seed: int, sent: int, seconds: float) -> str:
 def test_hostile_requests_get_contract_answers_and_leave_the_books_sound(
     start_server: StartServer,
 ) -> None:
-    """Thousands of hostile requests: no 5xx, problem+json 4xx, books equal the 201s."""
+    """5,000 hostile requests, every one sent: no 5xx, problem+json 4xx, books equal the 201s."""
     server = start_server()
     seed = int(os.environ.get("FUZZ_SEED", random.randrange(2**32)))
     print(f"\nfuzz seed {seed}")
@@ -362,6 +371,8 @@ def test_hostile_requests_get_contract_answers_and_leave_the_books_sound(
     print(summary(ledger, seed, sent, seconds))
     for violation in ledger.violations[:40]:
         print("  VIOLATION", violation)
+    assert ledger.unsent == 0, f"{ledger.unsent} of {len(hostile)} requests unsent at the deadline"
+    assert sent == sum(ledger.sent.values()) == len(hostile) == REQUESTS
     assert ledger.five_xx == ledger.honest_503, "5xx answered (see VIOLATION lines)"
     assert ledger.violations == []
     assert books == []
