@@ -1,8 +1,9 @@
 """KeyedLocks: one lock per account, every wait bounded, nothing left held.
 
-Threads are ordered with Events and Barriers; nothing sleeps to synchronise.
-Every wait in these tests has a deadline, so a regression fails instead of
-hanging the run.
+Threads are ordered with Events and Barriers, and a waiter is shown waiting
+by the lock's own count of its users before anything is released; nothing
+sleeps to synchronise. Every wait in these tests has a deadline, so a
+regression fails instead of hanging the run.
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from service import keyed_locks
 from service.domain import LockTimeout
 from service.keyed_locks import KeyedLocks
 
 SHORT_TIMEOUT_MS = 100
 # How long a test waits for a helper thread before declaring it hung.
 JOIN_DEADLINE_SECONDS = 10.0
+POLL_SECONDS = 0.001
 
 
 class Holder:
-    """A thread that holds some keys until told to let go."""
+    """A thread that takes some keys and holds them until told to let go."""
 
     def __init__(self, locks: KeyedLocks, keys: list[int]) -> None:
         self.holding = threading.Event()
@@ -38,16 +41,53 @@ class Holder:
         except BaseException as error:  # reported to the test thread
             self.error = error
 
-    def __enter__(self) -> Holder:
+    def start(self) -> Holder:
+        """Start taking the keys, without waiting for them."""
         self._thread.start()
-        assert self.holding.wait(JOIN_DEADLINE_SECONDS), "the holder never got its locks"
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
         self.release.set()
         self._thread.join(JOIN_DEADLINE_SECONDS)
         assert not self._thread.is_alive()
         assert self.error is None
+
+    def __enter__(self) -> Holder:
+        self.start()
+        assert self.holding.wait(JOIN_DEADLINE_SECONDS), "the holder never got its locks"
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def users_of(locks: KeyedLocks, key: int) -> int:
+    """Threads holding or awaiting `key`'s lock: KeyedLocks' own count, the one sign that a
+    thread is inside the lock's acquire (it joins the count just before)."""
+    entry = locks._locks.get(key)
+    return 0 if entry is None else entry.users
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + JOIN_DEADLINE_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(POLL_SECONDS)  # a poll of the observable state, not a synchronisation
+
+
+def wait_until_waiting(locks: KeyedLocks, key: int, waiter: Holder) -> None:
+    """Poll until `waiter` waits for `key`, held by one other thread: the lock has two users
+    and the waiter is alive and not in. Fails at once if it got in or gave up."""
+    wait_until(
+        lambda: users_of(locks, key) == 2 or waiter.holding.is_set() or not waiter.alive,
+        f"a second thread to wait for key {key}",
+    )
+    assert not waiter.holding.is_set(), f"a second thread got key {key} while another held it"
+    assert waiter.alive and waiter.error is None, waiter.error
 
 
 def run_in_thread(target: Callable[[], None]) -> Callable[[], BaseException | None]:
@@ -108,20 +148,15 @@ def test_held_lock_makes_a_second_acquirer_time_out() -> None:
 
 
 def test_waiter_gets_the_lock_once_it_is_released() -> None:
-    """A waiter within its bound proceeds as soon as the holder lets go."""
+    """A thread seen waiting for a held key gets it as soon as the holder lets go."""
     locks = KeyedLocks(5000)
-    entered = threading.Event()
-
-    def wait_for_key() -> None:
-        with locks.holding([1]):
-            entered.set()
-
     with Holder(locks, [1]) as holder:
-        join = run_in_thread(wait_for_key)
-        assert not entered.is_set()
+        waiter = Holder(locks, [1]).start()
+        wait_until_waiting(locks, 1, waiter)
         holder.release.set()
-    assert join() is None
-    assert entered.is_set()
+        assert waiter.holding.wait(JOIN_DEADLINE_SECONDS), "the waiter never got the key"
+    waiter.stop()
+    assert locks.tracked_keys() == 0
 
 
 def test_the_same_thread_taking_a_key_twice_times_out_instead_of_hanging() -> None:
@@ -200,26 +235,39 @@ def test_different_keys_do_not_block_each_other() -> None:
         assert not acquirable(locks, [3, 1])
 
 
-def test_one_deadline_covers_all_keys() -> None:
-    """The bound is for the whole acquisition, not per key: time spent on key 1 counts for key 2."""
-    timeout_ms = 400
-    spent_before_second_key_seconds = 0.3
+class SteppedClock:
+    """service.keyed_locks' clock: the real one, plus the time a test says has passed."""
+
+    def __init__(self) -> None:
+        self.skipped_seconds = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.skipped_seconds
+
+
+def test_one_deadline_covers_all_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bound is for the whole acquisition, not per key: once key 1 has used up all the
+    time, the held key 2 is given up on at once instead of after a second full timeout."""
+    timeout_ms = 2000
+    clock = SteppedClock()
+    monkeypatch.setattr(keyed_locks, "time", clock)
     locks = KeyedLocks(timeout_ms)
+    asked_for_second_key: list[float] = []
 
     def keys() -> Iterator[int]:
         yield 1
-        # Use up most of the deadline between the two keys (consuming time, not waiting
-        # for another thread); a per-key bound would then wait a full timeout more.
-        threading.Event().wait(spent_before_second_key_seconds)
+        clock.skipped_seconds += timeout_ms / 1000  # the whole deadline spent on key 1
+        asked_for_second_key.append(time.monotonic())
         yield 2
 
     with Holder(locks, [2]):
-        started = time.monotonic()
-        with pytest.raises(LockTimeout), locks.holding(keys()):
+        with pytest.raises(LockTimeout, match="account 2"), locks.holding(keys()):
             pytest.fail("entered without key 2")
-        waited = time.monotonic() - started
-    assert waited >= timeout_ms / 1000 * 0.9
-    assert waited < spent_before_second_key_seconds + timeout_ms / 1000 * 0.75
+        second_key_wait_seconds = time.monotonic() - asked_for_second_key[0]
+        assert acquirable(locks, [1])
+    print(f"gave up on key 2 after {second_key_wait_seconds * 1000:.1f} ms")
+    # A per-key bound would wait the full timeout here; a shared deadline does not wait.
+    assert second_key_wait_seconds < timeout_ms / 1000 / 2
 
 
 def test_keys_nobody_holds_or_awaits_leave_no_lock_behind() -> None:
@@ -234,18 +282,17 @@ def test_keys_nobody_holds_or_awaits_leave_no_lock_behind() -> None:
 
 
 def test_a_waiter_keeps_the_lock_it_waits_for_alive() -> None:
-    """While one thread holds a key and another waits, both share one lock; then it is dropped."""
+    """The holder leaves while a thread waits: the waiter gets that same lock, so a third
+    thread still has to wait for it; once both are done the lock is dropped."""
     locks = KeyedLocks(5000)
-    entered = threading.Event()
-
-    def wait_for_key() -> None:
-        with locks.holding([9]):
-            entered.set()
-
     with Holder(locks, [9]) as holder:
-        join = run_in_thread(wait_for_key)
-        assert locks.tracked_keys() == 1
-        holder.release.set()
-    assert join() is None
-    assert entered.is_set()
+        waiter = Holder(locks, [9]).start()
+        wait_until_waiting(locks, 9, waiter)
+    assert holder.release.is_set()
+    assert waiter.holding.wait(JOIN_DEADLINE_SECONDS), "the waiter never got the key"
+    third = Holder(locks, [9]).start()
+    wait_until_waiting(locks, 9, third)  # a lock dropped under the waiter would let it in
+    waiter.stop()
+    assert third.holding.wait(JOIN_DEADLINE_SECONDS), "the third thread never got the key"
+    third.stop()
     assert locks.tracked_keys() == 0
