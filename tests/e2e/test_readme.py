@@ -2,7 +2,9 @@
 
 Blocks marked `<!-- readme-test: NAME -->` are run with bash, line by line,
 with `$BANK` pointing at a server this test started; a `make run` line names
-the settings of the server to start instead of being run.
+the settings of the server to start instead of being run. A `# → ` line under
+a command shows what it prints: the test compares the answer with it, all but
+the fields named in VARYING_FIELDS.
 """
 
 from __future__ import annotations
@@ -22,13 +24,25 @@ pytestmark = pytest.mark.e2e
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 ADMIN_TOKEN = "readme-admin-token"
+# What the README shows under a curl line: the JSON it prints, on a line of its own.
+SHOWN_PREFIX = "# → "
+# The only fields a shown answer may differ in: when it was made. (The request id is a
+# header, which the examples do not print; ids, versions and balances are the same on
+# every fresh database.)
+VARYING_FIELDS = frozenset({"created_at", "updated_at"})
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 
 
-def readme_block(name: str) -> list[str]:
+def block_lines(name: str) -> list[str]:
     text = README.read_text()
     match = re.search(rf"<!-- readme-test: {name} -->\n```sh\n(.*?)```", text, re.S)
     assert match, f"README has no block marked readme-test: {name}"
-    return [line for line in match.group(1).splitlines() if line and not line.startswith("#")]
+    return match.group(1).splitlines()
+
+
+def readme_block(name: str) -> list[str]:
+    """The block's commands, without comments (and so without the outputs shown)."""
+    return [line for line in block_lines(name) if line and not line.startswith("#")]
 
 
 def run_bash(script: str, base_url: str) -> str:
@@ -66,16 +80,61 @@ def start(tmp_path: Path, **settings: str) -> ServerProcess:
     ).start()
 
 
-def test_every_curl_example_answers_as_documented(tmp_path: Path) -> None:
-    """Each curl line of the usage block runs and prints the JSON the README promises."""
-    lines = [line for line in readme_block("curl") if not line.startswith("BANK=")]
+def readme_examples(name: str) -> list[tuple[str, str | None]]:
+    """The block's commands, each with the output the README shows under it (None: none)."""
+    examples: list[tuple[str, str | None]] = []
+    for line in block_lines(name):
+        if line.startswith(SHOWN_PREFIX):
+            assert examples and examples[-1][1] is None, f"output under no command: {line}"
+            examples[-1] = (examples[-1][0], line.removeprefix(SHOWN_PREFIX))
+        elif line and not line.startswith("#"):
+            examples.append((line, None))
+    return examples
+
+
+def masked(value: Any) -> Any:
+    """`value` with every VARYING_FIELDS value (an RFC 3339 UTC time) replaced by a marker."""
+    if isinstance(value, list):
+        return [masked(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    for key in VARYING_FIELDS & value.keys():
+        assert TIMESTAMP.fullmatch(str(value[key])), f"{key}: {value[key]!r}"
+    return {
+        key: "<varies>" if key in VARYING_FIELDS else masked(item) for key, item in value.items()
+    }
+
+
+def canonical(output: str) -> str:
+    """The JSON answer, masked, keys sorted; 1, 1.0 and true stay distinct."""
+    return json.dumps(masked(json.loads(output)), sort_keys=True)
+
+
+def test_every_curl_example_prints_what_the_readme_shows(tmp_path: Path) -> None:
+    """Each curl line of the usage and admin blocks prints the JSON shown under it (timestamps
+    aside), on a fresh database."""
+    examples = [
+        (command, shown)
+        for command, shown in readme_examples("curl") + readme_examples("admin")
+        if not command.startswith("BANK=")
+    ]
+    unshown = [command for command, shown in examples if shown is None]
+    assert not unshown, f"the README shows no output under {unshown}"
     server = start(tmp_path)
     try:
-        outputs = [json_of(run_bash(line, server.url)) for line in lines]
-        admin = json_of(run_bash(readme_block("admin")[0], server.url))
+        printed = [run_bash(command, server.url) for command, _shown in examples]
     finally:
         server.stop()
+    differences = [
+        f"{command}\n  README shows: {shown}\n  it prints:   {output.strip()}"
+        for (command, shown), output in zip(examples, printed, strict=True)
+        if canonical(output) != canonical(str(shown))
+    ]
+    assert not differences, "\n".join(differences)
+    lines = [command for command, _shown in examples]
+    outputs = [json_of(output) for output in printed]
     by_line = dict(zip(lines, outputs, strict=True))
+    admin = outputs[-1]
     assert all(isinstance(output, dict) for output in outputs)
     codes = [output.get("code") for output in outputs]
     assert codes.count("insufficient_funds") == 1 and codes.count("validation_error") == 1
