@@ -225,7 +225,7 @@ def test_losses_grow_unlocked_and_stop_when_locked_is_pressed(demo: Demo, tmp_pa
 
 
 def test_the_mode_switcher_offers_every_mode_with_its_line(demo: Demo) -> None:
-    """The service's seven modes, each with its own explanation; the unsafe ones tagged so."""
+    """DESIGN §2's seven modes, each with a line naming its mechanism; the unsafe ones tagged."""
     listed = race_data(demo)["modes"]
     offered = {mode["name"]: mode for mode in listed}
     assert len(listed) == len(offered) == len(DESIGN_MODES)
