@@ -9,6 +9,7 @@ Without client tokens there is one scope, whatever Authorization is sent.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import create_engine, select
 
 from service import create_app
+from service.api import auth
+from service.domain import utc_now
+from service.idempotency import Claim, fingerprint
 from service.tables import idempotency_keys
 from tests.api.helpers import assert_problem, open_account
 from tests.conftest import ADMIN_TOKEN, make_config
@@ -111,6 +115,29 @@ def test_a_key_taken_first_by_one_client_stays_free_for_the_others(guarded: Flas
         assert response.status_code == 201, (token, response.get_data(as_text=True))
         assert "Idempotent-Replayed" not in response.headers
     assert balance(guarded, account) == 21
+
+
+def test_a_key_in_progress_for_one_client_does_not_block_another(
+    guarded: FlaskClient, guarded_app: Flask
+) -> None:
+    """A's request still running under a key: A's twin is told 409, B's request runs."""
+    account = open_for(guarded, TOKEN_A)
+    path, body = f"/accounts/{account}/deposit", {"amount": 6}
+    running = Claim(
+        auth.scope_digest(TOKEN_A),
+        "busy",
+        fingerprint("POST", path, body),
+        "a-request-still-running",
+        utc_now(),
+        dt.timedelta(hours=24),
+    )
+    assert guarded_app.extensions["bankrace"].store.claim_key(running) is None
+    assert_problem(
+        deposit(guarded, account, 6, keyed(TOKEN_A, "busy")), 409, "idempotency_in_progress"
+    )
+    other = deposit(guarded, account, 6, keyed(TOKEN_B, "busy"))
+    assert other.status_code == 201, other.get_data(as_text=True)
+    assert balance(guarded, account) == 6
 
 
 def test_the_same_token_spelt_with_two_spaces_is_the_same_scope(guarded: FlaskClient) -> None:
