@@ -77,6 +77,7 @@ from service.overload import (
     Ticket,
     WsgiApp,
 )
+from service.single_process import wait_for_the_previous_worker
 
 # The head and the whole body of a request (DESIGN §3, 408 request_timeout).
 REQUEST_TIMEOUT_SECONDS = 10
@@ -100,6 +101,8 @@ REFUSAL_REST_RATIO = 1.0
 REFUSAL_REST_MAX_SECONDS = 0.005
 # How long the main loop may sleep when no request waits for a thread (gthread's own).
 IDLE_SHED_CHECK_SECONDS = 1.0
+# A new lone worker waits for the previous one at most its graceful timeout plus this.
+HANDOVER_MARGIN_SECONDS = 5
 CLOSE_DRAIN_MAX_BYTES = 65536
 
 
@@ -292,6 +295,27 @@ class HeadBoundedThreadWorker(ThreadWorker):  # type: ignore[misc]
         application: WsgiApp = getattr(self, "wsgi")  # noqa: B009 (set by gunicorn, untyped)
         self.gate = OverloadGate(application, self.overload_limits, worker=f"worker {self.pid}")
         self.wsgi = self.gate
+        if self.cfg.workers == 1:
+            self._take_over_from_the_previous_worker()
+
+    def _take_over_from_the_previous_worker(self) -> None:
+        """With one worker, accept nothing while a previous one (a HUP reload) still serves.
+
+        `process-lock` holds only within one process (service/single_process.py).
+        """
+        timeout_seconds = self.cfg.graceful_timeout + HANDOVER_MARGIN_SECONDS
+        waited_seconds = wait_for_the_previous_worker(timeout_seconds)
+        if waited_seconds is None:
+            self.log.error(
+                "worker %s: the previous worker still runs after %.0f s; exiting to be restarted",
+                self.pid,
+                timeout_seconds,
+            )
+            raise SystemExit(1)  # not a boot error: gunicorn starts another worker
+        if waited_seconds > 0:
+            self.log.info(
+                "worker %s: waited %.2f s for the previous worker to exit", self.pid, waited_seconds
+            )
 
     def enqueue_req(self, connection: HeadBoundedConnection) -> None:
         """ThreadWorker.enqueue_req, with a ticket: refused requests go to the refusal pool."""

@@ -87,7 +87,7 @@ def test_one_worker_serves(tmp_path: Path) -> None:
             try:
                 if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # still booting
                 pass
             time.sleep(POLL_INTERVAL_SECONDS)  # polling interval under a deadline
         created = requests.post(

@@ -1,4 +1,7 @@
-"""The one-process guard: one lock per gunicorn master, released when its holder dies.
+"""The one-process guards: one lock per gunicorn master, released when its holder dies.
+
+`refuse_a_second_worker` refuses a second holder; `wait_for_the_previous_worker`
+makes a new lone worker wait for the previous one (a HUP reload) to exit.
 
 Child processes of this test play the workers of one master (the test
 process is their parent, as a gunicorn master is its workers' parent).
@@ -29,14 +32,22 @@ CLAIM = (
     "print('held', flush=True)\n"
     "sys.stdin.read()  # hold the lock until the test closes stdin\n"
 )
+HANDOVER = (
+    "import sys\n"
+    "from service.single_process import wait_for_the_previous_worker\n"
+    "print(wait_for_the_previous_worker(float(sys.argv[1])), flush=True)\n"
+    "sys.stdin.read()  # hold the lock until the test closes stdin\n"
+)
 UNDER_GUNICORN = {"SERVER_SOFTWARE": "gunicorn/27.0.1"}
 
 
-def worker(tmp_path: Path, **settings: str) -> subprocess.Popen[str]:
+def worker(
+    tmp_path: Path, script: str = CLAIM, arguments: tuple[str, ...] = (), **settings: str
+) -> subprocess.Popen[str]:
     """A child of this process that claims the store (its lock file under tmp_path)."""
     environment = {key: value for key, value in os.environ.items() if key != "SERVER_SOFTWARE"}
     return subprocess.Popen(
-        [sys.executable, "-c", CLAIM],
+        [sys.executable, "-c", script, *arguments],
         env={**environment, "TMPDIR": str(tmp_path), **settings},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -75,6 +86,24 @@ def test_a_second_worker_is_refused_until_the_first_is_gone(tmp_path: Path) -> N
         assert first_line(restarted) == "held"
     finally:
         release(restarted)
+
+
+def test_a_new_lone_worker_waits_until_the_previous_one_is_gone(tmp_path: Path) -> None:
+    """While a worker holds the handover lock the next waits (None at its timeout), then gets it."""
+    first = worker(tmp_path, HANDOVER, ("5",), **UNDER_GUNICORN)
+    try:
+        assert first_line(first) == "0.0"  # nobody before it: no wait
+        impatient = worker(tmp_path, HANDOVER, ("0.3",), **UNDER_GUNICORN)
+        assert first_line(impatient) == "None"
+        release(impatient)
+        successor = worker(tmp_path, HANDOVER, ("30",), **UNDER_GUNICORN)
+    finally:
+        release(first)
+    try:
+        waited = first_line(successor)
+        assert waited != "None" and 0 <= float(waited) < 30
+    finally:
+        release(successor)
 
 
 def test_outside_gunicorn_nothing_is_locked(tmp_path: Path) -> None:
