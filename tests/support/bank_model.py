@@ -206,6 +206,11 @@ class StoreSupply:
         self._url = url
         self._shared: SqlStore | None = None
 
+    @property
+    def url(self) -> str | None:
+        """The database's URL (None for the in-memory store)."""
+        return self._url
+
     def fresh(self) -> Store:
         if self._url is None:  # nothing to close: the store is only dicts
             return MemoryStore(lock_timeout_ms=LOCK_TIMEOUT_MS)

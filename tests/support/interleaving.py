@@ -152,21 +152,23 @@ def interleave(
     is not).
     """
     gate.arm()
-    held = _Runner(first)
+    held, other = _Runner(first), _Runner(second)
     held.start()
-    _wait_for(lambda: gate.reached.is_set() or held.finished.is_set(), "the first operation")
-    paused = gate.reached.is_set() and not held.finished.is_set()
-    other = _Runner(second)
-    other.start()
-    if paused and probe is not None:
-        someone_waits = probe.someone_waits
-        _wait_for(
-            lambda: other.finished.is_set() or someone_waits(),
-            "the second operation to finish or wait for the first one's lock",
-        )
-    else:
-        _wait_for(other.finished.is_set, "the second operation")
-    gate.release()
-    for runner in (held, other):
-        _wait_for(runner.finished.is_set, "both operations to end")
+    try:
+        _wait_for(lambda: gate.reached.is_set() or held.finished.is_set(), "the first operation")
+        paused = gate.reached.is_set() and not held.finished.is_set()
+        other.start()
+        if paused and probe is not None:
+            someone_waits = probe.someone_waits
+            _wait_for(
+                lambda: other.finished.is_set() or someone_waits(),
+                "the second operation to finish or wait for the first one's lock",
+            )
+        else:
+            _wait_for(other.finished.is_set, "the second operation")
+    finally:  # whatever failed, nothing stays held: the next test needs the store
+        gate.release()
+        for runner in (held, other):
+            if runner.is_alive():
+                _wait_for(runner.finished.is_set, "both operations to end")
     return held.outcome, other.outcome, paused
