@@ -14,6 +14,7 @@ GET /mode and GET /audit, which BANK_ADMIN_ONLY_READS keeps for the admin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -40,6 +41,24 @@ def check_authorized(response: requests.Response) -> None:
         raise TokenRefused(refusal(response.request.headers))
 
 
+def admin_read(
+    send: Callable[[dict[str, str]], requests.Response], admin_headers: dict[str, str]
+) -> requests.Response | None:
+    """An admin-only read (GET /mode, /audit, /metrics under BANK_ADMIN_ONLY_READS).
+
+    Sent as the client first (`send({})`), and again with the admin token when
+    that is refused, 401 or 403: without client tokens the service answers an
+    admin-only read without any token 401, not 403. None while it stays 403
+    (the admin token is missing or not this service's); a 401 after that
+    raises `TokenRefused`.
+    """
+    response = send({})
+    if response.status_code in (401, 403) and admin_headers:
+        response = send(admin_headers)
+    check_authorized(response)
+    return None if response.status_code == 403 else response
+
+
 def answer_json(response: requests.Response) -> Any:
     if response.status_code != 200:
         detail = response.text[:200]
@@ -64,9 +83,12 @@ class BankClient:
     def close(self) -> None:
         self.session.close()
 
-    def get(self, path_or_url: str, headers: dict[str, str] | None = None) -> requests.Response:
+    def raw_get(self, path_or_url: str, headers: dict[str, str] | None = None) -> requests.Response:
         url = path_or_url if "://" in path_or_url else self.base_url + path_or_url
-        response = self.session.get(url, headers=headers, timeout=self.timeout_seconds)
+        return self.session.get(url, headers=headers, timeout=self.timeout_seconds)
+
+    def get(self, path_or_url: str, headers: dict[str, str] | None = None) -> requests.Response:
+        response = self.raw_get(path_or_url, headers)
         check_authorized(response)
         return response
 
@@ -78,10 +100,8 @@ class BankClient:
 
         None when BANK_ADMIN_ONLY_READS keeps it for an admin token this client lacks.
         """
-        response = self.get(path)
-        if response.status_code == 403 and self.admin_headers:
-            response = self.get(path, self.admin_headers)
-        return None if response.status_code == 403 else answer_json(response)
+        response = admin_read(lambda headers: self.raw_get(path, headers), self.admin_headers)
+        return None if response is None else answer_json(response)
 
     def is_ready(self) -> bool:
         try:

@@ -42,7 +42,7 @@ from gevent.event import Event
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
-from loadtest.bank_http import BankError, check_authorized
+from loadtest.bank_http import BankError, admin_read, check_authorized
 from loadtest.client_token import ADMIN_TOKEN_VARIABLE, admin_token, bearer, locust_token
 from loadtest.lock_modes import UNSAFE_MODES, explain_mode
 from loadtest.race_live import (
@@ -159,9 +159,12 @@ class RaceMonitor:
 
     # --- reading the service -----------------------------------------------------------
 
-    def get(self, path: str, headers: dict[str, str] | None = None) -> requests.Response:
+    def raw_get(self, path: str, headers: dict[str, str] | None = None) -> requests.Response:
         url = self.host() + path
-        response = self.session.get(url, headers=headers, timeout=REQUEST_TIMEOUT_SECONDS)
+        return self.session.get(url, headers=headers, timeout=REQUEST_TIMEOUT_SECONDS)
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> requests.Response:
+        response = self.raw_get(path, headers)
         check_authorized(response)
         return response
 
@@ -170,12 +173,14 @@ class RaceMonitor:
         response.raise_for_status()
         return response.json()
 
+    def admin_read(self, path: str) -> requests.Response | None:
+        """GET /mode, /audit or /metrics; again with the admin token when refused."""
+        return admin_read(lambda headers: self.raw_get(path, headers), bearer(self.admin_token))
+
     def get_admin_read(self, path: str) -> Any | None:
-        """GET /mode or /audit; again with the admin token on a 403, None if still refused."""
-        response = self.get(path)
-        if response.status_code == 403 and self.admin_token:
-            response = self.get(path, bearer(self.admin_token))
-        if response.status_code == 403:
+        """GET /mode or /audit as JSON; None while only the admin may read it."""
+        response = self.admin_read(path)
+        if response is None:
             return None
         response.raise_for_status()
         return response.json()
@@ -198,10 +203,10 @@ class RaceMonitor:
     def read_metrics(self) -> dict[str, Any] | None:
         """The server's own counts from GET /metrics (None where it has none)."""
         try:
-            response = self.session.get(self.host() + "/metrics", timeout=REQUEST_TIMEOUT_SECONDS)
-        except requests.RequestException:
+            response = self.admin_read("/metrics")  # the admin's under BANK_ADMIN_ONLY_READS
+        except (requests.RequestException, BankError):
             return None
-        if response.status_code != 200:
+        if response is None or response.status_code != 200:
             return None
         return server_counts(response.text)
 

@@ -186,6 +186,23 @@ def test_admin_only_reads_without_the_admin_token_are_unavailable(
         client.close()
 
 
+def test_admin_only_reads_without_client_tokens_go_again_with_the_admin_token(
+    bank: tuple[FakeBank, str],
+) -> None:
+    """No BANK_API_TOKENS, admin-only reads: the tokenless 401 is answered with the admin token."""
+    fake, url = bank
+    fake.admin_only_reads = True
+    client = BankClient(url, admin_token=ADMIN_TOKEN)
+    try:
+        assert client.mode()["lock_mode"] == "locked"
+        assert client.server_audit() is not None
+        assert client.open_account("token test", 5) == 1
+    finally:
+        client.close()
+    first_tries = [auth for _method, path, auth in fake.seen if path == "/mode"]
+    assert first_tries == [None, f"Bearer {ADMIN_TOKEN}"]
+
+
 def test_the_race_report_holds_no_token(bank: tuple[FakeBank, str]) -> None:
     """The reconciliation (text and JSON) is built from answers only: no token in it."""
     fake, url = bank
