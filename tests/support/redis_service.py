@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
@@ -77,9 +77,31 @@ def closed_port_url() -> str:
 
 
 @contextmanager
-def silent_server_url() -> Iterator[str]:
-    """A Redis URL whose server accepts connections and never answers (a hung Redis)."""
+def silent_server() -> Iterator[tuple[str, Callable[[], int]]]:
+    """A hung Redis (accepts connections, never answers): its URL, and a function counting
+    the connections made to it so far (a client that retries connects again)."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(64)  # the kernel completes handshakes; nobody ever reads
-        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+        listener.setblocking(False)
+        accepted: list[socket.socket] = []
+
+        def connections() -> int:
+            while True:
+                try:
+                    accepted.append(listener.accept()[0])
+                except BlockingIOError:
+                    return len(accepted)
+
+        try:
+            yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0", connections
+        finally:
+            for connection in accepted:
+                connection.close()
+
+
+@contextmanager
+def silent_server_url() -> Iterator[str]:
+    """A Redis URL whose server accepts connections and never answers (a hung Redis)."""
+    with silent_server() as (url, _):
+        yield url
