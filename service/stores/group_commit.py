@@ -58,6 +58,15 @@ LOST_COMMIT_DETAIL = (
 )
 # How long close() waits for the writer to finish what was queued.
 CLOSE_DEADLINE_SECONDS = 10.0
+# How long past its deadline a claimed job's request waits for the batch's
+# outcome: longer than any batch (the longest race window, 5 s, plus a
+# commit), so it only ever ends a wait on a writer that is stuck or gone --
+# with outcome_unknown, since the job may still be committed.
+CLAIMED_JOB_GRACE_SECONDS = 30.0
+UNFINISHED_BATCH_DETAIL = (
+    "the database did not finish this write in time: it may still be applied; "
+    "repeat it with the same Idempotency-Key to learn its outcome"
+)
 
 
 # What SQLite answers when a COMMIT left nothing on disk for certain. The
@@ -127,12 +136,27 @@ class Job(Generic[T]):
         self._error = error
         self._done.set()
 
+    def answer_if_unanswered(self) -> None:
+        """The writer's last resort: a job it can no longer finish still gets an answer."""
+        if self._done.is_set():
+            return
+        if self.claim():  # never ran: nothing of it was written
+            self.fail(StoreUnavailable("the database writer failed; nothing changed"))
+        else:  # it ran, or was running: it may be committed
+            self.fail(OutcomeUnknown(UNFINISHED_BATCH_DETAIL))
+
     def outcome(self) -> T:
-        """Wait for the job: until its deadline while queued, to the end once claimed."""
+        """Wait for the job: until its deadline while queued, for the batch once claimed.
+
+        The batch decides a claimed job (a 503 must never hide a committed
+        write), but a writer that is stuck or gone cannot hold the request
+        for ever: after CLAIMED_JOB_GRACE_SECONDS more, outcome_unknown.
+        """
         if not self._done.wait(max(0.0, self.deadline - time.monotonic())):
             if self.cancel():
                 raise LockTimeout("the write waited too long for the database; nothing changed")
-            self._done.wait()  # claimed: the batch decides, and it is already running
+            if not self._done.wait(CLAIMED_JOB_GRACE_SECONDS):
+                raise OutcomeUnknown(UNFINISHED_BATCH_DETAIL)
         if self._error is not None:
             raise self._error
         return self._result  # type: ignore[return-value]
@@ -204,6 +228,8 @@ class GroupCommitter:
                 carried = self._apply(batch) if batch else []
             except BaseException:  # never let the writer die: every request would hang
                 logger.exception("group commit writer failed a batch")
+                for job in batch:
+                    job.answer_if_unanswered()
                 carried = []
         self._drop_connection()
 
@@ -227,7 +253,7 @@ class GroupCommitter:
                             claimed.append(job)
                             outcomes.append(self._run_in_savepoint(connection, cursor, job))
                     committing = True
-        except Exception as error:
+        except BaseException as error:  # whatever the writer meets, every job gets an answer
             self._drop_connection()
             # Before COMMIT, nothing of this batch was committed: every job fails the same way.
             if not isinstance(error, DomainError):
@@ -278,6 +304,11 @@ class GroupCommitter:
     def _run_in_savepoint(connection: Connection, cursor: Any, job: Job[Any]) -> tuple[bool, Any]:
         """One job in its own SAVEPOINT: a refusal (or a bug) undoes that job only.
 
+        Whatever the job raises, BaseException included, goes back to the
+        job's own request, as if the job had run in its thread, and the
+        batch goes on (a job that escaped here would leave the batch's other
+        claimed jobs unanswered).
+
         The savepoints go through the driver's cursor, like the jobs' own
         statements: SQLAlchemy's nested-transaction bookkeeping cost more than
         the job (profiled), and nothing else on this connection uses it.
@@ -286,7 +317,7 @@ class GroupCommitter:
         try:
             with translated_errors():
                 result = job.work(connection)
-        except Exception as refusal:
+        except BaseException as refusal:
             cursor.execute("ROLLBACK TO SAVEPOINT job")
             cursor.execute("RELEASE SAVEPOINT job")
             return False, refusal

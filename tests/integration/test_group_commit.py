@@ -10,17 +10,21 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, Engine, text
 
 from service.domain import InsufficientFunds, LockTimeout, OutcomeUnknown, StoreUnavailable
+from service.stores import group_commit
 from service.stores.engines import build_engine
 from service.stores.group_commit import MAX_BATCH_SECONDS, GroupCommitter
 from service.stores.writer_lock import WriterLock
 
 JOIN_DEADLINE_SECONDS = 30.0
+# How long answered jobs may take to reach their threads; an unanswered one never does.
+ANSWER_DEADLINE_SECONDS = 10.0
 
 
 @pytest.fixture
@@ -189,3 +193,100 @@ def test_a_failed_commit_is_outcome_unknown_unless_sqlite_surely_wrote_nothing(
     assert ("may have been applied" in raised.value.detail) is unknown
     monkeypatch.undo()
     assert committer.run(insert("b"), later()) == "b"  # type: ignore[arg-type]
+
+
+class WriterHalt(BaseException):
+    """Not an Exception: what `except Exception` lets through (SystemExit, a greenlet's exit)."""
+
+
+def test_a_base_exception_in_one_job_still_answers_every_job_of_its_batch(
+    committer: GroupCommitter, engine: Engine
+) -> None:
+    """A job raising a BaseException mid-batch: its own request gets that exception, the
+    others of the batch are committed and answered; nobody waits forever."""
+    gate_open = threading.Event()
+    gate_holding = threading.Event()
+
+    def gate(connection: Connection) -> None:
+        gate_holding.set()
+        assert gate_open.wait(JOIN_DEADLINE_SECONDS)
+
+    def halt(connection: Connection) -> None:
+        connection.exec_driver_sql("INSERT INTO rows (name) VALUES ('halted')")
+        raise WriterHalt("the job's thread was told to stop")
+
+    answers: dict[str, object] = {}
+
+    def submit(name: str, work: object) -> None:
+        try:
+            answers[name] = committer.run(work, later())  # type: ignore[arg-type]
+        except BaseException as error:  # reported to the test thread
+            answers[name] = error
+
+    threads = [threading.Thread(target=submit, args=("gate", gate), daemon=True)]
+    threads[0].start()
+    assert gate_holding.wait(JOIN_DEADLINE_SECONDS)
+    for position, (name, work) in enumerate(
+        [("a", insert("a")), ("halt", halt), ("b", insert("b"))], start=1
+    ):
+        threads.append(threading.Thread(target=submit, args=(name, work), daemon=True))
+        threads[-1].start()
+        wait_until_queued(committer, position)  # one batch behind the gate
+    gate_open.set()
+    for thread in threads:
+        thread.join(ANSWER_DEADLINE_SECONDS)
+    assert not any(thread.is_alive() for thread in threads), f"unanswered: {answers}"
+    assert answers["a"] == "a" and answers["b"] == "b"
+    assert isinstance(answers["halt"], WriterHalt)
+    assert committed(engine) == {"a", "b"}
+    assert committer.run(insert("after"), later()) == "after"  # type: ignore[arg-type]
+
+
+def test_a_base_exception_around_the_batch_answers_its_jobs_and_the_writer_goes_on(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """The writer meets a BaseException outside any job (taking the lock): the batch's job is
+    answered 503 (nothing was written) and the next write is served."""
+    lock = WriterLock(str(tmp_path / "scratch.db"))
+    halts = [WriterHalt("the writer was told to stop")]
+
+    @contextmanager
+    def halting_lock() -> Iterator[None]:
+        if halts:
+            raise halts.pop()
+        with lock.held():
+            yield
+
+    committer = GroupCommitter(
+        engine,
+        prepare=lambda connection: connection.execution_options(sqlite_begin="IMMEDIATE"),
+        writer_lock=halting_lock,
+    )
+    with pytest.raises(StoreUnavailable) as raised:
+        committer.run(insert("a"), later())  # type: ignore[arg-type]
+    assert not isinstance(raised.value, OutcomeUnknown)
+    assert committer.run(insert("b"), later()) == "b"  # type: ignore[arg-type]
+    assert committed(engine) == {"b"}
+    committer.close()
+
+
+def test_a_claimed_job_whose_writer_never_finishes_is_answered_outcome_unknown(
+    committer: GroupCommitter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer stuck inside a job: its request still gets an answer, outcome_unknown
+    (the job may yet be committed), once its deadline and the grace have passed."""
+    monkeypatch.setattr(group_commit, "CLAIMED_JOB_GRACE_SECONDS", 0.1)
+    stuck = threading.Event()
+    release = threading.Event()
+
+    def never_ends(connection: Connection) -> None:
+        stuck.set()
+        release.wait(JOIN_DEADLINE_SECONDS)
+
+    try:
+        with pytest.raises(OutcomeUnknown, match="may still be applied"):
+            committer.run(never_ends, time.monotonic() + 0.1)
+        assert stuck.is_set()
+    finally:
+        release.set()
+    committer.close()
