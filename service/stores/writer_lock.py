@@ -11,7 +11,9 @@ inside it, so writers that do not use this lock (a migration, `bankrace
 serve` storing the mode) stay excluded as before.
 
 The kernel releases the lock of a process that dies, so a killed worker
-never blocks the others. A holder that is paused (SIGSTOP) blocks them; the
+never blocks the others. `close()` never pulls the descriptor from under a
+holder (a writer still busy when the store closes): the last holder closes
+it as it lets go. A holder that is paused (SIGSTOP) blocks them; the
 requests waiting behind it time out at their own deadline with a 503.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -29,6 +32,12 @@ class WriterLock:
     def __init__(self, database_path: str) -> None:
         self._path = database_path + LOCK_FILE_SUFFIX
         self._descriptor: int | None = None
+        # Guards the descriptor's life: close() must not close it under a
+        # holder. That would drop the lock while the holder still writes, and
+        # the holder's unlock would then hit a closed -- or reused -- number.
+        self._guard = threading.Lock()
+        self._holders = 0
+        self._closing = False
 
     def _file(self) -> int:
         # Opened on first use, in the worker (after gunicorn forks): a lock
@@ -39,14 +48,31 @@ class WriterLock:
 
     @contextmanager
     def held(self) -> Iterator[None]:
-        descriptor = self._file()
-        fcntl.flock(descriptor, fcntl.LOCK_EX)  # blocks without the GIL
+        with self._guard:
+            descriptor = self._file()
+            self._holders += 1
         try:
-            yield
+            fcntl.flock(descriptor, fcntl.LOCK_EX)  # blocks without the GIL
+            try:
+                yield
+            finally:
+                fcntl.flock(descriptor, fcntl.LOCK_UN)
         finally:
-            fcntl.flock(descriptor, fcntl.LOCK_UN)
+            with self._guard:
+                self._holders -= 1
+                if self._closing and self._holders == 0:
+                    self._close_descriptor()
 
     def close(self) -> None:
+        """Close the descriptor now, or when the last holder lets go of the lock."""
+        with self._guard:
+            if self._holders:
+                self._closing = True
+            else:
+                self._close_descriptor()
+
+    def _close_descriptor(self) -> None:
         if self._descriptor is not None:
             os.close(self._descriptor)
             self._descriptor = None
+        self._closing = False

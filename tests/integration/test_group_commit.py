@@ -6,6 +6,8 @@ scratch table, so each test sees exactly what was committed.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -16,11 +18,21 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, Engine, text
 
-from service.domain import InsufficientFunds, LockTimeout, OutcomeUnknown, StoreUnavailable
+from service.domain import (
+    InsufficientFunds,
+    Leg,
+    LockTimeout,
+    OutcomeUnknown,
+    StoreUnavailable,
+    TransactionKind,
+)
+from service.schema import upgrade
 from service.stores import group_commit
+from service.stores.base import LegWrite, LegWriter, Written
 from service.stores.engines import build_engine
 from service.stores.group_commit import MAX_BATCH_SECONDS, GroupCommitter
-from service.stores.writer_lock import WriterLock
+from service.stores.sql import SqlStore
+from service.stores.writer_lock import LOCK_FILE_SUFFIX, WriterLock
 
 JOIN_DEADLINE_SECONDS = 30.0
 # How long answered jobs may take to reach their threads; an unanswered one never does.
@@ -290,3 +302,87 @@ def test_a_claimed_job_whose_writer_never_finishes_is_answered_outcome_unknown(
     finally:
         release.set()
     committer.close()
+
+
+def lock_is_free(lock_path: str) -> bool:
+    """Whether another open file (as another process would have) can take the writer lock now."""
+    descriptor = os.open(lock_path, os.O_RDWR)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(descriptor)  # releases the probe's own lock, if it got it
+    return True
+
+
+def test_closing_the_writer_lock_while_it_is_held_keeps_it_until_the_holder_lets_go(
+    tmp_path: Path,
+) -> None:
+    """close() during a holder's turn: the lock stays held (its descriptor open) until the
+    holder releases it, which then succeeds; only then is the descriptor closed."""
+    lock = WriterLock(str(tmp_path / "scratch.db"))
+    lock_path = str(tmp_path / "scratch.db") + LOCK_FILE_SUFFIX
+    holding, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def holder() -> None:
+        try:
+            with lock.held():
+                holding.set()
+                release.wait(JOIN_DEADLINE_SECONDS)
+        except BaseException as error:  # reported to the test thread
+            errors.append(error)
+
+    thread = threading.Thread(target=holder, daemon=True)
+    thread.start()
+    assert holding.wait(JOIN_DEADLINE_SECONDS)
+    lock.close()
+    assert not lock_is_free(lock_path), "close() dropped the lock under its holder"
+    release.set()
+    thread.join(JOIN_DEADLINE_SECONDS)
+    assert not thread.is_alive() and errors == []
+    assert lock_is_free(lock_path)
+
+
+def test_closing_a_sqlite_store_while_its_writer_is_busy_keeps_the_lock_and_the_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SqlStore.close() while a locked write sits in the writer (close's wait runs out first):
+    the writer lock stays held until that write is done, and the write is committed."""
+    database = tmp_path / "bank.db"
+    url = f"sqlite:///{database}"
+    upgrade(url)
+    store = SqlStore(url, lock_timeout_ms=2000, pool_size=2)
+    account_id = store.open_account("busy", "USD", 100, "locked").id
+    monkeypatch.setattr(group_commit, "CLOSE_DEADLINE_SECONDS", 0.05)
+    inside, release = threading.Event(), threading.Event()
+    answers: list[object] = []
+
+    def slow_deposit(writer: LegWriter) -> Written:
+        balance = writer.read_states([account_id])[account_id].balance
+        inside.set()
+        release.wait(JOIN_DEADLINE_SECONDS)
+        leg = Leg(account_id, TransactionKind.DEPOSIT, 5)
+        return writer.write_legs([LegWrite(leg, new_balance=balance + 5)], "locked")
+
+    def request() -> None:
+        try:
+            answers.append(store.exclusive([account_id], slow_deposit))
+        except BaseException as error:  # reported to the test thread
+            answers.append(error)
+
+    thread = threading.Thread(target=request, daemon=True)
+    thread.start()
+    assert inside.wait(JOIN_DEADLINE_SECONDS)
+    store.close()
+    assert not lock_is_free(str(database) + LOCK_FILE_SUFFIX), "close() dropped a busy lock"
+    release.set()
+    thread.join(JOIN_DEADLINE_SECONDS)
+    assert len(answers) == 1 and isinstance(answers[0], Written), answers
+    assert lock_is_free(str(database) + LOCK_FILE_SUFFIX)
+    with sqlite3.connect(database) as connection:
+        (balance,) = connection.execute(
+            "SELECT balance FROM accounts WHERE id = ?", (account_id,)
+        ).fetchone()
+    assert balance == 105
