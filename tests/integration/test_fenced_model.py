@@ -95,3 +95,29 @@ def test_the_same_judge_catches_redis_lock_when_holders_outlive_their_lease(
         )
     assert history.errors == []
     assert any("inconsistent audit" in violation for violation in violations), violations
+
+
+# Every safe mode at once, as workers serve them for a moment after a switch;
+# fenced and optimistic with a short race window, so that the others' writes
+# land inside their read-to-write gaps.
+MIXED_GAP_MS = 2
+MIXED_SAFE_MODES = (
+    ModeSetting(LockMode.LOCKED, 0),
+    ModeSetting(LockMode.OPTIMISTIC, MIXED_GAP_MS),
+    ModeSetting(LockMode.ATOMIC, 0),
+    ModeSetting(LockMode.FENCED, MIXED_GAP_MS),
+)
+
+
+def test_all_safe_modes_at_once_leave_exactly_the_acknowledged_books(
+    backend: str, tmp_path: Path, with_redis: list[int]
+) -> None:
+    """Each operation in a random safe mode, concurrently, every store: the books equal the
+    acknowledged operations; fenced's refusals (stale_lock) are its only extra answer."""
+    with store_supply(backend, tmp_path) as supply:
+        history, violations = threaded.run_and_judge(
+            supply.fresh(), MIXED_SAFE_MODES[0], backend, *MIXED_SAFE_MODES[1:]
+        )
+    assert history.errors == []
+    assert violations == []
+    assert history.entries and history.transfers, "the run acknowledged too little to judge"

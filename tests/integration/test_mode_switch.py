@@ -68,17 +68,12 @@ def signalling_exclusive(store: Store, has_read: threading.Event) -> None:
     store.exclusive = instrumented  # type: ignore[method-assign]
 
 
-@pytest.mark.parametrize("second_mode", [LockMode.ATOMIC, LockMode.OPTIMISTIC])
+@pytest.mark.parametrize("second_mode", [LockMode.ATOMIC, LockMode.OPTIMISTIC, LockMode.FENCED])
 def test_a_write_in_another_safe_mode_waits_for_a_locked_request(
-    store: Store, second_mode: LockMode
+    store: Store, redis_bank: Bank, second_mode: LockMode
 ) -> None:
     """locked deposit in its window + a deposit served in another safe mode: both count."""
-    bank = Bank(
-        store=store,
-        modes=ModeSource(store, allow_unsafe_modes=False),
-        process_locks=KeyedLocks(TEST_LOCK_TIMEOUT_MS),
-        lock_timeout_ms=TEST_LOCK_TIMEOUT_MS,
-    )
+    bank = redis_bank
     account = store.open_account("switch", "USD", 100, "locked")
     has_read = threading.Event()
     signalling_exclusive(store, has_read)

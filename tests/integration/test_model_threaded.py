@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,8 +91,10 @@ def make_bank(store: Store) -> Bank:
 
 
 def random_operation(
-    rng: random.Random, account_ids: list[int], setting: ModeSetting, bank: Bank
+    rng: random.Random, account_ids: list[int], settings: Sequence[ModeSetting], bank: Bank
 ) -> Callable[[], Written]:
+    """One random operation, in one of the settings (workers serving different modes)."""
+    setting = settings[0] if len(settings) == 1 else rng.choice(settings)
     amount = rng.randint(1, MAX_OPERATION_AMOUNT)
     account_id = rng.choice(account_ids)
     kind = rng.choice(["deposit", "withdraw", "transfer"])
@@ -105,7 +107,11 @@ def random_operation(
 
 
 def run_clients(
-    store: Store, account_ids: list[int], setting: ModeSetting, seed: int, operations: int
+    store: Store,
+    account_ids: list[int],
+    settings: Sequence[ModeSetting],
+    seed: int,
+    operations: int,
 ) -> History:
     """THREADS threads, started together, each running its own random operations."""
     bank = make_bank(store)
@@ -114,7 +120,7 @@ def run_clients(
 
     def client(index: int) -> None:
         rng = random.Random(seed * 1000 + index)
-        planned = [random_operation(rng, account_ids, setting, bank) for _ in range(operations)]
+        planned = [random_operation(rng, account_ids, settings, bank) for _ in range(operations)]
         start.wait()
         for operation in planned:
             try:
@@ -183,7 +189,11 @@ def judge(store: Store, openings: dict[int, int], history: History) -> list[str]
     return violations
 
 
-def run_and_judge(store: Store, setting: ModeSetting, backend: str) -> tuple[History, list[str]]:
+def run_and_judge(
+    store: Store, setting: ModeSetting, backend: str, *mixed_in: ModeSetting
+) -> tuple[History, list[str]]:
+    """Run the clients in `setting` -- or, with `mixed_in`, each operation in one of them all,
+    as workers do for a moment after a mode switch -- and judge the books."""
     seed = chosen_seed()
     openings = {
         store.open_account(f"hot {n}", "USD", OPENING, setting.lock_mode.value).id: OPENING
@@ -191,10 +201,11 @@ def run_and_judge(store: Store, setting: ModeSetting, backend: str) -> tuple[His
     }
     started = time.monotonic()
     operations = OPERATIONS_PER_THREAD[backend]
-    history = run_clients(store, list(openings), setting, seed, operations)
+    settings = (setting, *mixed_in)
+    history = run_clients(store, list(openings), settings, seed, operations)
     violations = judge(store, openings, history)
     print(
-        f"\nthreaded {backend}/{setting.lock_mode.value} (seed {seed}): "
+        f"\nthreaded {backend}/{'+'.join(s.lock_mode.value for s in settings)} (seed {seed}): "
         f"{THREADS} threads x {operations} ops, "
         f"{len(history.entries)} deposits/withdrawals and {len(history.transfers)} transfers "
         f"acknowledged, refusals {dict(history.refusals)}, errors {len(history.errors)}, "
