@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -196,27 +195,19 @@ def test_editable_install_finds_the_migrations_beside_the_package() -> None:
 
 
 def requirement_steps(instructions: list[Instruction]) -> list[Instruction]:
-    """The RUNs that print requirements from pyproject.toml (with tomllib) and install them."""
+    """The RUNs that install lock files (requirements/*.txt), hash-checked."""
     return [
         instruction
         for instruction in instructions
-        if instruction.keyword == "RUN" and "tomllib" in instruction.arguments
+        if instruction.keyword == "RUN" and "--require-hashes" in instruction.arguments
     ]
 
 
-def printed_requirements(step: Instruction) -> list[str]:
-    """Run the step's `python -c` (what it writes to the requirements file) on pyproject.toml."""
-    words = shlex.split(step.arguments.split(">", 1)[0])
-    assert words[:2] == ["python", "-c"]
-    result = subprocess.run(
-        [sys.executable, "-c", words[2]],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return result.stdout.splitlines()
+def installed_locks(step: Instruction) -> list[str]:
+    """The lock files a step installs, in order; each `pip install` must check hashes."""
+    installs = re.findall(r"pip install ([^&]*)", step.arguments)
+    assert installs and all("--require-hashes" in install for install in installs), installs
+    return [re.search(r"-r (\S+)", install).group(1) for install in installs]  # type: ignore[union-attr]
 
 
 def pyproject() -> dict[str, Any]:
@@ -226,41 +217,62 @@ def pyproject() -> dict[str, Any]:
     return project
 
 
-def test_dependency_step_installs_exactly_pyprojects_dependencies(
+def test_dependency_step_installs_the_locked_service_dependencies(
     instructions: list[Instruction],
 ) -> None:
-    """The RUN that lists requirements from pyproject.toml prints exactly its dependencies."""
+    """Before the code: the build backend, then the service's lock (tests/deploy/test_lock.py
+    checks that it locks exactly pyproject's dependencies), both copied alone so that a code
+    change reuses the layer."""
     (step,) = requirement_steps(instructions)
-    assert printed_requirements(step) == pyproject()["dependencies"]
-    assert "pip install -r /tmp/requirements.txt" in step.arguments
+    assert installed_locks(step) == ["requirements/build.txt", "requirements/service.txt"]
+    copies = [
+        instruction.arguments for instruction in instructions if instruction.keyword == "COPY"
+    ]
+    assert copies[0] == (
+        "requirements/build.txt requirements/service.txt requirements/load.txt requirements/"
+    )
+    assert instructions.index(step) < [i.arguments for i in instructions].index(". .")
 
 
 def test_stages_build_the_service_by_default_and_locust_only_in_loadtest() -> None:
-    """`base` holds the service; `loadtest` and the last stage, `service`, start from it."""
+    """Dependencies (and Locust's) before the code: a code change reuses every install layer.
+
+    `dependencies` -> `service` (the last stage, `docker build .`); `dependencies` ->
+    `load-dependencies` (the load lock) -> `loadtest`. Both copy the code and install it alone.
+    """
     stages = dockerfile_stages(parse_dockerfile(DOCKERFILE_PATH.read_text()))
     assert [(stage.name, stage.base) for stage in stages] == [
-        ("base", BASE_IMAGE),
-        ("loadtest", "base"),
-        ("service", "base"),
+        ("dependencies", BASE_IMAGE),
+        ("load-dependencies", "dependencies"),
+        ("loadtest", "load-dependencies"),
+        ("service", "dependencies"),
     ]
     assert dockerfile_instructions() == dockerfile_instructions("service")
     (step,) = requirement_steps(list(stages[1].instructions))
+    assert installed_locks(step) == ["requirements/load.txt"]
     load = pyproject()["optional-dependencies"]["load"]
-    assert printed_requirements(step) == load
     assert any(re.match(r"locust\b", requirement) for requirement in load)
+    assert re.search(r"^locust==", (PROJECT_ROOT / "requirements/load.txt").read_text(), re.M)
+    for stage in (stages[2], stages[3]):
+        keywords = [instruction.keyword for instruction in stage.instructions]
+        assert keywords[1:3] == ["COPY", "RUN"], stage.name
+        assert stage.instructions[1].arguments == ". ."
+        assert stage.instructions[2].arguments == "pip install --no-deps --no-build-isolation -e ."
+    assert only(list(stages[2].instructions), "USER").arguments == "bank"
 
 
 def test_service_image_installs_nothing_but_the_service_and_its_dependencies(
     instructions: list[Instruction],
 ) -> None:
-    """Two pip installs in the service image: the dependencies, then the project without extras."""
+    """The service image's pip installs: two hash-checked locks, then the project alone."""
     installs = [
-        instruction.arguments
+        install
         for instruction in instructions
-        if instruction.keyword == "RUN" and "pip install" in instruction.arguments
+        if instruction.keyword == "RUN"
+        for install in re.findall(r"pip install ([^&]*)", instruction.arguments)
     ]
-    assert len(installs) == 2
-    assert "pip install --no-deps -e . " in installs[1] + " "
+    assert len(installs) == 3
+    assert installs[2].split() == ["--no-deps", "--no-build-isolation", "-e", "."]
     assert not any(".[" in install or "locust" in install for install in installs)  # no extra
     dependencies = pyproject()["dependencies"]
     assert not any(re.match(NOT_AT_RUN_TIME, requirement) for requirement in dependencies)
@@ -269,20 +281,20 @@ def test_service_image_installs_nothing_but_the_service_and_its_dependencies(
 def test_service_requirements_resolve_without_locust_gevent_or_dev_tools(
     instructions: list[Instruction], tmp_path: Path
 ) -> None:
-    """pip resolves the image's requirement file, as the image would: no load or dev package.
+    """pip resolves the image's lock, as the image would: complete, and no load or dev package.
 
-    `pip install --dry-run --ignore-installed --report` lists every distribution the image's
-    `pip install -r` would install (the whole dependency tree, resolved from the index the
-    project installs from), without installing anything.
+    `pip install --dry-run --ignore-installed --require-hashes --report` lists every
+    distribution the image's install would take (resolved from the index the project installs
+    from), without installing anything; --require-hashes refuses a lock that misses a
+    dependency or a hash.
     """
     (step,) = requirement_steps(instructions)
-    requirements = tmp_path / "requirements.txt"
-    requirements.write_text("\n".join(printed_requirements(step)) + "\n")
     report = tmp_path / "report.json"
+    locks = [argument for lock in installed_locks(step) for argument in ("-r", lock)]
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-         "--report", str(report), "-r", str(requirements)],
-        capture_output=True, text=True, timeout=240, check=True,
+         "--require-hashes", "--report", str(report), *locks],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=240, check=True,
     )  # fmt: skip
     names = {
         canonical(item["metadata"]["name"]) for item in json.loads(report.read_text())["install"]
