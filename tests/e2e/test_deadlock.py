@@ -25,11 +25,14 @@ TRANSFERS_EACH_WAY = 40
 POSTGRES_TRANSFERS_EACH_WAY = 12
 OPENING = 1000
 WINDOW_MS = 10
-# Long enough for an honest queue (16 clients x 10 ms) never to time out, so
-# every 503 is a deadlock. PostgreSQL looks for deadlocks only after
-# deadlock_timeout (1 s by default), so its lock wait must be longer.
-MEMORY_LOCK_TIMEOUT_MS = 500
-POSTGRES_LOCK_TIMEOUT_MS = 3000
+# Request order: short, so that each deadlock costs half a second, not the
+# whole run. Sorted order: an honest queue (16 clients x 10 ms, some 0.2 s)
+# must never time out, even on a loaded 2-core machine, so any 503 there
+# would be a deadlock -- the long bound leaves a fiftyfold margin.
+MEMORY_LOCK_TIMEOUT_MS = {"request": 500, "sorted": 10_000}
+# PostgreSQL looks for deadlocks only after deadlock_timeout (1 s by default):
+# its lock wait must outlast that by a margin, or a deadlock ends as a 503.
+POSTGRES_LOCK_TIMEOUT_MS = 5000
 
 
 def opposing_transfers(
@@ -62,13 +65,16 @@ def test_memory_store_deadlock_becomes_a_bounded_503(
     tmp_path: Path, order: str, deadlocks: bool
 ) -> None:
     """Request-order locking deadlocks into 503 lock_timeout; sorted order never does."""
-    server = serve(tmp_path, "memory://", order, 1, MEMORY_LOCK_TIMEOUT_MS)
+    server = serve(tmp_path, "memory://", order, 1, MEMORY_LOCK_TIMEOUT_MS[order])
     try:
         outcome, total = opposing_transfers(server)
         audit = audit_of(server.url)
     finally:
         server.stop()
-    print(f"memory, {order} order: {outcome.count(503)} lock timeouts of {2 * TRANSFERS_EACH_WAY}")
+    print(
+        f"memory, {order} order, lock timeout {MEMORY_LOCK_TIMEOUT_MS[order]} ms: "
+        f"{outcome.count(503)} lock timeouts of {2 * TRANSFERS_EACH_WAY}"
+    )
     assert outcome.unexplained_5xx == []
     assert (outcome.count(503) > 0) is deadlocks
     assert outcome.count(201) + outcome.count(503) == 2 * TRANSFERS_EACH_WAY
