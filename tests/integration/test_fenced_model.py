@@ -5,7 +5,9 @@ the acknowledged operations) runs here with a Bank that has a Redis lock
 service (a key prefix of its own per test): `fenced` must pass on every
 store, with no race window and with a race window longer than the lease,
 where its only refusals are the harmless 409 stale_lock; under that same
-overrun the judge must catch `redis-lock`.
+overrun the judge must catch `redis-lock`. And with every safe mode at once
+(each operation in a random one, as workers serve the old and the new mode
+for a moment after a switch) the books must still be exact on every store.
 """
 
 from __future__ import annotations

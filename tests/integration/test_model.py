@@ -12,7 +12,8 @@ journal (entry by entry, chained), and the bank audit and its total; a
 transfer, accepted or refused, must leave the total unchanged.
 
 A store that misreads a balance by one unit is run through the same machine
-to show the comparison catches it.
+to show the comparison catches it. test_model_mode_switch.py extends this
+machine with mode switches while operations are in flight.
 """
 
 from __future__ import annotations
