@@ -6,7 +6,9 @@
 -- With "keyed", every money request carries its own Idempotency-Key (unique
 -- per run, thread and request), to measure what a keyed request costs.
 --
--- OPERATION is deposit, withdraw, transfer or echo (POST /echo of the echo app).
+-- OPERATION is deposit, withdraw, transfer or echo (POST /echo of the echo app),
+-- or a read that moves no money: healthz (GET /healthz) or read (GET
+-- /accounts/{id} of a random account of the run), both answered 200.
 -- The load, the drain and the counters are loadtest/wrk_load.lua's: money
 -- requests are sent only for DURATION_S seconds, then every one sent gets its
 -- answer before the runner stops wrk (any still unanswered then is an unknown
@@ -24,6 +26,7 @@ local headers = { ["Content-Type"] = "application/json" }
 local keyed = false
 local key_prefix = ""
 local key_counter = 0
+local reading = false -- healthz or read: GETs answered 200, like a probe
 
 local function read_arguments(args)
    operation = args[1]
@@ -33,11 +36,12 @@ local function read_arguments(args)
    local signal_dir = args[5]
    expected_mode = args[6] or ""
    keyed = (args[7] == "keyed")
+   reading = (operation == "healthz" or operation == "read")
    for line in io.lines(ids_file) do
       local id = tonumber(line)
       if id then table.insert(accounts, id) end
    end
-   if #accounts == 0 and operation ~= "echo" then
+   if #accounts == 0 and operation ~= "echo" and operation ~= "healthz" then
       error("bench.lua: no account ids in " .. ids_file)
    end
    if operation == "transfer" and #accounts < 2 then
@@ -50,7 +54,11 @@ end
 local function money_request()
    local body
    local path
-   if operation == "transfer" then
+   if operation == "healthz" then
+      return wrk.format("GET", "/healthz")
+   elseif operation == "read" then
+      return wrk.format("GET", string.format("/accounts/%d", accounts[math.random(#accounts)]))
+   elseif operation == "transfer" then
       local from = math.random(#accounts)
       local to = math.random(#accounts - 1)
       if to >= from then to = to + 1 end
@@ -117,4 +125,5 @@ load.install {
    init = read_arguments,
    request = money_request,
    record = record,
+   is_probe = function(status) return status == 200 and not reading end,
 }

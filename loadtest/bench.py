@@ -28,14 +28,15 @@ import argparse
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import requests
 
 from loadtest.bank_http import BankError
 from loadtest.bench_bank import BenchBank
+from loadtest.bench_envelope import Envelope, EnvelopeRow, envelope_table
 from loadtest.bench_judge import RunEvidence, judge
 from loadtest.bench_locust import run_locust
 from loadtest.bench_options import configuration, parse_arguments
@@ -91,19 +92,22 @@ class Benchmark:
         self.echo_requests_per_second = 0.0
 
     def load(
-        self, url: str, operation: str, accounts: list[int], mode: str, workdir: Path
-    ) -> LoadResult:
+        self, url: str, operation: str, accounts: list[int], mode: str, workdir: Path,
+        *, duration_s: int | None = None, keyed: bool | None = None,
+    ) -> LoadResult:  # fmt: skip
         arguments = self.arguments
+        duration_s = arguments.duration if duration_s is None else duration_s
+        keyed = arguments.idempotency_keys if keyed is None else keyed
         if self.wrk is None:
             return run_locust(
                 url, operation=operation, amount=arguments.amount, account_ids=accounts,
-                expected_mode=mode, duration_s=arguments.duration,
+                expected_mode=mode, duration_s=duration_s,
                 connections=arguments.connections, workdir=workdir,
             )  # fmt: skip
         return run_wrk(
             self.wrk, url, operation=operation, amount=arguments.amount, account_ids=accounts,
-            expected_mode=mode, duration_s=arguments.duration, connections=arguments.connections,
-            threads=arguments.wrk_threads, workdir=workdir, keyed=arguments.idempotency_keys,
+            expected_mode=mode, duration_s=duration_s, connections=arguments.connections,
+            threads=arguments.wrk_threads, workdir=workdir, keyed=keyed,
         )  # fmt: skip
 
     def measure_echo(self) -> RunRecord:
@@ -123,7 +127,9 @@ class Benchmark:
         record.verdict = "CEILING" if load.successes and not record.other else "ERROR"
         return record
 
-    def measure_store(self, store: str) -> list[RunRecord]:
+    @contextmanager
+    def store_database(self, store: str) -> Iterator[tuple[str, Path]]:
+        """A fresh database of `store` and a working directory beside it: (URL, directory)."""
         # Under the project's var/, not /tmp: on a tmpfs SQLite's fsync would cost nothing.
         DATA_DIRECTORY.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(
@@ -135,11 +141,15 @@ class Benchmark:
                 if store == "postgresql"
                 else sqlite_database(workdir)
             )
-            try:
-                with database as database_url:
-                    return self.measure_service(store, database_url, workdir)
-            except Exception as error:  # any set-up failure is this store's ERROR row
-                return [setup_failure(store, error)]
+            with database as database_url:
+                yield database_url, workdir
+
+    def measure_store(self, store: str) -> list[RunRecord]:
+        try:
+            with self.store_database(store) as (database_url, workdir):
+                return self.measure_service(store, database_url, workdir)
+        except Exception as error:  # any set-up failure is this store's ERROR row
+            return [setup_failure(store, error)]
 
     def measure_service(self, store: str, database_url: str, workdir: Path) -> list[RunRecord]:
         arguments = self.arguments
@@ -220,11 +230,13 @@ class Benchmark:
 
     def observe(
         self, bank: BenchBank, record: RunRecord, accounts: list[int], *, fresh: bool,
-        workdir: Path,
+        workdir: Path, keyed: bool | None = None,
     ) -> tuple[RunEvidence, LoadResult]:  # fmt: skip
         before = bank.balances(accounts)
         audit_before = bank.server_audit()
-        load = self.load(bank.base_url, record.operation, accounts, record.mode, workdir / "wrk")
+        load = self.load(
+            bank.base_url, record.operation, accounts, record.mode, workdir / "wrk", keyed=keyed
+        )
         after = bank.balances(accounts)
         audit_after = bank.server_audit()
         server_errors = load.server_errors
@@ -310,25 +322,50 @@ def main(argv: list[str] | None = None) -> int:
     log_directory = arguments.out / f"bench-{stamp}-logs"
     settings = configuration(arguments, wrk, stamp)
     benchmark = Benchmark(arguments, wrk, log_directory)
-    echo = benchmark.measure_echo()
-    announce(echo)
-    records = [echo]
-    for store in arguments.stores:
-        records += benchmark.measure_store(store)
-    records.sort(key=report_order(arguments))
+    envelope = measure_envelope(benchmark, arguments, wrk)
+    records = []
+    if not arguments.envelope_only:
+        echo = benchmark.measure_echo()
+        announce(echo)
+        records = [echo]
+        for store in arguments.stores:
+            records += benchmark.measure_store(store)
+        records.sort(key=report_order(arguments))
     wall_time_s = time.monotonic() - started
     settings["wall time (s)"] = round(wall_time_s, 1)
     json_path = arguments.out / f"bench-{stamp}.json"
     markdown_path = arguments.out / f"bench-{stamp}.md"
-    write_json(json_path, records, settings, wall_time_s)
-    write_markdown(markdown_path, records, settings)
-    losses = sum(1 for record in records if record.verdict == "LOST (unsafe)")
-    print("\n".join(["", *markdown_table(records), "", summary_line(records)]))
-    for line in [*failure_lines(records), *note_lines(records)]:
-        print(line)
-    print(f"[bench] unsafe modes lost money in {losses} run(s), as expected; see the report")
+    envelope_lines = envelope_table(envelope) if envelope else []
+    envelope_failed = any(row.failed for row in envelope)
+    write_json(json_path, records, settings, wall_time_s,
+               [row.to_dict() for row in envelope], envelope_failed)  # fmt: skip
+    write_markdown(markdown_path, records, settings, envelope_lines)
+    if envelope_lines:
+        print("\n".join(["", "The envelope (ratios to the echo of this run):", *envelope_lines]))
+        for row in envelope:
+            for problem in row.record.problems if row.failed else ():
+                print(f"- {row.label} ({row.record.verdict}): {problem}")
+    if records:
+        losses = sum(1 for record in records if record.verdict == "LOST (unsafe)")
+        print("\n".join(["", *markdown_table(records), "", summary_line(records)]))
+        for line in [*failure_lines(records), *note_lines(records)]:
+            print(line)
+        print(f"[bench] unsafe modes lost money in {losses} run(s), as expected; see the report")
     print(f"[bench] {json_path} and {markdown_path}, wall time {wall_time_s:.0f} s", flush=True)
-    return 1 if any(record.failed for record in records) else 0
+    failed = envelope_failed or any(record.failed for record in records)
+    return 1 if failed else 0
+
+
+def measure_envelope(
+    benchmark: Benchmark, arguments: argparse.Namespace, wrk: str | None
+) -> list[EnvelopeRow]:
+    """The envelope's rows, printed as they come; none without wrk (its GET loads are wrk's)."""
+    if arguments.no_envelope:
+        return []
+    if wrk is None:
+        print("[bench] the envelope needs wrk: skipped", flush=True)
+        return []
+    return Envelope(benchmark, lambda line: print(line, flush=True)).measure()
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ DESCRIPTION = (
 STORES = ("sqlite", "postgresql")
 POSTGRES_URL_VARIABLE = "BANK_TEST_POSTGRES_URL"
 DEFAULT_DURATION_S = 1
+DEFAULT_ENVELOPE_DURATION_S = 5
+DEFAULT_ENVELOPE_ACCOUNTS = 100
 DEFAULT_ACCOUNTS = (5, 1000)
 DEFAULT_AMOUNT = 1
 DEFAULT_OPENING_BALANCE = 1_000_000
@@ -156,6 +158,27 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help="BANK_REDIS_URL of the service (default: $BANK_REDIS_URL, else "
         "redis://127.0.0.1:6379/0)",
     )
+    add(
+        "--envelope-duration",
+        type=bounded_int(1, DURATION_LIMIT_S),
+        default=DEFAULT_ENVELOPE_DURATION_S,
+        help="seconds of load per run of the envelope, the table printed first "
+        f"(default {DEFAULT_ENVELOPE_DURATION_S})",
+    )
+    add(
+        "--envelope-accounts",
+        type=bounded_int(2, ACCOUNTS_LIMIT),
+        default=DEFAULT_ENVELOPE_ACCOUNTS,
+        help=f"accounts of the envelope's reads and money runs (default "
+        f"{DEFAULT_ENVELOPE_ACCOUNTS})",
+    )
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--no-envelope", action="store_true", help="skip the envelope (the table printed first)"
+    )
+    scope.add_argument(
+        "--envelope-only", action="store_true", help="measure the envelope only, not every mode"
+    )
     add("--out", type=Path, default=Path("reports"),
         help="directory of bench-<timestamp>.json and .md (default reports)")  # fmt: skip
     arguments = parser.parse_args(argv)
@@ -197,6 +220,9 @@ def configuration(arguments: argparse.Namespace, wrk: str | None, stamp: str) ->
         "load tool": wrk_version(wrk) if wrk else f"locust {locust_version()} (FastHttpUser)",
         "connections": arguments.connections,
         "duration per run (s)": arguments.duration,
+        "envelope": "off"
+        if arguments.no_envelope
+        else f"{arguments.envelope_duration} s per run, {arguments.envelope_accounts} accounts",
         "race window (ms)": arguments.race_window_ms,
         "amount": arguments.amount,
         "opening balance": arguments.opening_balance,

@@ -23,6 +23,8 @@ OPERATION_LABELS = {
     "withdraw": "withdrawals",
     "transfer": "transfers",
     "setup": "set-up",
+    "healthz": "GET /healthz",
+    "read": "reads",
 }
 
 
@@ -156,10 +158,16 @@ def summary_line(records: Sequence[RunRecord]) -> str:
 
 
 def write_markdown(
-    path: Path, records: Sequence[RunRecord], configuration: Mapping[str, Any]
+    path: Path,
+    records: Sequence[RunRecord],
+    configuration: Mapping[str, Any],
+    envelope: Sequence[str] = (),
 ) -> None:
+    """The report; `envelope` is the envelope's table (loadtest/bench_envelope.py), first."""
     lines = ["# bankrace benchmark", ""]
     lines += [f"- {key}: {value}" for key, value in configuration.items()]
+    if envelope:
+        lines += ["", "## The envelope", "", *envelope, "", "## Every mode", ""]
     lines += ["", summary_line(records), "", *markdown_table(records)]
     for title, section in (
         ("Failures", failure_lines(records)),
@@ -177,11 +185,14 @@ def write_json(
     records: Sequence[RunRecord],
     configuration: Mapping[str, Any],
     wall_time_s: float,
+    envelope: Sequence[Mapping[str, Any]] = (),
+    envelope_failed: bool = False,
 ) -> None:
     document = {
         "configuration": dict(configuration),
         "wall_time_s": round(wall_time_s, 1),
-        "passed": not any(record.failed for record in records),
+        "passed": not envelope_failed and not any(record.failed for record in records),
+        "envelope": [dict(row) for row in envelope],
         "runs": [record.to_dict() for record in records],
     }
     path.write_text(json.dumps(document, indent=2) + "\n")

@@ -13,6 +13,10 @@
 --   spec.request()   the load's next request
 --   spec.record(status, headers, body)  counts the answer to a load request
 --   spec.answer(status, headers, body)  optional: sees every answer, probes too
+--   spec.is_probe(status)  optional: whether an answer is a probe's (default: a
+--                  200, which no load request gets); a load of GETs answered 200
+--                  says no, and its few probes (sent after the deadline) are
+--                  then counted as load answers outside the window
 --
 -- Counters: each wrk thread has its own Lua state, and wrk 4.1's thread:get
 -- copies numbers and strings but crashes on tables, so the counters are plain
@@ -130,7 +134,9 @@ function load.install(spec)
    function response(status, response_headers, body)
       load.add("answered", 1)
       if spec.answer then spec.answer(status, response_headers, body) end
-      if status == 200 then -- a /healthz probe
+      local probe
+      if spec.is_probe then probe = spec.is_probe(status) else probe = (status == 200) end
+      if probe then -- a /healthz probe
          load.add("probes_answered", 1)
       else
          spec.record(status, response_headers, body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,17 @@ from pathlib import Path
 import pytest
 
 from loadtest import bench
+from loadtest.bench_envelope import (
+    POSTGRES_ROWS,
+    SQLITE_ROWS,
+    EnvelopeRow,
+    WorkerClock,
+    cpu_seconds,
+    envelope_table,
+    judge_targets,
+    split_cell,
+    worker_pids,
+)
 from loadtest.bench_judge import RunEvidence, judge
 from loadtest.bench_report import RunRecord, markdown_table
 from loadtest.bench_wrk import LoadError, milliseconds, parse_wrk_output, thread_count
@@ -194,6 +206,7 @@ def test_a_failed_safe_mode_run_makes_the_command_exit_non_zero(
     monkeypatch.setattr(bench, "configuration", lambda *_arguments: {"workers": 2})
     monkeypatch.setattr(bench.Benchmark, "measure_echo", lambda _self: echo)
     monkeypatch.setattr(bench.Benchmark, "measure_store", lambda _self, _store: [failed])
+    monkeypatch.setattr(bench, "measure_envelope", lambda *_arguments: [])
     exit_code = bench.main(["--stores", "sqlite", "--modes", "locked", "--out", str(tmp_path)])
     assert exit_code == 1
     (json_path,) = tmp_path.glob("bench-*.json")
@@ -220,11 +233,78 @@ def test_the_markdown_table_has_one_row_per_run() -> None:
     assert lines[3].endswith("| ERROR |")
 
 
+def envelope_row(key: str, requests_per_second: float, p99_ms: float, echo: float) -> EnvelopeRow:
+    record = RunRecord(store="sqlite", mode="locked", operation="deposit", accounts=100,
+                       requests_per_second=requests_per_second, p99_ms=p99_ms,
+                       ratio_to_echo=requests_per_second / echo, verdict="PASS",
+                       invariants_held=True)  # fmt: skip
+    return EnvelopeRow(key, key, "sqlite", record, worker_cpu_s=[3.0, 1.0])
+
+
+def test_the_envelope_judges_each_target_against_the_echo_or_its_reference_row() -> None:
+    """Ratios to the echo; the keyed row against the unkeyed deposits; a p99 bound counts too."""
+    echo = 1000.0
+    rows = [
+        envelope_row("healthz", 800, 5, echo),  # 0.8: met exactly
+        envelope_row("read", 590, 5, echo),  # 0.59: not met
+        envelope_row("deposit", 600, 31, echo),  # 0.6 but p99 31 ms > 30: not met
+        envelope_row("transfer", 350, 99, echo),  # 0.35: met, no p99 bound
+        envelope_row("keyed", 480, 40, echo),  # 0.8 of the deposits' 600: met
+        envelope_row("pg-deposit", 400, 50, echo),  # 0.4, p99 50 <= 50: met
+    ]
+    failed = envelope_row("pg-deposit", 900, 1, echo)
+    failed.record.verdict = "FAIL"
+    judge_targets(rows, [*SQLITE_ROWS, *POSTGRES_ROWS])
+    assert [row.met for row in rows] == [True, False, False, True, True, True]
+    assert rows[4].ratio == pytest.approx(0.8) and rows[4].target.endswith("locked deposits")
+    assert rows[2].target == ">= 0.5 x echo, p99 <= 30 ms"
+    judge_targets([failed], POSTGRES_ROWS)
+    assert failed.met is None  # a run that broke an invariant has no figure to meet a target
+
+
+def test_the_envelope_table_shows_ratios_targets_and_the_worker_split() -> None:
+    """One row per run; the keyed row says its ratio to the unkeyed; the busier worker first."""
+    rows = [envelope_row("deposit", 500, 20, 1000.0), envelope_row("keyed", 250, 20, 1000.0)]
+    judge_targets(rows, SQLITE_ROWS)
+    lines = envelope_table(rows)
+    assert lines[0].startswith("| run | req/s | x echo | target | met | p99 ms | worker CPU")
+    assert lines[2] == (
+        "| deposit | 500 | 0.50 | >= 0.5 x echo, p99 <= 30 ms | yes | 20.0 "
+        "| 3.0 + 1.0 s (75/25 %) | held |"
+    )
+    assert "| 0.25 (0.50 x unkeyed) |" in lines[3] and "| **no** |" in lines[3]
+    assert split_cell([]) == "-" and split_cell([0.0, 0.0]) == "0.0 + 0.0 s"
+
+
+def test_the_worker_clock_reads_the_cpu_seconds_of_a_masters_children() -> None:
+    """A child of this process that burns CPU between start() and stop() is counted."""
+    burn = "input()\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"import time\n{burn}print('burnt', flush=True)\ninput()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert child.pid in worker_pids(os.getpid())
+        clock = WorkerClock(os.getpid())
+        clock.start()
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "burnt\n"  # the 0.3 s of CPU were spent
+        assert max(clock.stop()) >= 0.2
+    finally:
+        child.communicate("\n", timeout=30)
+    assert cpu_seconds(child.pid) is None  # reaped: gone from /proc
+
+
 @pytest.mark.e2e
 def test_a_short_benchmark_run_writes_its_reports_and_the_safe_mode_holds(
     tmp_path: Path,
 ) -> None:
     """1-second runs of locked and unlocked deposits on SQLite, measured by wrk: reports, exit 0.
+
+    The envelope (1-second runs here) is measured and printed first: echo, /healthz, a
+    read, locked deposits, transfers and keyed deposits, each with its ratio and split.
 
     `--load-tool auto` (the default) falls back to Locust without wrk; this run is
     wrk's, so a missing wrk skips it here and fails it under CI=true.
@@ -234,7 +314,8 @@ def test_a_short_benchmark_run_writes_its_reports_and_the_safe_mode_holds(
     completed = subprocess.run(
         [sys.executable, "-m", "loadtest.bench", "--stores", "sqlite",
          "--modes", "locked,unlocked", "--operations", "deposit", "--accounts", "3,30",
-         "--duration", "1", "--race-window-ms", "20", "--out", str(tmp_path)],
+         "--duration", "1", "--race-window-ms", "20", "--envelope-duration", "1",
+         "--envelope-accounts", "20", "--out", str(tmp_path)],
         cwd=REPOSITORY_ROOT,
         capture_output=True,
         text=True,
@@ -277,7 +358,23 @@ def test_a_short_benchmark_run_writes_its_reports_and_the_safe_mode_holds(
     assert bank_runs[2]["verdict"] == "LOST (unsafe)", bank_runs[2]
     assert bank_runs[2]["lost_updates"] > 0
 
+    envelope = {row["key"]: row for row in document["envelope"]}
+    assert list(envelope) == ["echo", "healthz", "read", "deposit", "transfer", "keyed"]
+    for key, row in envelope.items():
+        assert row["record"]["requests_per_second"] > 0 and row["record"]["p99_ms"] > 0, row
+        assert len(row["worker_cpu_s"]) == 2, row  # both workers were found
+        assert row["record"]["verdict"] == ("CEILING" if key == "echo" else "PASS"), row
+    for key in ("deposit", "transfer", "keyed"):
+        assert envelope[key]["record"]["invariants_held"] is True, envelope[key]
+    assert envelope["keyed"]["ratio"] == pytest.approx(
+        envelope["keyed"]["record"]["requests_per_second"]
+        / envelope["deposit"]["record"]["requests_per_second"]
+    )
+    envelope_at = completed.stdout.index("| run | req/s | x echo | target |")
+    assert envelope_at < completed.stdout.index("| store | mode | operation |")
+
     markdown = markdown_path.read_text()
+    assert markdown.index("## The envelope") < markdown.index("| store | mode | operation |")
     assert "| store | mode | operation | accounts | req/s | x echo |" in markdown
     assert "Every safe-mode run kept every invariant." in markdown
     assert markdown.count("| sqlite | locked | deposits |") == 2
