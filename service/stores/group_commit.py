@@ -18,6 +18,10 @@ happened); once the writer has claimed a job, its request waits for the
 batch's outcome, so a 503 never hides a write that was committed -- except
 when the COMMIT itself fails, whose outcome SQLite cannot promise: those
 jobs get 503 `outcome_unknown` (OutcomeUnknown), never "nothing changed".
+Every claimed job gets an answer whatever the writer meets (a job raising
+even a BaseException fails alone), and a writer that is stuck or gone holds
+no request for ever: past its deadline and CLAIMED_JOB_GRACE_SECONDS, a
+claimed job's request is answered `outcome_unknown`.
 
 What a job does inside the transaction (and so which lock mode is served)
 is the caller's business; this module knows transactions, not money.
