@@ -84,9 +84,13 @@ class WaitProbe:
         )
 
     def someone_waits(self) -> bool:
+        # Instrumentation: the stores offer no public view of who waits, so
+        # this reads their internals (the row locks, the writer's queue).
         store = self._store
         if isinstance(store, MemoryStore):  # a row lock with a holder and a waiter
-            return any(entry.users > 1 for entry in list(store._row_locks._locks.values()))
+            row_locks = store._row_locks
+            with row_locks._guard:
+                return any(entry.users > 1 for entry in row_locks._locks.values())
         if self._engine is not None:
             with self._engine.connect() as connection:
                 waiting = connection.execute(
