@@ -58,6 +58,7 @@ PROFILES = {
 POSTGRES_REPLICAS = ("api-postgres", "api-1", "api-2")
 SCALE_REPLICAS = ("api-1", "api-2")
 REDIS_PORT = 6379
+LOOPBACK = "127.0.0.1"
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +99,11 @@ def image_port() -> int:
 
 
 def published_ports(service: dict[str, Any]) -> list[tuple[int, int]]:
-    """(host, container) pairs of the short `HOST:CONTAINER` syntax this file uses."""
+    """(host, container) pairs of the short `127.0.0.1:HOST:CONTAINER` syntax this file uses."""
     pairs = []
     for entry in service.get("ports", []):
-        host, container = str(entry).split(":")
+        address, host, container = str(entry).split(":")
+        assert address == LOOPBACK, f"{entry}: published beyond this machine"
         pairs.append((int(host), int(container)))
     return pairs
 
@@ -435,3 +437,26 @@ def test_every_replica_finds_redis_at_a_url_the_service_accepts(compose: dict[st
         config = Config.from_env({"BANK_REDIS_URL": environment["BANK_REDIS_URL"]})
         assert config.redis_url == environment["BANK_REDIS_URL"]
         assert environment["BANK_REDIS_LOCK_TTL_MS"] is None, name  # passed through from the host
+
+
+def test_every_port_is_published_on_loopback_only(compose: dict[str, Any]) -> None:
+    """Demo credentials and no token by default: nothing is reachable from another host."""
+    ports = [
+        str(entry) for service in services(compose).values() for entry in service.get("ports", [])
+    ]
+    assert ports and all(entry.startswith(f"{LOOPBACK}:") for entry in ports)
+
+
+def test_up_wait_can_judge_every_long_running_service(compose: dict[str, Any]) -> None:
+    """`up --wait` fails on a disabled healthcheck: only the one-shot migrate may disable its own.
+
+    (migrate exits 0 and the replicas wait for that; the service image's probe of /healthz
+    would never pass for it.)
+    """
+    disabled = {
+        name
+        for name, service in services(compose).items()
+        if service.get("healthcheck", {}).get("disable") is True
+    }
+    assert disabled == {"migrate"}
+    assert services(compose)["migrate"]["restart"] == "no"

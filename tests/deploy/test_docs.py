@@ -1,7 +1,7 @@
 """The scale-out docs name only real profiles, services, files and variables.
 
-Docker cannot run here, so each `docker compose` command in the README's "Scale out"
-section is checked against docker-compose.yml instead.
+Each `docker compose` command in the README's "Scale out" section is checked against
+docker-compose.yml without an engine; test_compose_stack.py runs the marked blocks for real.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ SUBCOMMANDS_OF_ONE_SERVICE = {"run", "exec"}
 
 
 def compose_commands(text: str) -> list[list[str]]:
-    """Every `docker compose ...` command, continuation lines joined, env assignments dropped."""
+    """Every `docker compose ...` command, continuation lines joined, env assignments and
+    trailing comments dropped."""
     joined = re.sub(r"\\\n\s*", " ", text)
     commands = []
     for match in re.finditer(r"(?:`|^)((?:[A-Z_]+=\S+\s+)*docker compose [^`\n]*)", joined, re.M):
-        words = shlex.split(match.group(1))
+        words = shlex.split(match.group(1), comments=True)
         while "=" in words[0]:
             words.pop(0)
         commands.append(words[2:])
