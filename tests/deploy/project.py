@@ -42,6 +42,7 @@ DESIGN_VARIABLES = frozenset(
         "BANK_IDEMPOTENCY_TTL_HOURS",
         "BANK_REDIS_URL",
         "BANK_REDIS_LOCK_TTL_MS",
+        "BANK_REDIS_PREFIX",
         "BANK_API_TOKENS",
         "BANK_ADMIN_ONLY_READS",
         "BANK_CORS_ORIGINS",
