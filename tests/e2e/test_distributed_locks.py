@@ -64,6 +64,9 @@ HOLDER_DEADLINE_SECONDS = 5.0
 HELD_BEFORE_PAUSE_SECONDS = SHORT_WINDOW_MS / 4 / 1000
 # DESIGN §3: a PUT /mode reaches every worker and replica within one second.
 MODE_PROPAGATION_SECONDS = 1.0
+MODE_POLL_SECONDS = 0.05
+MODE_POLL_DEADLINE_SECONDS = 15.0
+AGREEING_ANSWERS = 4
 POLL_SECONDS = 0.002
 REQUEST_TIMEOUT_SECONDS = 30
 NEW_CONNECTION = {"Connection": "close"}  # any worker may accept the next request
@@ -196,7 +199,7 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deplo
 
 
 def switch_mode(deployment: Deployment, lock_mode: str, race_window_ms: int) -> None:
-    """PUT /mode, then poll every server for the whole propagation bound."""
+    """PUT /mode, then poll every server until the new mode is the only one served."""
     response = requests.put(
         f"{deployment.servers[0].url}/mode",
         json={"lock_mode": lock_mode, "race_window_ms": race_window_ms},
@@ -204,14 +207,20 @@ def switch_mode(deployment: Deployment, lock_mode: str, race_window_ms: int) -> 
         timeout=REQUEST_TIMEOUT_SECONDS,
     )
     assert response.status_code == 200, response.text
-    # Every worker's cached mode is refreshed within the bound: wait it out, then check.
-    deadline = time.monotonic() + MODE_PROPAGATION_SECONDS
-    while time.monotonic() < deadline:
-        time.sleep(0.05)  # polling interval, not synchronisation
-    for server in deployment.servers:
-        for _ in range(4):  # new connections: any worker may answer
-            mode = get_json(f"{server.url}/mode")
-            assert (mode["lock_mode"], mode["race_window_ms"]) == (lock_mode, race_window_ms)
+    changed_at = time.monotonic()
+    # Ask every server (new connections: any worker may answer) until each has answered
+    # the new mode several times in a row and the propagation bound has passed, after
+    # which no worker may serve the old one: then every deposit below is in the new mode.
+    agreeing = dict.fromkeys((server.url for server in deployment.servers), 0)
+    while min(agreeing.values()) < AGREEING_ANSWERS or (
+        time.monotonic() - changed_at <= MODE_PROPAGATION_SECONDS
+    ):
+        assert time.monotonic() - changed_at < MODE_POLL_DEADLINE_SECONDS, agreeing
+        for url in agreeing:
+            mode = get_json(f"{url}/mode")
+            agrees = (mode["lock_mode"], mode["race_window_ms"]) == (lock_mode, race_window_ms)
+            agreeing[url] = agreeing[url] + 1 if agrees else 0
+        time.sleep(MODE_POLL_SECONDS)  # polling interval, not synchronisation
 
 
 def open_account(deployment: Deployment, owner: str) -> int:
