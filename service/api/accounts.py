@@ -8,16 +8,15 @@ from flask import Blueprint, Response, jsonify, url_for
 
 from service import metrics, services
 from service.api import idempotent
+from service.api.bodies import MAX_ID_DIGITS, Amount, NewAccount, validated
 from service.api.context import current_bank, serving_setting
 from service.api.parsing import (
     DEFAULT_PAGE_SIZE,
-    MAX_ID_DIGITS,
     MAX_PAGE_SIZE,
     json_object,
     query_id_list,
     query_values,
     unknown_query_parameters,
-    validated,
 )
 from service.api.representations import (
     account_audit_json,
@@ -26,29 +25,17 @@ from service.api.representations import (
     transaction_json,
 )
 from service.api.spec import (
-    AMOUNT,
     BODY_PROBLEMS,
     IDEMPOTENCY_PROBLEMS,
-    INTEGER_ONLY,
     MONEY_PROBLEMS,
     WRITE_PROBLEMS,
-    Body,
-    BodyField,
     Endpoint,
     QueryIdList,
     QueryInteger,
     Success,
     documented,
 )
-from service.domain import (
-    DEFAULT_CURRENCY,
-    MAX_BALANCE_MINOR,
-    OWNER_MAX_LENGTH,
-    Transaction,
-    currency_error,
-    opening_balance_error,
-    owner_error,
-)
+from service.domain import Transaction
 from service.idempotency import StoredResponse
 from service.stores.base import Written
 
@@ -60,48 +47,6 @@ TAG = "accounts"
 # 4094-byte request line, and one SELECT ... IN of 100 is one cheap read.
 MAX_BALANCE_IDS = 100
 
-NEW_ACCOUNT = Body(
-    "NewAccount",
-    (
-        BodyField(
-            "owner",
-            owner_error,
-            {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": OWNER_MAX_LENGTH,
-                "pattern": r"\S",
-                "description": f"1 to {OWNER_MAX_LENGTH} characters once edge white space is "
-                "trimmed (it is trimmed); no control characters (Unicode category C) and no "
-                "line or paragraph separators",
-                "examples": ["alice"],
-            },
-        ),
-        BodyField(
-            "currency",
-            currency_error,
-            {
-                "type": "string",
-                "pattern": "^[A-Z]{3}$",
-                "default": DEFAULT_CURRENCY,
-                "description": "three uppercase letters, ISO 4217 style",
-            },
-            required=False,
-        ),
-        BodyField(
-            "opening_balance",
-            opening_balance_error,
-            {
-                "type": "integer",
-                "minimum": 0,
-                "maximum": MAX_BALANCE_MINOR,
-                "default": 0,
-                "description": f"minor units; {INTEGER_ONLY}. An `open` journal entry records it",
-            },
-            required=False,
-        ),
-    ),
-)
 PAGE_SIZE = QueryInteger(
     "limit", 1, MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE, "items per page; `next` links the next page"
 )
@@ -123,21 +68,21 @@ BEFORE = QueryInteger(
         "Open an account",
         TAG,
         Success(201, "the account", "Account", location=True),
-        body=NEW_ACCOUNT,
+        body=NewAccount,
         problems=(*BODY_PROBLEMS, *IDEMPOTENCY_PROBLEMS, *WRITE_PROBLEMS),
         idempotent=True,
     )
 )
 def open_account() -> Response:
     body = json_object()
-    fields = validated(body, NEW_ACCOUNT)
+    new = validated(body, NewAccount)
     setting = serving_setting()
     return idempotent.answer(
         body,
         lambda completion: services.open_account(
-            fields["owner"],
-            fields.get("currency"),
-            fields.get("opening_balance", 0),
+            new.owner,
+            new.currency,
+            new.opening_balance,
             setting,
             current_bank(),
             completion,
@@ -187,7 +132,7 @@ def get_account(account_id: int) -> Response:
         "Deposit money",
         TAG,
         Success(201, "the journal entry", "Transaction", location=True),
-        body=AMOUNT,
+        body=Amount,
         problems=(*MONEY_PROBLEMS, "balance_limit_exceeded"),
         idempotent=True,
     )
@@ -202,7 +147,7 @@ def deposit(account_id: int) -> Response:
         "Withdraw money",
         TAG,
         Success(201, "the journal entry", "Transaction", location=True),
-        body=AMOUNT,
+        body=Amount,
         problems=(*MONEY_PROBLEMS, "insufficient_funds"),
         idempotent=True,
     )
@@ -213,13 +158,11 @@ def withdraw(account_id: int) -> Response:
 
 def _move_money(operation: Callable[..., Written], account_id: int) -> Response:
     body = json_object()
-    fields = validated(body, AMOUNT)
+    amount = validated(body, Amount).amount
     setting = serving_setting()
     return idempotent.answer(
         body,
-        lambda completion: operation(
-            account_id, fields["amount"], setting, current_bank(), completion
-        ),
+        lambda completion: operation(account_id, amount, setting, current_bank(), completion),
         lambda written: created_transaction(written.transactions[0], setting.lock_mode.value),
     )
 

@@ -11,60 +11,21 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, Response, jsonify, request
+from pydantic import MISSING
 
 from service.api.auth import require_admin
+from service.api.bodies import ModeChange, validated
 from service.api.context import current_bank
 from service.api.errors import ProblemError
-from service.api.parsing import json_object, validated
-from service.api.spec import (
-    BODY_PROBLEMS,
-    INTEGER_ONLY,
-    WRITE_PROBLEMS,
-    Body,
-    BodyField,
-    Endpoint,
-    Success,
-    documented,
-)
-from service.domain import (
-    MAX_RACE_WINDOW_MS,
-    DomainError,
-    LockMode,
-    ModeSetting,
-    lock_mode_error,
-    race_window_error,
-)
+from service.api.parsing import json_object
+from service.api.spec import BODY_PROBLEMS, WRITE_PROBLEMS, Endpoint, Success, documented
+from service.domain import DomainError, LockMode, ModeSetting
 
 logger = logging.getLogger(__name__)
 
 blueprint = Blueprint("admin", __name__)
 
 TAG = "mode"
-MODE_CHANGE = Body(
-    "ModeChange",
-    (
-        BodyField(
-            "lock_mode",
-            lock_mode_error,
-            {"type": "string", "enum": [mode.value for mode in LockMode]},
-            required=False,
-        ),
-        BodyField(
-            "race_window_ms",
-            race_window_error,
-            {
-                "type": "integer",
-                "minimum": 0,
-                "maximum": MAX_RACE_WINDOW_MS,
-                "description": "the pause between reading and writing a balance, in every mode; "
-                f"{INTEGER_ONLY}",
-            },
-            required=False,
-        ),
-    ),
-    description="either field or both; the other keeps its value",
-    when_empty="give lock_mode, race_window_ms or both",
-)
 
 
 def mode_json(setting: ModeSetting) -> dict[str, object]:
@@ -98,7 +59,7 @@ def get_mode() -> Response:
         description="Reaches every worker and replica within one second. The unsafe modes "
         "(`unlocked`, `process-lock`, `redis-lock`) are refused (403) unless the service runs with "
         "`BANK_ALLOW_UNSAFE_MODES=1`; with no `BANK_ADMIN_TOKEN` set, admin is off (403).",
-        body=MODE_CHANGE,
+        body=ModeChange,
         problems=("unauthorized", "forbidden", *BODY_PROBLEMS, *WRITE_PROBLEMS),
         admin=True,
     )
@@ -135,10 +96,12 @@ def put_mode() -> Response:
 def _change_mode() -> tuple[ModeSetting, ModeSetting]:
     """The mode stored before the change (what every worker and replica was told), and after."""
     require_admin()  # the one admin check, shared with the admin-only reads
-    fields = validated(json_object(), MODE_CHANGE)
-    lock_mode = LockMode(fields["lock_mode"]) if "lock_mode" in fields else None
+    change = validated(json_object(), ModeChange)
     bank = current_bank()
     # Read from the store, not this worker's cache, which may be up to
     # MODE_REFRESH_SECONDS behind a change made through another worker.
     before = bank.store.load_mode() or bank.modes.current()
-    return before, bank.modes.change(lock_mode, fields.get("race_window_ms"))
+    return before, bank.modes.change(
+        None if change.lock_mode is MISSING else change.lock_mode,
+        None if change.race_window_ms is MISSING else change.race_window_ms,
+    )

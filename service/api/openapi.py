@@ -24,6 +24,8 @@ from typing import Any
 
 from apispec import APISpec
 from flask import Flask
+from pydantic import TypeAdapter
+from pydantic.json_schema import GenerateJsonSchema
 
 from service.api import auth
 from service.api.errors import DOMAIN_STATUS, HTTP_CODES, PROBLEM_MEDIA_TYPE
@@ -60,6 +62,7 @@ OPENAPI_VERSION = "3.1.0"
 TITLE = "bankrace"
 EXTENSION_KEY = "bankrace.openapi"
 IGNORED_METHODS = frozenset({"HEAD", "OPTIONS"})
+REFERENCE = "#/components/schemas/{model}"
 MAX_ID = 10**MAX_ID_DIGITS - 1
 # Refusals decided by running the operation: stored with an Idempotency-Key
 # and replayed (service/api/idempotent.py DECIDED_REFUSALS).
@@ -394,18 +397,48 @@ def build_document(app: Flask) -> dict[str, Any]:
     for name, scheme in auth.security_schemes(app).items():  # BANK_API_TOKENS
         spec.components.security_scheme(name, scheme)
     operations: dict[str, dict[str, Any]] = defaultdict(dict)
+    declared: dict[str, type[Any]] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda rule: rule.rule):
         endpoint = endpoint_of(app.view_functions[rule.endpoint])
         if endpoint is None:
             raise LookupError(f"route {rule.rule} ({rule.endpoint}) has no @documented Endpoint")
         endpoint = auth.documented(app, rule.endpoint, endpoint)
+        if endpoint.body is not None:
+            declared[endpoint.body.__name__] = endpoint.body
         for method in sorted((rule.methods or set()) - IGNORED_METHODS):
             operations[openapi_path(rule.rule)][method.lower()] = _operation(
                 spec, rule.endpoint, method, rule.rule, endpoint
             )
+    for name, schema in declared_schemas(declared.values()).items():
+        if name not in spec.components.schemas:
+            spec.components.schema(name, schema)
     for path, path_operations in operations.items():
         spec.path(path, operations=path_operations)
     return spec.to_dict()
+
+
+class _Untitled(GenerateJsonSchema):
+    """Pydantic's JSON Schema without a title per field: the names say it already."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
+def declared_schemas(declarations: Iterable[type[Any]]) -> dict[str, dict[str, Any]]:
+    """The JSON Schema of each declaration (a pydantic model or a TypedDict) and of every
+    type they name, by component name (the class name)."""
+    _keys, definitions = TypeAdapter.json_schemas(
+        [
+            (declaration.__name__, "validation", TypeAdapter(declaration))
+            for declaration in declarations
+        ],
+        ref_template=REFERENCE,
+        schema_generator=_Untitled,
+    )
+    schemas: dict[str, dict[str, Any]] = definitions.get("$defs", {})
+    for schema in schemas.values():
+        schema.pop("title", None)
+    return schemas
 
 
 def _version() -> str:
@@ -431,12 +464,9 @@ def _operation(
     if endpoint.idempotent:
         operation["parameters"].append("IdempotencyKey")
     if endpoint.body is not None:
-        schema_name = endpoint.body.schema_name
-        if schema_name not in spec.components.schemas:
-            spec.components.schema(schema_name, endpoint.body.json_schema())
         operation["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": schema_name}},
+            "content": {"application/json": {"schema": endpoint.body.__name__}},
         }
     if endpoint.admin:
         operation["security"] = [{"adminToken": []}]

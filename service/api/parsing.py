@@ -3,30 +3,29 @@
 Order of checks: media type (415), size (413, enforced by Flask's
 MAX_CONTENT_LENGTH), JSON syntax and top-level object (400), then every
 field at once (422 with one entry per bad field, unknown fields included).
-What a body or a query may hold is declared in `service.api.spec`, which the
-OpenAPI document is written from too.
+What a body may hold is declared in `service.api.bodies`, what a query may
+hold in `service.api.spec`; the OpenAPI document is written from both.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from flask import request
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import ClientDisconnected
 
+from service.api.bodies import MAX_ID_DIGITS as MAX_ID_DIGITS  # service/__init__.py takes it here
 from service.api.errors import ProblemError
-from service.api.spec import Body, QueryIdList, QueryInteger
+from service.api.spec import QueryIdList, QueryInteger
 from service.domain import FieldError, ValidationFailed
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
-# Ids beyond 18 digits cannot exist (BIGINT) and are answered 404/422 early.
-MAX_ID_DIGITS = 18
 # One id of a list: what the path converter takes too (no sign, no leading zero).
 CANONICAL_ID = re.compile(rf"[1-9][0-9]{{0,{MAX_ID_DIGITS - 1}}}")
 
@@ -82,27 +81,6 @@ def json_object() -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ProblemError(400, "malformed_json", "the body must be a JSON object")
     return value
-
-
-def validated(body: Mapping[str, Any], spec: Body) -> dict[str, Any]:
-    """The body's fields if every rule passes; else ValidationFailed naming each bad field."""
-    required, optional = spec.required_rules, spec.optional_rules
-    errors = [
-        FieldError(name, "unknown field")
-        for name in body
-        if name not in required and name not in optional
-    ]
-    errors += [FieldError(name, "is required") for name in required if name not in body]
-    for name, rule in {**required, **optional}.items():
-        if name in body:
-            message = rule(body[name])
-            if message is not None:
-                errors.append(FieldError(name, message))
-    if not body and spec.when_empty and spec.fields:
-        errors.append(FieldError(spec.fields[0].name, spec.when_empty))
-    if errors:
-        raise ValidationFailed(errors)
-    return dict(body)
 
 
 def query_integer(name: str, default: int | None, minimum: int, maximum: int) -> int | None:

@@ -1,17 +1,9 @@
 """What each endpoint takes and answers, declared once for the views and the OpenAPI document.
 
-A view validates its request with these declarations (`parsing.validated`,
-`parsing.query_values`) and carries its `Endpoint` (`@documented`), from
-which `service.api.openapi` writes the document: the document cannot name a
-field the service refuses, or miss one it takes.
-
-A body field pairs the rule that decides (a function of `service.domain`,
-as strict as ever: bools, floats, huge numbers, control characters) with the
-JSON Schema fragment that tells a client what that rule accepts. Where JSON
-Schema cannot say as much as the rule (`10.0` is an integer to JSON Schema,
-not to this service; Unicode control characters), the fragment's
-description says it; tests/api/test_openapi.py checks that rule and
-fragment agree on every other kind of value.
+A view validates its request with these declarations (a body model of
+`service.api.bodies`, `parsing.query_values`) and carries its `Endpoint`
+(`@documented`), from which `service.api.openapi` writes the document: the
+document cannot name a field the service refuses, or miss one it takes.
 
 Nothing here reads a request or knows Flask's request context.
 """
@@ -23,58 +15,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from service.domain import MAX_AMOUNT_MINOR, MIN_AMOUNT_MINOR, amount_error
+from service.api.bodies import RequestBody
 
-Rule = Callable[[object], str | None]
-JsonSchema = Mapping[str, Any]
 ViewFunction = TypeVar("ViewFunction", bound=Callable[..., Any])
 
 ENDPOINT_ATTRIBUTE = "bankrace_endpoint"
 # `<converter(arguments):name>` or `<name>` in a werkzeug rule.
 RULE_ARGUMENT = re.compile(r"<(?:(?P<converter>\w+)(?:\((?P<arguments>[^)]*)\))?:)?(?P<name>\w+)>")
-
-
-@dataclass(frozen=True)
-class BodyField:
-    name: str
-    rule: Rule
-    schema: JsonSchema
-    required: bool = True
-
-
-@dataclass(frozen=True)
-class Body:
-    """A JSON object body: its fields, each required or optional; no other field is taken."""
-
-    schema_name: str
-    fields: tuple[BodyField, ...]
-    description: str = ""
-    #: Set when every field is optional but an empty object is refused (PUT /mode):
-    #: the message of that refusal, given on the first field.
-    when_empty: str = ""
-
-    @property
-    def required_rules(self) -> dict[str, Rule]:
-        return {item.name: item.rule for item in self.fields if item.required}
-
-    @property
-    def optional_rules(self) -> dict[str, Rule]:
-        return {item.name: item.rule for item in self.fields if not item.required}
-
-    def json_schema(self) -> dict[str, Any]:
-        schema: dict[str, Any] = {
-            "type": "object",
-            "properties": {item.name: dict(item.schema) for item in self.fields},
-            "additionalProperties": False,
-        }
-        required = [item.name for item in self.fields if item.required]
-        if required:
-            schema["required"] = required
-        if self.when_empty:
-            schema["minProperties"] = 1
-        if self.description:
-            schema["description"] = self.description
-        return schema
 
 
 @dataclass(frozen=True)
@@ -150,7 +97,7 @@ class Endpoint:
     tag: str
     success: Success
     description: str = ""
-    body: Body | None = None
+    body: type[RequestBody] | None = None
     query: tuple[QueryInteger | QueryIdList, ...] = ()
     #: Problem `code`s this operation can answer (statuses: service/api/openapi.py).
     problems: tuple[str, ...] = ()
@@ -192,23 +139,6 @@ def rule_arguments(rule: str) -> list[tuple[str, str, str]]:
 # --------------------------------------------------------------------------- shared
 
 
-INTEGER_ONLY = "a JSON integer: 10.0, 1e3, strings and booleans are refused"
-AMOUNT = Body(
-    "Amount",
-    (
-        BodyField(
-            "amount",
-            amount_error,
-            {
-                "type": "integer",
-                "minimum": MIN_AMOUNT_MINOR,
-                "maximum": MAX_AMOUNT_MINOR,
-                "description": f"minor units (cents); {INTEGER_ONLY}",
-                "examples": [50],
-            },
-        ),
-    ),
-)
 # A write can also lose its COMMIT on the way: 503 outcome_unknown, it may have been applied.
 WRITE_PROBLEMS = ("lock_timeout", "store_unavailable", "outcome_unknown")
 BODY_PROBLEMS = (

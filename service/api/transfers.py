@@ -6,52 +6,16 @@ from flask import Blueprint, Response, jsonify
 
 from service import services
 from service.api import idempotent
+from service.api.bodies import MAX_ACCOUNT_ID as MAX_ACCOUNT_ID  # request_log.py reads it here
+from service.api.bodies import NewTransfer, validated
 from service.api.context import current_bank, serving_setting
-from service.api.parsing import MAX_ID_DIGITS, json_object, validated
+from service.api.parsing import json_object
 from service.api.representations import transaction_json, transfer_json
-from service.api.spec import (
-    AMOUNT,
-    INTEGER_ONLY,
-    MONEY_PROBLEMS,
-    Body,
-    BodyField,
-    Endpoint,
-    Success,
-    documented,
-)
+from service.api.spec import MONEY_PROBLEMS, Endpoint, Success, documented
 from service.idempotency import StoredResponse
 from service.stores.base import Written
 
 blueprint = Blueprint("transfers", __name__)
-
-# Ids past what a path may name cannot exist; bounding them here keeps a huge
-# JSON integer from reaching the database (BIGINT overflow would be a 500).
-MAX_ACCOUNT_ID = 10**MAX_ID_DIGITS - 1
-
-
-def _account_id_error(value: object) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        return "must be a positive integer account id"
-    if not 1 <= value <= MAX_ACCOUNT_ID:
-        return f"must be a positive integer account id, at most {MAX_ACCOUNT_ID}"
-    return None
-
-
-ACCOUNT_ID_SCHEMA = {
-    "type": "integer",
-    "minimum": 1,
-    "maximum": MAX_ACCOUNT_ID,
-    "description": f"an account id; {INTEGER_ONLY}",
-}
-NEW_TRANSFER = Body(
-    "NewTransfer",
-    (
-        BodyField("from_account", _account_id_error, ACCOUNT_ID_SCHEMA),
-        BodyField("to_account", _account_id_error, ACCOUNT_ID_SCHEMA),
-        *AMOUNT.fields,
-    ),
-    description="the two accounts differ and hold the same currency",
-)
 
 
 @blueprint.post("/transfers")
@@ -62,7 +26,7 @@ NEW_TRANSFER = Body(
         Success(201, "the transfer and its two journal entries", "Transfer", location=True),
         description="Both accounts are locked in ascending id order and both legs are "
         "written in one transaction.",
-        body=NEW_TRANSFER,
+        body=NewTransfer,
         problems=(
             *MONEY_PROBLEMS,
             "insufficient_funds",
@@ -75,14 +39,14 @@ NEW_TRANSFER = Body(
 )
 def create_transfer() -> Response:
     body = json_object()
-    fields = validated(body, NEW_TRANSFER)
+    new = validated(body, NewTransfer)
     setting = serving_setting()
     return idempotent.answer(
         body,
         lambda completion: services.transfer(
-            fields["from_account"],
-            fields["to_account"],
-            fields["amount"],
+            new.from_account,
+            new.to_account,
+            new.amount,
             setting,
             current_bank(),
             completion,
