@@ -85,6 +85,24 @@ class TransferSpec:
     to_account: int
     amount: int
 
+    def recorded(
+        self,
+        transfer_id: int,
+        lock_mode: str,
+        created_at: dt.datetime,
+        legs: tuple[Transaction, ...],
+    ) -> Transfer:
+        """The transfer as the store recorded it, with its journal entries."""
+        return Transfer(
+            transfer_id,
+            self.from_account,
+            self.to_account,
+            self.amount,
+            lock_mode,
+            created_at,
+            legs,
+        )
+
 
 @dataclass(frozen=True)
 class Written:

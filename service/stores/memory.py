@@ -206,15 +206,7 @@ class MemoryStore(Store):
                 )
             recorded = None
             if transfer is not None and transfer_id is not None:
-                recorded = Transfer(
-                    transfer_id,
-                    transfer.from_account,
-                    transfer.to_account,
-                    transfer.amount,
-                    lock_mode,
-                    now,
-                    tuple(entries),
-                )
+                recorded = transfer.recorded(transfer_id, lock_mode, now, tuple(entries))
                 self._transfers[transfer_id] = recorded
             written = Written(tuple(entries), recorded)
             self._complete(completion, written)
