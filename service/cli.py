@@ -17,6 +17,7 @@ with the URL (password masked) and the driver's own reason.
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ from service.schema import head_revision, upgrade
 GUNICORN_TIMEOUT_SECONDS = 30
 GUNICORN_GRACEFUL_TIMEOUT_SECONDS = 10
 GUNICORN_KEEPALIVE_SECONDS = 5
+UNIX_BIND_PREFIX = "unix:"
 # gthread with a deadline on every request head (service/gunicorn_worker.py).
 WORKER_CLASS = f"{HeadBoundedThreadWorker.__module__}.{HeadBoundedThreadWorker.__qualname__}"
 # gunicorn's logger, minus the access log it would format and drop (service/logs.py).
@@ -61,6 +63,14 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             "timeout": GUNICORN_TIMEOUT_SECONDS,
             "graceful_timeout": GUNICORN_GRACEFUL_TIMEOUT_SECONDS,
             "keepalive": GUNICORN_KEEPALIVE_SECONDS,
+            # Each worker its own listening socket (SO_REUSEPORT): the kernel spreads
+            # new connections between them. On one shared socket, whichever worker
+            # woke first took a burst of connections whole: 32 keep-alive connections
+            # all went to one worker in 4 of 10 runs while the other idled
+            # (docs/performance.md). With one worker there is nothing to spread, and
+            # the master's socket keeps queueing connections while a worker restarts.
+            # (A unix socket cannot be shared so: each worker would replace the file.)
+            "reuse_port": spreads_connections(self.bank_config),
             "errorlog": "-",
             "proc_name": "bankrace",
             # gunicorn >= 24 opens a control socket at one fixed path per
@@ -77,6 +87,32 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Flask:
         return create_app(self.bank_config)
+
+
+def spreads_connections(config: Config) -> bool:
+    """Whether each worker listens on its own SO_REUSEPORT socket (several, on TCP)."""
+    return config.workers > 1 and not config.bind.startswith(UNIX_BIND_PREFIX)
+
+
+def address_unavailable(bind: str) -> str | None:
+    """Why HOST:PORT cannot be listened on (in use, not this machine's), or None.
+
+    With `spreads_connections` the master binds nothing and each worker binds
+    its own socket: a port already taken would fail in every worker, over and
+    over, instead of once here. A probe without SO_REUSEPORT also collides with
+    another server's SO_REUSEPORT sockets, which a worker's bind would join.
+    """
+    host, _, port = bind.rpartition(":")
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host.strip("[]"), int(port), type=socket.SOCK_STREAM
+        )[0]
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+            probe.bind(address)
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
 
 
 def _announce_worker_ready(worker: Any) -> None:
@@ -155,6 +191,11 @@ def serve(config: Config) -> int:
             file=sys.stderr,
         )
         return 2
+    if not config.bind.startswith(UNIX_BIND_PREFIX):
+        reason = address_unavailable(config.bind)
+        if reason is not None:
+            print(f"bankrace: cannot listen on {config.bind}: {reason}", file=sys.stderr)
+            return 1
     if is_sqlite(config.database_url):
         with database_step(config.database_url, "migrate"):
             upgrade(config.database_url)

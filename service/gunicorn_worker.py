@@ -371,22 +371,30 @@ class HeadBoundedThreadWorker(ThreadWorker):  # type: ignore[misc]
             # Stopping: close the listeners now, so a new connection is refused at
             # once instead of waiting in the backlog to be reset when the drain ends.
             for listener in self.sockets:
+                if self.cfg.reuse_port:
+                    # This worker's own listener (service/cli.py): what the kernel queued
+                    # on it no other worker can take, and closing it would reset those
+                    # connections. They are served, with `Connection: close`.
+                    for _ in range(self.cfg.backlog):
+                        if not self.accept(listener):
+                            break
                 listener.close()
 
-    def accept(self, listener: Any) -> None:
-        # ThreadWorker.accept with this module's connection class.
+    def accept(self, listener: Any) -> bool:
+        """ThreadWorker.accept with this module's connection class; whether it took one."""
         try:
             client_socket, client_address = listener.accept()
         except BlockingIOError:
-            return  # another worker took it
+            return False  # another worker took it, or none is queued
         except ConnectionAbortedError:
-            return
+            return False
         self.nr_conns += 1
         client_socket.setblocking(True)
         connection = HeadBoundedConnection(
             self.cfg, client_socket, client_address, listener.getsockname()
         )
         self.enqueue_req(connection)
+        return True
 
     def handle(self, connection: HeadBoundedConnection) -> Any:
         if connection.ticket is not None:  # a thread took it from the queue: serve or shed?

@@ -210,7 +210,7 @@ class OverloadGate:
         if environ.get("REQUEST_METHOD") == "POST":
             headers.append(("X-Lock-Mode", self.last_lock_mode))
         # Closed after the answer: the client's next try opens a new connection,
-        # which the least busy worker accepts, instead of returning to this one.
+        # which the kernel deals to any worker, instead of returning to this one.
         headers.append(("Connection", "close"))
         start_response(STATUS, headers)
         metrics.request_shed(reason)
