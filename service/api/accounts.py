@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 from flask import Blueprint, Response, jsonify, url_for
 
-from service import metrics, services
+from service import domain, metrics, services
 from service.api import idempotent
-from service.api.bodies import MAX_ID_DIGITS, Amount, NewAccount, validated
+from service.api.bodies import MAX_ID, Amount, NewAccount, validated
 from service.api.context import current_bank, serving_setting
 from service.api.parsing import (
     DEFAULT_PAGE_SIZE,
@@ -19,6 +19,12 @@ from service.api.parsing import (
     unknown_query_parameters,
 )
 from service.api.representations import (
+    Account,
+    AccountAudit,
+    AccountPage,
+    Balances,
+    Transaction,
+    TransactionPage,
     account_audit_json,
     account_json,
     balance_json,
@@ -35,13 +41,12 @@ from service.api.spec import (
     Success,
     documented,
 )
-from service.domain import Transaction
 from service.idempotency import StoredResponse
 from service.stores.base import Written
 
 blueprint = Blueprint("accounts", __name__)
 
-MAX_CURSOR = 10**MAX_ID_DIGITS - 1
+MAX_CURSOR = MAX_ID
 TAG = "accounts"
 # Ids per snapshot read: 100 of the longest (18 digits) still fit gunicorn's
 # 4094-byte request line, and one SELECT ... IN of 100 is one cheap read.
@@ -67,7 +72,7 @@ BEFORE = QueryInteger(
     Endpoint(
         "Open an account",
         TAG,
-        Success(201, "the account", "Account", location=True),
+        Success(201, "the account", Account, location=True),
         body=NewAccount,
         problems=(*BODY_PROBLEMS, *IDEMPOTENCY_PROBLEMS, *WRITE_PROBLEMS),
         idempotent=True,
@@ -98,7 +103,7 @@ def open_account() -> Response:
     Endpoint(
         "List accounts, by ascending id",
         TAG,
-        Success(200, "one page of accounts", "AccountPage"),
+        Success(200, "one page of accounts", AccountPage),
         query=(PAGE_SIZE, AFTER),
         problems=("validation_error", "store_unavailable"),
     )
@@ -110,7 +115,11 @@ def list_accounts() -> Response:
     page = current_bank().store.list_accounts(after, limit + 1)
     items, more = page[:limit], len(page) > limit
     next_url = url_for("accounts.list_accounts", limit=limit, after=items[-1].id) if more else None
-    return jsonify({"items": [account_json(account) for account in items], "next": next_url})
+    page_json: AccountPage = {
+        "items": [account_json(account) for account in items],
+        "next": next_url,
+    }
+    return jsonify(page_json)
 
 
 @blueprint.get("/accounts/<id:account_id>")
@@ -118,7 +127,7 @@ def list_accounts() -> Response:
     Endpoint(
         "Read an account",
         TAG,
-        Success(200, "the account", "Account"),
+        Success(200, "the account", Account),
         problems=("not_found", "store_unavailable"),
     )
 )
@@ -131,7 +140,7 @@ def get_account(account_id: int) -> Response:
     Endpoint(
         "Deposit money",
         TAG,
-        Success(201, "the journal entry", "Transaction", location=True),
+        Success(201, "the journal entry", Transaction, location=True),
         body=Amount,
         problems=(*MONEY_PROBLEMS, "balance_limit_exceeded"),
         idempotent=True,
@@ -146,7 +155,7 @@ def deposit(account_id: int) -> Response:
     Endpoint(
         "Withdraw money",
         TAG,
-        Success(201, "the journal entry", "Transaction", location=True),
+        Success(201, "the journal entry", Transaction, location=True),
         body=Amount,
         problems=(*MONEY_PROBLEMS, "insufficient_funds"),
         idempotent=True,
@@ -167,7 +176,7 @@ def _move_money(operation: Callable[..., Written], account_id: int) -> Response:
     )
 
 
-def created_transaction(entry: Transaction, lock_mode: str) -> StoredResponse:
+def created_transaction(entry: domain.Transaction, lock_mode: str) -> StoredResponse:
     return idempotent.created(transaction_json(entry), f"/transactions/{entry.id}", lock_mode)
 
 
@@ -176,7 +185,7 @@ def created_transaction(entry: Transaction, lock_mode: str) -> StoredResponse:
     Endpoint(
         "An account's journal, newest first",
         TAG,
-        Success(200, "one page of journal entries", "TransactionPage"),
+        Success(200, "one page of journal entries", TransactionPage),
         query=(PAGE_SIZE, BEFORE),
         problems=("validation_error", "not_found", "store_unavailable"),
     )
@@ -194,7 +203,11 @@ def list_transactions(account_id: int) -> Response:
         if more
         else None
     )
-    return jsonify({"items": [transaction_json(entry) for entry in items], "next": next_url})
+    page_json: TransactionPage = {
+        "items": [transaction_json(entry) for entry in items],
+        "next": next_url,
+    }
+    return jsonify(page_json)
 
 
 @blueprint.get("/accounts/<id:account_id>/audit")
@@ -202,7 +215,7 @@ def list_transactions(account_id: int) -> Response:
     Endpoint(
         "Audit one account: stored balance against its journal",
         TAG,
-        Success(200, "the account's audit", "AccountAudit"),
+        Success(200, "the account's audit", AccountAudit),
         description="Lost updates show here: `drift` is the stored balance minus the sum of "
         "the journal; `chain_breaks` counts entries whose `balance_after` does not follow "
         "from the previous one.",
@@ -220,7 +233,7 @@ def audit_account(account_id: int) -> Response:
     Endpoint(
         "Read several balances in one snapshot",
         TAG,
-        Success(200, "the balances, in the order asked", "Balances"),
+        Success(200, "the balances, in the order asked", Balances),
         description="Every balance comes from one read in one transaction, so their sum is "
         "the sum at one moment: a transfer is in all of them or in none (the check of a "
         "Jepsen-style bank test). An unknown id answers 404 naming it; junk, a repeated id or "
@@ -233,4 +246,5 @@ def balances() -> Response:
     unknown_query_parameters({BALANCE_IDS.name})
     account_ids = query_id_list(BALANCE_IDS)
     found = services.balances(account_ids, current_bank())
-    return jsonify({"items": [balance_json(account) for account in found]})
+    balances_json: Balances = {"items": [balance_json(account) for account in found]}
+    return jsonify(balances_json)

@@ -18,6 +18,7 @@ from service.api.bodies import ModeChange, validated
 from service.api.context import current_bank
 from service.api.errors import ProblemError
 from service.api.parsing import json_object
+from service.api.representations import Mode
 from service.api.spec import BODY_PROBLEMS, WRITE_PROBLEMS, Endpoint, Success, documented
 from service.domain import DomainError, LockMode, ModeSetting
 
@@ -28,11 +29,11 @@ blueprint = Blueprint("admin", __name__)
 TAG = "mode"
 
 
-def mode_json(setting: ModeSetting) -> dict[str, object]:
+def mode_json(setting: ModeSetting) -> Mode:
     return {
-        "lock_mode": setting.lock_mode.value,
+        "lock_mode": setting.lock_mode,  # a StrEnum: JSON writes its value
         "race_window_ms": setting.race_window_ms,
-        "modes": [mode.value for mode in LockMode],
+        "modes": list(LockMode),
         "unsafe_modes_allowed": current_bank().modes.allow_unsafe_modes,
     }
 
@@ -42,7 +43,7 @@ def mode_json(setting: ModeSetting) -> dict[str, object]:
     Endpoint(
         "The lock mode and race window serving requests",
         TAG,
-        Success(200, "the current mode", "Mode"),
+        Success(200, "the current mode", Mode),
         problems=("store_unavailable",),
     )
 )
@@ -55,7 +56,7 @@ def get_mode() -> Response:
     Endpoint(
         "Change the lock mode or the race window (admin)",
         TAG,
-        Success(200, "the new mode", "Mode"),
+        Success(200, "the new mode", Mode),
         description="Reaches every worker and replica within one second. The unsafe modes "
         "(`unlocked`, `process-lock`, `redis-lock`) are refused (403) unless the service runs with "
         "`BANK_ALLOW_UNSAFE_MODES=1`; with no `BANK_ADMIN_TOKEN` set, admin is off (403).",

@@ -45,7 +45,7 @@ from service.domain import (
 MAX_ID_DIGITS = 18
 # Bounding ids in a body keeps a huge JSON integer from reaching the
 # database (BIGINT overflow would be a 500).
-MAX_ACCOUNT_ID = 10**MAX_ID_DIGITS - 1
+MAX_ID = 10**MAX_ID_DIGITS - 1
 INTEGER_ONLY = "a JSON integer: 10.0, 1e3, strings and booleans are refused"
 MINOR_UNITS = "must be an integer number of minor units"
 # Pydantic's error types that mean "a number outside the field's bounds".
@@ -180,10 +180,10 @@ AmountMinor = Annotated[
 ]
 AccountId = Annotated[
     int,
-    Field(ge=1, le=MAX_ACCOUNT_ID, description=f"an account id; {INTEGER_ONLY}"),
+    Field(ge=1, le=MAX_ID, description=f"an account id; {INTEGER_ONLY}"),
     Refusal(
         "must be a positive integer account id",
-        f"must be a positive integer account id, at most {MAX_ACCOUNT_ID}",
+        f"must be a positive integer account id, at most {MAX_ID}",
     ),
 ]
 

@@ -8,10 +8,10 @@ of service/api/errors.py. A route whose view declares nothing stops the
 document from being written (tests/api/test_openapi.py would fail), so no
 route can go undocumented.
 
-apispec assembles the document (components, `$ref`s by name, only the
-components an operation uses); it plays no part in validating requests.
-What the responses look like (`RESPONSE_SCHEMAS`) mirrors
-service/api/representations.py; the tests check real responses against it.
+The schemas of bodies and answers are pydantic's, from the declarations
+the views validate with (service/api/bodies.py) and answer with
+(service/api/representations.py); apispec assembles the document
+(components, `$ref`s by name, only the components an operation uses).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from pydantic import TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema
 
 from service.api import auth
+from service.api.bodies import MAX_ID
 from service.api.errors import DOMAIN_STATUS, HTTP_CODES, PROBLEM_MEDIA_TYPE
-from service.api.parsing import MAX_BODY_BYTES, MAX_ID_DIGITS
+from service.api.parsing import MAX_BODY_BYTES
 from service.api.request_log import REQUEST_ID_PATTERN
 from service.api.spec import Endpoint, endpoint_of, openapi_path, rule_arguments
 from service.domain import (
@@ -45,7 +46,6 @@ from service.domain import (
     SameAccount,
     StaleLock,
     StoreUnavailable,
-    TransactionKind,
     ValidationFailed,
     WriteConflict,
 )
@@ -63,7 +63,6 @@ TITLE = "bankrace"
 EXTENSION_KEY = "bankrace.openapi"
 IGNORED_METHODS = frozenset({"HEAD", "OPTIONS"})
 REFERENCE = "#/components/schemas/{model}"
-MAX_ID = 10**MAX_ID_DIGITS - 1
 # Refusals decided by running the operation: stored with an Idempotency-Key
 # and replayed (service/api/idempotent.py DECIDED_REFUSALS).
 REPLAYED_PROBLEMS = frozenset(
@@ -171,136 +170,17 @@ GENERIC_PROBLEMS = (
     "not_implemented",
 )
 
-TIMESTAMP = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC, `Z`"}
 INTEGER = {"type": "integer"}
-ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
 LOCK_MODE = {"type": "string", "enum": [mode.value for mode in LockMode]}
 
-
-def _object(properties: dict[str, Any], description: str = "") -> dict[str, Any]:
-    schema: dict[str, Any] = {
+# The problem's shape is written by service/api/errors.py; every other body
+# and answer schema comes from its declaration (`declared_schemas`).
+PROBLEM_SCHEMAS: dict[str, dict[str, Any]] = {
+    "FieldError": {
         "type": "object",
-        "properties": properties,
-        "required": list(properties),
-    }
-    if description:
-        schema["description"] = description
-    return schema
-
-
-def _page(item: str) -> dict[str, Any]:
-    return _object(
-        {
-            "items": {"type": "array", "items": {"$ref": f"#/components/schemas/{item}"}},
-            "next": {
-                "type": ["string", "null"],
-                "description": "the next page's URL (path and query), null on the last page",
-            },
-        }
-    )
-
-
-RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
-    "Account": _object(
-        {
-            "id": ID,
-            "owner": {"type": "string"},
-            "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
-            "balance": {**INTEGER, "description": "minor units"},
-            "version": {**INTEGER, "description": "+1 on every balance change"},
-            "created_at": TIMESTAMP,
-            "updated_at": TIMESTAMP,
-        }
-    ),
-    "Transaction": _object(
-        {
-            "id": ID,
-            "account_id": ID,
-            "kind": {"type": "string", "enum": [kind.value for kind in TransactionKind]},
-            "amount": {"type": "integer", "minimum": 1},
-            "balance_after": {**INTEGER, "description": "the balance this operation wrote"},
-            "transfer_id": {"type": ["integer", "null"]},
-            "lock_mode": {"type": "string", "description": "the mode that served it"},
-            "created_at": TIMESTAMP,
-        },
-        "one journal entry",
-    ),
-    "Transfer": _object(
-        {
-            "id": ID,
-            "from_account": ID,
-            "to_account": ID,
-            "amount": {"type": "integer", "minimum": 1},
-            "lock_mode": {"type": "string"},
-            "created_at": TIMESTAMP,
-            "legs": {
-                "type": "array",
-                "items": {"$ref": "#/components/schemas/Transaction"},
-                "minItems": 2,
-                "maxItems": 2,
-                "description": "transfer_out, then transfer_in",
-            },
-        }
-    ),
-    "Balance": _object(
-        {
-            "account_id": ID,
-            "balance": {**INTEGER, "description": "minor units"},
-            "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
-            "version": {**INTEGER, "description": "+1 on every balance change"},
-        }
-    ),
-    "Balances": _object(
-        {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Balance"}}},
-        "the accounts asked for, in the order asked, all read in one transaction",
-    ),
-    "AccountPage": _page("Account"),
-    "TransactionPage": _page("Transaction"),
-    "AccountAudit": _object(
-        {
-            "account_id": ID,
-            "balance": INTEGER,
-            "journal_balance": {**INTEGER, "description": "the sum of the journal"},
-            "drift": {**INTEGER, "description": "balance - journal_balance: lost updates"},
-            "chain_breaks": {**INTEGER, "description": "entries not following the previous one"},
-            "lowest_journal_balance": INTEGER,
-            "consistent": {"type": "boolean"},
-        }
-    ),
-    "BankAudit": _object(
-        {
-            "accounts": INTEGER,
-            "inconsistent_accounts": INTEGER,
-            "negative_accounts": INTEGER,
-            "chain_breaks": INTEGER,
-            "total_balance": INTEGER,
-            "total_journal": INTEGER,
-            "drift": INTEGER,
-            "consistent": {"type": "boolean"},
-        }
-    ),
-    "Mode": _object(
-        {
-            "lock_mode": LOCK_MODE,
-            "race_window_ms": INTEGER,
-            "modes": {"type": "array", "items": LOCK_MODE},
-            "unsafe_modes_allowed": {"type": "boolean"},
-        }
-    ),
-    "Status": _object({"status": {"type": "string", "enum": ["ok", "ready"]}}),
-    "Readiness": {
-        **_object({"status": {"type": "string", "enum": ["ready"]}}),
-        "properties": {
-            "status": {"type": "string", "enum": ["ready"]},
-            "lock_service": {
-                "type": "string",
-                "enum": ["redis"],
-                "description": "present when the lock mode keeps its locks in Redis "
-                "(`redis-lock`, `fenced`): Redis answered too",
-            },
-        },
+        "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+        "required": ["field", "message"],
     },
-    "FieldError": _object({"field": {"type": "string"}, "message": {"type": "string"}}),
     "ProblemCode": {
         "type": "string",
         "enum": list(PROBLEMS),
@@ -366,7 +246,12 @@ PARAMETERS: dict[str, dict[str, Any]] = {
 
 # Path parameter schemas by werkzeug converter (see create_app's IdConverter).
 CONVERTER_SCHEMAS: dict[str, dict[str, Any]] = {
-    "id": {**ID, "description": "a positive integer id"},
+    "id": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": MAX_ID,
+        "description": "a positive integer id",
+    },
     "default": {"type": "string"},
 }
 
@@ -382,7 +267,7 @@ def document(app: Flask) -> dict[str, Any]:
 
 def build_document(app: Flask) -> dict[str, Any]:
     spec = APISpec(TITLE, _version(), OPENAPI_VERSION, info={"description": DESCRIPTION})
-    for name, schema in RESPONSE_SCHEMAS.items():
+    for name, schema in PROBLEM_SCHEMAS.items():
         spec.components.schema(name, schema)
     for name, header in HEADERS.items():
         spec.components.header(name, header, lazy=True)
@@ -403,8 +288,9 @@ def build_document(app: Flask) -> dict[str, Any]:
         if endpoint is None:
             raise LookupError(f"route {rule.rule} ({rule.endpoint}) has no @documented Endpoint")
         endpoint = auth.documented(app, rule.endpoint, endpoint)
-        if endpoint.body is not None:
-            declared[endpoint.body.__name__] = endpoint.body
+        for declaration in (endpoint.body, endpoint.success.shape):
+            if declaration is not None:
+                declared[declaration.__name__] = declaration
         for method in sorted((rule.methods or set()) - IGNORED_METHODS):
             operations[openapi_path(rule.rule)][method.lower()] = _operation(
                 spec, rule.endpoint, method, rule.rule, endpoint
@@ -506,8 +392,8 @@ def _responses(method: str, endpoint: Endpoint) -> dict[str, Any]:
     if success.location:
         headers["Location"] = "Location"
     answer: dict[str, Any] = {"description": success.description, "headers": headers}
-    if success.schema_name is not None:
-        answer["content"] = {success.media_type: {"schema": success.schema_name}}
+    if success.shape is not None:
+        answer["content"] = {success.media_type: {"schema": success.shape.__name__}}
     elif success.media_type:
         answer["content"] = {
             media_type: {"schema": {"type": "string"}}

@@ -7,7 +7,7 @@ from flask import Blueprint, Response, current_app, jsonify
 from service import metrics, services
 from service.api import auth
 from service.api.context import current_bank
-from service.api.representations import bank_audit_json
+from service.api.representations import BankAudit, Readiness, Status, bank_audit_json
 from service.api.spec import Endpoint, Success, documented
 from service.domain import DomainError, LockMode
 
@@ -18,9 +18,9 @@ TAG = "operations"
 
 
 @blueprint.get("/healthz")
-@documented(Endpoint("Liveness: the process answers", TAG, Success(200, "alive", "Status")))
+@documented(Endpoint("Liveness: the process answers", TAG, Success(200, "alive", Status)))
 def healthz() -> Response:
-    return jsonify({"status": "ok"})
+    return jsonify(Status(status="ok"))
 
 
 @blueprint.get("/readyz")
@@ -28,7 +28,7 @@ def healthz() -> Response:
     Endpoint(
         "Readiness: the store is reachable and its schema current",
         TAG,
-        Success(200, "ready", "Readiness"),
+        Success(200, "ready", Readiness),
         description="In `redis-lock` and `fenced` Redis (BANK_REDIS_URL) must answer too, and "
         'the answer says `"lock_service": "redis"` (not with `BANK_ADMIN_ONLY_READS=1`: it '
         "would tell the lock mode); the other modes never touch Redis.",
@@ -41,8 +41,8 @@ def readyz() -> Response:
     if bank.modes.current().lock_mode.uses_redis and bank.redis_locks is not None:
         bank.redis_locks.check_ready()  # the same 503, naming Redis
         if not auth.guard_of(current_app).admin_only_reads:  # it would tell the mode's family
-            return jsonify({"status": "ready", "lock_service": "redis"})
-    return jsonify({"status": "ready"})
+            return jsonify(Readiness(status="ready", lock_service="redis"))
+    return jsonify(Readiness(status="ready"))
 
 
 @blueprint.get("/audit")
@@ -50,7 +50,7 @@ def readyz() -> Response:
     Endpoint(
         "Audit the whole bank: every balance against its journal",
         TAG,
-        Success(200, "totals over all accounts", "BankAudit"),
+        Success(200, "totals over all accounts", BankAudit),
         description="Computed by the store in bounded time and memory. `drift` is the total "
         "of stored balances minus the total of the journals: money lost (or made) by lost "
         "updates; `inconsistent_accounts` counts accounts with drift, chain breaks or a "

@@ -1,21 +1,147 @@
-"""JSON shapes of accounts, transactions, transfers and audits (DESIGN §3)."""
+"""The JSON answers (DESIGN §3), each declared once: a TypedDict, and the function filling it.
+
+mypy holds each function to its declaration (a missing, extra or mistyped
+key fails the type check), and the OpenAPI document takes its response
+schemas from the same declarations (service/api/openapi.py; a class's
+docstring is its description there); tests/api/test_openapi.py checks real
+responses against them. Plain dicts at run time: nothing is validated or
+copied on the way out.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-from service.domain import (
-    Account,
-    AccountAudit,
-    BankAudit,
-    Transaction,
-    TransactionKind,
-    Transfer,
-    rfc3339,
+from typing import (
+    Annotated,
+    Literal,
+    NotRequired,  # pydantic needs these before 3.12
 )
 
+from pydantic import Field
+from typing_extensions import TypedDict
 
-def account_json(account: Account) -> dict[str, Any]:
+from service import domain
+from service.api.bodies import MAX_ID
+from service.domain import LockMode, TransactionKind, rfc3339
+
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+Timestamp = Annotated[
+    str, Field(description="RFC 3339, UTC, `Z`", json_schema_extra={"format": "date-time"})
+]
+Currency = Annotated[str, Field(pattern="^[A-Z]{3}$")]
+MinorUnits = Annotated[int, Field(description="minor units")]
+Version = Annotated[int, Field(description="+1 on every balance change")]
+PositiveAmount = Annotated[int, Field(ge=1)]
+NextPage = Annotated[
+    str | None,
+    Field(description="the next page's URL (path and query), null on the last page"),
+]
+
+
+class Account(TypedDict):
+    id: Id
+    owner: str
+    currency: Currency
+    balance: MinorUnits
+    version: Version
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class Balance(TypedDict):
+    account_id: Id
+    balance: MinorUnits
+    currency: Currency
+    version: Version
+
+
+class Balances(TypedDict):
+    """The accounts asked for, in the order asked, all read in one transaction."""
+
+    items: list[Balance]
+
+
+class Transaction(TypedDict):
+    """One journal entry."""
+
+    id: Id
+    account_id: Id
+    kind: TransactionKind
+    amount: PositiveAmount
+    balance_after: Annotated[int, Field(description="the balance this operation wrote")]
+    transfer_id: int | None
+    lock_mode: Annotated[str, Field(description="the mode that served it")]
+    created_at: Timestamp
+
+
+class Transfer(TypedDict):
+    id: Id
+    from_account: Id
+    to_account: Id
+    amount: PositiveAmount
+    lock_mode: str
+    created_at: Timestamp
+    legs: Annotated[
+        list[Transaction],
+        Field(min_length=2, max_length=2, description="transfer_out, then transfer_in"),
+    ]
+
+
+class AccountPage(TypedDict):
+    items: list[Account]
+    next: NextPage
+
+
+class TransactionPage(TypedDict):
+    items: list[Transaction]
+    next: NextPage
+
+
+class AccountAudit(TypedDict):
+    account_id: Id
+    balance: int
+    journal_balance: Annotated[int, Field(description="the sum of the journal")]
+    drift: Annotated[int, Field(description="balance - journal_balance: lost updates")]
+    chain_breaks: Annotated[int, Field(description="entries not following the previous one")]
+    lowest_journal_balance: int
+    consistent: bool
+
+
+class BankAudit(TypedDict):
+    accounts: int
+    inconsistent_accounts: int
+    negative_accounts: int
+    chain_breaks: int
+    total_balance: int
+    total_journal: int
+    drift: int
+    consistent: bool
+
+
+class Mode(TypedDict):
+    lock_mode: LockMode
+    race_window_ms: int
+    modes: list[LockMode]
+    unsafe_modes_allowed: bool
+
+
+class Status(TypedDict):
+    status: Literal["ok"]
+
+
+class Readiness(TypedDict):
+    status: Literal["ready"]
+    lock_service: NotRequired[
+        Annotated[
+            Literal["redis"],
+            Field(
+                description="present when the lock mode keeps its locks in Redis "
+                "(`redis-lock`, `fenced`): Redis answered too"
+            ),
+        ]
+    ]
+
+
+def account_json(account: domain.Account) -> Account:
     return {
         "id": account.id,
         "owner": account.owner,
@@ -27,7 +153,7 @@ def account_json(account: Account) -> dict[str, Any]:
     }
 
 
-def balance_json(account: Account) -> dict[str, Any]:
+def balance_json(account: domain.Account) -> Balance:
     return {
         "account_id": account.id,
         "balance": account.balance,
@@ -36,11 +162,11 @@ def balance_json(account: Account) -> dict[str, Any]:
     }
 
 
-def transaction_json(entry: Transaction) -> dict[str, Any]:
+def transaction_json(entry: domain.Transaction) -> Transaction:
     return {
         "id": entry.id,
         "account_id": entry.account_id,
-        "kind": entry.kind.value,
+        "kind": entry.kind,  # a StrEnum: JSON writes its value
         "amount": entry.amount,
         "balance_after": entry.balance_after,
         "transfer_id": entry.transfer_id,
@@ -49,7 +175,7 @@ def transaction_json(entry: Transaction) -> dict[str, Any]:
     }
 
 
-def transfer_json(transfer: Transfer) -> dict[str, Any]:
+def transfer_json(transfer: domain.Transfer) -> Transfer:
     return {
         "id": transfer.id,
         "from_account": transfer.from_account,
@@ -67,7 +193,7 @@ def transfer_json(transfer: Transfer) -> dict[str, Any]:
     }
 
 
-def account_audit_json(audit: AccountAudit) -> dict[str, Any]:
+def account_audit_json(audit: domain.AccountAudit) -> AccountAudit:
     return {
         "account_id": audit.account_id,
         "balance": audit.balance,
@@ -79,7 +205,7 @@ def account_audit_json(audit: AccountAudit) -> dict[str, Any]:
     }
 
 
-def bank_audit_json(audit: BankAudit) -> dict[str, Any]:
+def bank_audit_json(audit: domain.BankAudit) -> BankAudit:
     return {
         "accounts": audit.accounts,
         "inconsistent_accounts": audit.inconsistent_accounts,

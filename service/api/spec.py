@@ -77,11 +77,11 @@ class QueryIdList:
 
 @dataclass(frozen=True)
 class Success:
-    """The answer when all went well: status, schema (a component name) and media type."""
+    """The answer when all went well: status, shape (service.api.representations) and media type."""
 
     status: int
     description: str
-    schema_name: str | None = None
+    shape: type[Any] | None = None
     media_type: str = "application/json"
     #: 201: `Location` names the created resource.
     location: bool = False

@@ -6,16 +6,17 @@ from flask import Blueprint, Response, jsonify
 
 from service import services
 from service.api import idempotent
-from service.api.bodies import MAX_ACCOUNT_ID as MAX_ACCOUNT_ID  # request_log.py reads it here
-from service.api.bodies import NewTransfer, validated
+from service.api.bodies import MAX_ID, NewTransfer, validated
 from service.api.context import current_bank, serving_setting
 from service.api.parsing import json_object
-from service.api.representations import transaction_json, transfer_json
+from service.api.representations import Transaction, Transfer, transaction_json, transfer_json
 from service.api.spec import MONEY_PROBLEMS, Endpoint, Success, documented
 from service.idempotency import StoredResponse
 from service.stores.base import Written
 
 blueprint = Blueprint("transfers", __name__)
+# The largest id a body may name (service/api/request_log.py reads it here).
+MAX_ACCOUNT_ID = MAX_ID
 
 
 @blueprint.post("/transfers")
@@ -23,7 +24,7 @@ blueprint = Blueprint("transfers", __name__)
     Endpoint(
         "Transfer money between two accounts",
         "transfers",
-        Success(201, "the transfer and its two journal entries", "Transfer", location=True),
+        Success(201, "the transfer and its two journal entries", Transfer, location=True),
         description="Both accounts are locked in ascending id order and both legs are "
         "written in one transaction.",
         body=NewTransfer,
@@ -67,7 +68,7 @@ def _created_transfer(written: Written, lock_mode: str) -> StoredResponse:
     Endpoint(
         "Read a transfer",
         "transfers",
-        Success(200, "the transfer", "Transfer"),
+        Success(200, "the transfer", Transfer),
         problems=("not_found", "store_unavailable"),
     )
 )
@@ -80,7 +81,7 @@ def get_transfer(transfer_id: int) -> Response:
     Endpoint(
         "Read a journal entry",
         "transfers",
-        Success(200, "the journal entry", "Transaction"),
+        Success(200, "the journal entry", Transaction),
         problems=("not_found", "store_unavailable"),
     )
 )
