@@ -610,3 +610,101 @@ def test_validation_problem_lists_every_error(shared_client: FlaskClient) -> Non
     fields = {error["field"] for error in body["errors"]}
     assert fields == {"owner", "currency", "opening_balance"}
     assert all(field in body["detail"] for field in fields)
+
+
+MAX_ID = 10**18 - 1
+# (method, path, body, the errors list answered): its words and its order, unknown fields
+# first (as sent), then missing ones, then bad values (both as declared).
+EXACT_ERRORS: list[tuple[str, str, dict[str, Any], list[tuple[str, str]]]] = [
+    (
+        "POST",
+        DEPOSIT,
+        {"amount": 10.5, "zz": 1, "aa": 2},
+        [
+            ("zz", "unknown field"),
+            ("aa", "unknown field"),
+            ("amount", "must be an integer number of minor units"),
+        ],
+    ),
+    ("POST", DEPOSIT, {"amount": 0}, [("amount", "must be at least 1")]),
+    ("POST", DEPOSIT, {"amount": 10**30}, [("amount", "must be at most 1000000000000")]),
+    ("POST", DEPOSIT, {"amount": None}, [("amount", "must be an integer number of minor units")]),
+    (
+        "POST",
+        "/transfers",
+        {"amount": "10", "to_account": 0, "note": "x"},
+        [
+            ("note", "unknown field"),
+            ("from_account", "is required"),
+            ("to_account", f"must be a positive integer account id, at most {MAX_ID}"),
+            ("amount", "must be an integer number of minor units"),
+        ],
+    ),
+    (
+        "POST",
+        "/transfers",
+        {"from_account": True, "to_account": 1.0, "amount": 1},
+        [
+            ("from_account", "must be a positive integer account id"),
+            ("to_account", "must be a positive integer account id"),
+        ],
+    ),
+    (
+        "POST",
+        "/accounts",
+        {"owner": " ", "currency": "usd", "opening_balance": -1},
+        [
+            ("owner", "must not be empty"),
+            ("currency", "must be three uppercase letters (ISO 4217 style)"),
+            ("opening_balance", "must be at least 0"),
+        ],
+    ),
+    (
+        "POST",
+        "/accounts",
+        {"owner": "a\x1fb", "opening_balance": 2**53},
+        [
+            ("owner", "must not contain control characters"),
+            ("opening_balance", f"must be at most {2**53 - 1}"),
+        ],
+    ),
+    ("POST", "/accounts", {"owner": 5}, [("owner", "must be a string")]),
+    ("PUT", "/mode", {}, [("lock_mode", "give lock_mode, race_window_ms or both")]),
+    (
+        "PUT",
+        "/mode",
+        {"lock_mode": None, "race_window_ms": 5001},
+        [
+            (
+                "lock_mode",
+                "must be one of unlocked, locked, process-lock, optimistic, atomic, redis-lock, "
+                "fenced",
+            ),
+            ("race_window_ms", "must be between 0 and 5000"),
+        ],
+    ),
+    (
+        "PUT",
+        "/mode",
+        {"race_window_ms": False},
+        [("race_window_ms", "must be an integer number of milliseconds")],
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "errors"), EXACT_ERRORS)
+def test_validation_errors_read_exactly_so(
+    shared_client: FlaskClient,
+    method: str,
+    path: str,
+    body: dict[str, Any],
+    errors: list[tuple[str, str]],
+) -> None:
+    """Each bad field's words, and the order of the list, are what clients have been given."""
+    account = open_account(shared_client)["id"]
+    headers = ADMIN_HEADERS if method == "PUT" else {}
+    response = shared_client.open(
+        path.format(id=account), method=method, json=body, headers=headers
+    )
+    answered = assert_problem(response, 422, "validation_error")["errors"]
+    assert [(error["field"], error["message"]) for error in answered] == errors
