@@ -9,8 +9,10 @@ own database pools after the fork.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask import Flask, request
+from flask.sessions import NullSession, SecureCookieSessionInterface
 from werkzeug.routing import BaseConverter
 
 from service.api import accounts, admin, auth, docs, headers, ops, request_log, transfers
@@ -45,6 +47,22 @@ class IdConverter(BaseConverter):
         return str(value)
 
 
+class NoSessions(SecureCookieSessionInterface):
+    """The API keeps no session (no secret key, no cookie): one shared empty session.
+
+    Flask builds a new null session for every request otherwise; this one is
+    read-only (any write raises), so sharing it between requests shares nothing.
+    """
+
+    shared = NullSession()
+
+    def open_session(self, app: Flask, request: Any) -> None:
+        return None
+
+    def make_null_session(self, app: Flask) -> NullSession:
+        return self.shared
+
+
 def build_store(config: Config) -> Store:
     if config.is_memory:
         refuse_a_second_worker("in-memory")  # one process, one bank (service/single_process.py)
@@ -65,6 +83,7 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.url_map.converters["id"] = IdConverter
     app.url_map.strict_slashes = False
+    app.session_interface = NoSessions()
 
     store = store or build_store(config)
     modes = ModeSource(

@@ -17,12 +17,14 @@ it is logged (service/api/request_log.py, service/api/admin.py, ...).
 from __future__ import annotations
 
 import logging
+import math
 import sys
-from datetime import UTC, datetime
+import time
 from typing import IO, Any
 
 from flask import g, has_request_context
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.core import LogData
+from pythonjsonlogger.json import JsonEncoder, JsonFormatter
 
 SERVICE_LOGGER = "service"
 # Standard fields first, in this order; anything a call passes in `extra`
@@ -43,14 +45,36 @@ class RequestIdFilter(logging.Filter):
 
 
 class JsonLineFormatter(JsonFormatter):
-    """python-json-logger's formatter with an RFC 3339 UTC time (`2026-11-29T10:00:00.123Z`)."""
+    """python-json-logger's formatter with an RFC 3339 UTC time (`2026-11-29T10:00:00.123Z`).
+
+    Two costs of every line are paid once instead (the request log is on
+    every request's path): python-json-logger builds a new JSON encoder per
+    line (`json.dumps(cls=...)`), here one encoder of the same class and
+    options serves every line; and the time's date and seconds are formatted
+    once per second, only the milliseconds per line. The text is the same.
+    """
 
     def __init__(self) -> None:
         super().__init__(STANDARD_FIELDS, rename_fields=RENAMED_FIELDS)
+        self._encoder = JsonEncoder(ensure_ascii=True)
+        self._second = -1
+        self._second_text = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        moment = datetime.fromtimestamp(record.created, tz=UTC)
-        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        # As datetime.fromtimestamp(...).isoformat(timespec="milliseconds"): the
+        # fraction rounded to microseconds (half to even), then cut to milliseconds.
+        fraction, whole = math.modf(record.created)
+        second, microsecond = int(whole), round(fraction * 1_000_000)
+        if microsecond >= 1_000_000:
+            second, microsecond = second + 1, microsecond - 1_000_000
+        millisecond = microsecond // 1000
+        if second != self._second:  # a race between threads only formats the same second twice
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._second_text}.{millisecond:03d}Z"
+
+    def jsonify_log_record(self, log_data: LogData) -> str:
+        return self._encoder.encode(log_data)
 
 
 class JsonLogHandler(logging.StreamHandler):  # type: ignore[type-arg]

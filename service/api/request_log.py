@@ -17,12 +17,13 @@ a transfer's body are its two account ids, and only once that body parsed.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
+from functools import lru_cache
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Request, Response, g, request
 
 from service import metrics
 from service.api.context import current_bank
@@ -43,25 +44,42 @@ TRANSFER_PARSED_STATUSES = frozenset({201, 404, 409, 422, 503})
 OPEN_ACCOUNT_ENDPOINT = "accounts.open_account"
 OPENED_ACCOUNT_LOCATION = re.compile(r"/accounts/(?P<account_id>[0-9]+)")
 SERVICE_UNAVAILABLE = 503
+# The request line is logged without logging's caller lookup (a walk up the
+# stack on every request): no field of the line names a source file or line.
+UNKNOWN_SOURCE = ("(unknown file)", 0)
 
 
 def install(app: Flask) -> None:
     app.before_request(remember_request_id)
-    # after_request hooks run in reverse order of registration: the headers
-    # are set first, then the line is logged with the response as sent.
-    app.after_request(count_request)
-    app.after_request(log_request)
-    app.after_request(tag_response)
+    app.after_request(finish_request)
+
+
+def finish_request(response: Response) -> Response:
+    """The headers first, then the line is logged with the response as sent, then counted.
+
+    One hook rather than three: Flask looks each hook up and checks it for
+    a coroutine on every request.
+    """
+    return count_request(log_request(tag_response(response)))
+
+
+def new_request_id() -> str:
+    """32 random hex digits: unique across workers and restarts without a shared counter.
+
+    The same shape as uuid4().hex (what clients and nginx's ids look like)
+    at a fifth of its cost: 16 bytes of the kernel's randomness, no UUID object.
+    """
+    return os.urandom(16).hex()
 
 
 def remember_request_id() -> None:
     g.request_started = time.perf_counter()
     given = request.headers.get("X-Request-ID", "")
-    g.request_id = given if REQUEST_ID_PATTERN.fullmatch(given) else uuid.uuid4().hex
+    g.request_id = given if REQUEST_ID_PATTERN.fullmatch(given) else new_request_id()
 
 
 def tag_response(response: Response) -> Response:
-    response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
+    response.headers["X-Request-ID"] = g.get("request_id") or new_request_id()
     if request.method == "POST":
         lock_mode = g.get("lock_mode")
         if lock_mode is None:
@@ -80,7 +98,7 @@ def count_request(response: Response) -> Response:
     rule = request.url_rule
     started: float | None = g.get("request_started")
     duration_seconds = None if started is None else time.perf_counter() - started
-    route = openapi_path(rule.rule) if rule is not None else None
+    route = route_label(rule.rule) if rule is not None else None
     metrics.request_answered(request.method, route, response.status_code, duration_seconds)
     problem = g.get("problem")
     if problem is not None:
@@ -88,27 +106,43 @@ def count_request(response: Response) -> Response:
     return response
 
 
+@lru_cache(maxsize=256)
+def route_label(rule: str) -> str:
+    """The metrics' route label of a URL rule, worked out once per rule (there are a few dozen)."""
+    return openapi_path(rule)
+
+
 def log_request(response: Response) -> Response:
     status = response.status_code
+    level = _level(status)
+    if not logger.isEnabledFor(level):
+        return response
+    served: Request = request._get_current_object()  # type: ignore[attr-defined]
+    method, path = served.method, served.path
     try:
-        fields = _request_fields(response)
+        fields = _request_fields(served, response)
     except Exception:  # the log line must never change the answer
-        logger.exception("could not describe %s %s %s", request.method, request.path, status)
-        fields = {"method": request.method, "path": request.path, "status": status}
-    logger.log(_level(status), "%s %s %s", request.method, request.path, status, extra=fields)
+        logger.exception("could not describe %s %s %s", method, path, status)
+        fields = {"method": method, "path": path, "status": status}
+    record = logger.makeRecord(
+        logger.name, level, *UNKNOWN_SOURCE, "%s %s %s", (method, path, status), None,
+        extra=fields,
+    )  # fmt: skip
+    logger.handle(record)
     return response
 
 
-def _request_fields(response: Response) -> dict[str, Any]:
+def _request_fields(served: Request, response: Response) -> dict[str, Any]:
+    method = served.method
     fields: dict[str, Any] = {
-        "method": request.method,
-        "path": request.path,
+        "method": method,
+        "path": served.path,
         "status": response.status_code,
         "duration_ms": _duration_ms(),
-        "client_address": request.remote_addr,
+        "client_address": served.remote_addr,
         "account_ids": _account_ids(response),
     }
-    if request.method == "POST":
+    if method == "POST":
         fields["lock_mode"] = response.headers.get("X-Lock-Mode")
     problem = g.get("problem")
     if problem is not None:

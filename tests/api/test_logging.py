@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from loadtest.service_process import free_port
 from service import create_app
 from service.api import request_log
 from service.domain import LockTimeout, StoreUnavailable, WriteConflict
-from service.logs import JsonLogHandler
+from service.logs import JsonLineFormatter, JsonLogHandler
 from tests.api.helpers import ADMIN_HEADERS, open_account
 from tests.api.test_errors import LEAKY_TEXT, FailingStore
 from tests.conftest import ADMIN_TOKEN, make_config
@@ -464,3 +465,45 @@ def test_a_failure_to_describe_a_request_never_changes_its_answer(
     assert trouble["level"] == "ERROR" and "cannot read the ids" in trouble["exc_info"]
     line = only_request_line([line for line in lines if "exc_info" not in line])
     assert (line["method"], line["path"], line["status"]) == ("GET", "/healthz", 200)
+
+
+# --------------------------------------------------------------------------- the cheaper paths
+
+
+@pytest.mark.parametrize(
+    "created",
+    [
+        1_764_000_000.0,
+        1_764_000_000.0005,  # half a millisecond: cut, not rounded up
+        1_764_000_000.9995,
+        1_764_000_000.9999996,  # rounds to the next second at microseconds, as datetime does
+        1_764_000_000.1234565,  # the microsecond's half goes to even
+        0.0,
+    ],
+)
+def test_the_line_time_is_datetimes_isoformat_to_the_millisecond(created: float) -> None:
+    """The formatter's once-a-second time text gives what datetime.isoformat gave, edge or not."""
+    formatter = JsonLineFormatter()
+    record = logging.LogRecord("service.test", logging.INFO, "", 0, "note", None, None)
+    for moment in (created, created - 1, created):  # a new second, back, and again from cache
+        record.created = moment
+        expected = datetime.fromtimestamp(moment, tz=UTC).isoformat(timespec="milliseconds")
+        assert formatter.formatTime(record) == expected.replace("+00:00", "Z")
+
+
+def test_generated_request_ids_are_32_hex_digits_and_unique_across_processes() -> None:
+    """A forked worker draws its own ids: none repeats between parent and child or in either."""
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child writes its ids and leaves at once
+        os.close(reader)
+        os.write(writer, " ".join(request_log.new_request_id() for _ in range(2000)).encode())
+        os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader) as pipe:
+        child_ids = pipe.read().split()
+    os.waitpid(child, 0)
+    parent_ids = [request_log.new_request_id() for _ in range(2000)]
+    every = child_ids + parent_ids
+    assert len(child_ids) == 2000 and len(set(every)) == 4000
+    assert all(re.fullmatch(r"[0-9a-f]{32}", request_id) for request_id in every)
