@@ -230,13 +230,14 @@ class Benchmark:
 
     def observe(
         self, bank: BenchBank, record: RunRecord, accounts: list[int], *, fresh: bool,
-        workdir: Path, keyed: bool | None = None,
+        workdir: Path, keyed: bool | None = None, duration_s: int | None = None,
     ) -> tuple[RunEvidence, LoadResult]:  # fmt: skip
         before = bank.balances(accounts)
         audit_before = bank.server_audit()
         load = self.load(
-            bank.base_url, record.operation, accounts, record.mode, workdir / "wrk", keyed=keyed
-        )
+            bank.base_url, record.operation, accounts, record.mode, workdir / "wrk",
+            keyed=keyed, duration_s=duration_s,
+        )  # fmt: skip
         after = bank.balances(accounts)
         audit_after = bank.server_audit()
         server_errors = load.server_errors

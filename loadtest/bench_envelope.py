@@ -324,8 +324,9 @@ class Envelope:
             else:
                 clock.start()
                 evidence, load = self.benchmark.observe(
-                    bank, record, accounts, fresh=False, workdir=run_dir, keyed=spec.keyed
-                )
+                    bank, record, accounts, fresh=False, workdir=run_dir, keyed=spec.keyed,
+                    duration_s=self.arguments.envelope_duration,
+                )  # fmt: skip
                 row.worker_cpu_s = clock.stop()
                 record.fill_load(load)
                 record.fill_judgement(judge(evidence))

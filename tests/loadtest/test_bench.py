@@ -15,6 +15,7 @@ from loadtest import bench
 from loadtest.bench_envelope import (
     POSTGRES_ROWS,
     SQLITE_ROWS,
+    Envelope,
     EnvelopeRow,
     WorkerClock,
     cpu_seconds,
@@ -408,3 +409,31 @@ def test_the_locust_fallback_measures_and_audits_like_wrk(tmp_path: Path) -> Non
     assert transfers["ok_2xx"] > 0 and transfers["unknown_outcomes"] == 0, transfers
     assert transfers["served_modes"] == {"atomic": transfers["ok_2xx"] + transfers["refused_409"]
                                          + transfers["retry_503"] + transfers["other"]}  # fmt: skip
+
+
+def test_the_envelopes_money_runs_last_the_envelope_duration(tmp_path: Path) -> None:
+    """A money row is loaded for --envelope-duration, not the mode runs' --duration."""
+    arguments = bench.parse_arguments(["--duration", "1", "--envelope-duration", "7"])
+    benchmark = bench.Benchmark(arguments, "wrk", tmp_path)
+    asked: list[dict[str, object]] = []
+
+    class Bank:
+        base_url = "http://127.0.0.1:1"
+
+        def balances(self, accounts: list[int]) -> dict[int, int]:
+            return dict.fromkeys(accounts, 10)
+
+        def server_audit(self) -> dict[str, int]:
+            return {}
+
+    def load(*_arguments: object, **options: object) -> object:
+        asked.append(options)
+        raise bench.LoadError("stop here")
+
+    benchmark.load = load  # type: ignore[method-assign]
+    envelope = Envelope(benchmark, lambda _line: None)
+    (spec,) = [spec for spec in SQLITE_ROWS if spec.key == "keyed"]
+    row = EnvelopeRow("keyed", "keyed", "sqlite", RunRecord("sqlite", "locked", "deposit", 2))
+    envelope.measure_row(spec, row, Bank(), [1, 2], tmp_path, WorkerClock(None))  # type: ignore[arg-type]
+    assert asked == [{"keyed": True, "duration_s": 7}]
+    assert row.record.verdict == "ERROR" and "stop here" in row.record.problems[0]
