@@ -26,6 +26,7 @@ OBSERVE_IMAGES=(prom/prometheus:v3.1.0 grafana/grafana:11.4.0)
 STATE_DIRECTORY=var/compose
 ENGINE_WAIT_SECONDS=60
 ENGINE_STOP_SECONDS=30
+PULL_SECONDS=600  # one image; an unreachable registry fails at once
 
 mkdir -p "$STATE_DIRECTORY"
 STATE_DIRECTORY="$(cd "$STATE_DIRECTORY" && pwd)"
@@ -71,6 +72,7 @@ start_engine() {
         fi
         sleep 0.5
     done
+    engine_pid="$(cat "$STATE_DIRECTORY/dockerd.pid")"  # dockerd's own word for its pid
     made+=("engine started (pid $engine_pid)")
 }
 
@@ -133,13 +135,14 @@ have_image() {
 }
 
 # A minimal Debian rootfs with PACKAGES, imported as IMAGE (documentation, manuals and
-# translations left out, to keep it small).
+# translations left out, to keep it small; no fsync by dpkg: a lost rootfs is simply made again).
 import_rootfs() {
     local image="$1" packages="$2" rootfs
     rootfs="$(mktemp -d)/rootfs.tar"
     mmdebstrap --quiet --variant=minbase --include="$packages" \
         --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
         --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+        --dpkgopt=force-unsafe-io \
         --customize-hook='rm -rf "$1"/var/lib/postgresql/15/main "$1"/etc/postgresql/15' \
         --customize-hook='rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*' \
         "$SUITE" "$rootfs"
@@ -220,7 +223,7 @@ ensure_base_images() {
             if is_standin "$image"; then build_standin_of "$image"; fi
             continue
         fi
-        if docker pull --quiet "$image" >/dev/null 2>&1; then
+        if timeout "$PULL_SECONDS" docker pull --quiet "$image" >/dev/null 2>&1; then
             made+=("$image pulled")
             continue
         fi
