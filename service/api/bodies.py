@@ -19,11 +19,10 @@ Nothing here reads a request or knows Flask.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import Annotated, Any, ClassVar, TypeVar, get_args
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import MISSING, AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
@@ -114,7 +113,7 @@ def validated(body: Mapping[str, Any], model: type[Body]) -> Body:
     try:
         value = model.model_validate(body)
     except ValidationError as failure:
-        errors = sorted(failure.errors(include_url=False), key=_error_rank)
+        errors = sorted(failure.errors(include_url=False, include_input=False), key=_error_rank)
         refusals = _refusals(model)
         raise ValidationFailed(
             [FieldError(str(error["loc"][0]), _message(error, refusals)) for error in errors]
@@ -122,15 +121,6 @@ def validated(body: Mapping[str, Any], model: type[Body]) -> Body:
     if not body and model.when_empty:
         raise ValidationFailed([FieldError(next(iter(model.model_fields)), model.when_empty)])
     return value
-
-
-def field_error(model: type[RequestBody], name: str, value: object) -> str | None:
-    """What `model` says of `value` in field `name` alone (None: taken); for tests and docs."""
-    try:
-        validated({name: value}, model)
-    except ValidationFailed as failure:
-        return next((error.message for error in failure.errors if error.field == name), None)
-    return None
 
 
 def _error_rank(error: ErrorDetails) -> int:
@@ -148,21 +138,9 @@ def _message(error: ErrorDetails, refusals: Mapping[str, Refusal]) -> str:
 @cache
 def _refusals(model: type[RequestBody]) -> dict[str, Refusal]:
     return {
-        name: _refusal_in([*info.metadata, info.annotation])
+        name: next(item for item in info.metadata if isinstance(item, Refusal))
         for name, info in model.model_fields.items()
     }
-
-
-def _refusal_in(annotations: list[Any]) -> Refusal:
-    """The `Refusal` in these annotations, or in an optional `Annotated[...] | MISSING`."""
-    for item in annotations:
-        if isinstance(item, Refusal):
-            return item
-        nested = [*getattr(item, "__metadata__", ()), *get_args(item)]
-        if nested:
-            with contextlib.suppress(LookupError):
-                return _refusal_in(nested)
-    raise LookupError("a body field declares no Refusal")
 
 
 # --------------------------------------------------------------------------- the bodies
@@ -240,15 +218,11 @@ class ModeChange(RequestBody):
     when_empty: ClassVar[str] = "give lock_mode, race_window_ms or both"
 
     # Lax only here: strict mode takes enum members alone, and JSON sends names.
-    lock_mode: (
-        Annotated[
-            LockMode,
-            Field(strict=False),
-            Refusal("must be one of " + ", ".join(mode.value for mode in LockMode)),
-        ]
-        | MISSING
-    ) = MISSING
-    race_window_ms: (
+    lock_mode: Annotated[
+        Annotated[LockMode, Field(strict=False)] | MISSING,
+        Refusal("must be one of " + ", ".join(mode.value for mode in LockMode)),
+    ] = MISSING
+    race_window_ms: Annotated[
         Annotated[
             int,
             Field(
@@ -257,10 +231,10 @@ class ModeChange(RequestBody):
                 description="the pause between reading and writing a balance, in every mode; "
                 f"{INTEGER_ONLY}",
             ),
-            Refusal(
-                "must be an integer number of milliseconds",
-                f"must be between 0 and {MAX_RACE_WINDOW_MS}",
-            ),
         ]
-        | MISSING
-    ) = MISSING
+        | MISSING,
+        Refusal(
+            "must be an integer number of milliseconds",
+            f"must be between 0 and {MAX_RACE_WINDOW_MS}",
+        ),
+    ] = MISSING
