@@ -14,12 +14,14 @@ GET /mode and GET /audit, which BANK_ADMIN_ONLY_READS keeps for the admin
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import requests
 
 from loadtest.client_token import bearer, refusal
+from loadtest.hold_tally import FinalHoldRead
 from loadtest.reconcile import AccountObservation, scan_journal
 
 REQUEST_TIMEOUT_SECONDS = 30.0
@@ -64,6 +66,15 @@ def answer_json(response: requests.Response) -> Any:
         detail = response.text[:200]
         raise BankError(f"GET {response.url} answered {response.status_code}: {detail}")
     return response.json()
+
+
+def final_hold_read(account: Any, read_at: float) -> FinalHoldRead | None:
+    """An account's balance, held and available; None from a service without holds."""
+    values = [account.get(name) for name in ("balance", "held", "available")]
+    if not all(isinstance(value, int) for value in values):
+        return None
+    balance, held, available = (int(value) for value in values)
+    return FinalHoldRead(balance, held, available, read_at)
 
 
 class BankClient:
@@ -139,11 +150,14 @@ class BankClient:
         return entries, url is None
 
     def observe(self, account_id: int) -> AccountObservation:
-        """Balance, server audit and the client's replay of the journal of one account."""
+        """Balance (and held, available), audit and the client's replay of one account's journal."""
         try:
-            balance = int(self.get_json(f"/accounts/{account_id}")["balance"])
-        except (requests.RequestException, BankError, KeyError, ValueError) as error:
+            account = self.get_json(f"/accounts/{account_id}")
+            read_at = time.time()
+            balance = int(account["balance"])
+        except (requests.RequestException, BankError, KeyError, ValueError, TypeError) as error:
             return AccountObservation(account_id, None, error=str(error))
+        holds = final_hold_read(account, read_at)
         audit: dict[str, Any] | None
         try:
             audit = dict(self.get_json(f"/accounts/{account_id}/audit"))
@@ -154,7 +168,7 @@ class BankClient:
             journal = scan_journal(entries, complete) if complete else None
         except (requests.RequestException, BankError, KeyError, ValueError):
             journal = None
-        return AccountObservation(account_id, balance, audit, journal)
+        return AccountObservation(account_id, balance, audit, journal, holds=holds)
 
     def server_audit(self) -> dict[str, Any] | None:
         try:

@@ -28,6 +28,20 @@ How to read this report:
   as unknown (like no answer), never as refused; any other 5xx, no answer or unexpected
   status is an anomaly."""
 
+HOLD_DEFINITIONS = """\
+Holds (the holds scenario; counted from the answers, see loadtest/hold_tally.py):
+  double capture       = a hold with two captures answered 201 (each capture beyond the first)
+  captured and voided  = a hold with a capture 201 and a void 200: two final outcomes
+  capture after expiry = a capture 201 whose request left after the hold's expires_at
+                         (as the server stated it, plus a 0.25 s margin for the clocks)
+  over-hold            = a read of the account with available below 0 or held above balance
+  held drift           = the server's held at the end, once quiet, against the holds
+                         acknowledged pending and unexpired (holds whose fate is unknown,
+                         or that expire within the margin, widen what is explained)
+  409 hold_not_pending and 409 insufficient_funds on a hold are correct refusals. In an
+  unsafe mode (unlocked, process-lock, redis-lock) these are expected to break; in every
+  other mode each is a failure."""
+
 
 def signed(value: int | None) -> str:
     return "-" if value is None else f"{value:+d}"
@@ -93,6 +107,39 @@ def stale_lock_lines(result: Reconciliation) -> list[str]:
     ]
 
 
+def hold_lines(result: Reconciliation) -> list[str]:
+    """The hold invariants, when the run placed holds."""
+    holds = result.holds
+    if holds is None:
+        return []
+    lines = [
+        f"holds placed {holds.holds_placed}   refused (409 insufficient_funds) "
+        f"{holds.placements_refused}   captures {holds.captures} ({holds.captured_money} money)"
+        f"   voids {holds.voids}   refused 409 hold_not_pending {holds.not_pending_refusals}"
+        f"   outcome unknown {holds.unknown_outcomes}",
+        f"double captures: {holds.double_captures} "
+        f"({holds.double_captured_money} money taken beyond the first capture)",
+        f"holds captured and voided: {holds.captures_after_void}",
+        f"captures after expiry: {holds.captures_after_expiry}",
+        f"over-holds (reads with available below 0 or held above balance): "
+        f"{holds.over_hold_reads}, lowest available seen {lowest_cell(holds.lowest_available)}",
+        f"held drift: {holds.held_drift_accounts} accounts, {holds.held_drift_money} money",
+    ]
+    for report in holds.accounts:
+        held = "?" if report.held is None else str(report.held)
+        lines.append(
+            f"  account {report.account_id}: placed {report.placed}, refused {report.refused}; "
+            f"held at the end {held} vs acknowledged pending {report.known_pending} "
+            f"(+{report.uncertain} unknown): drift {report.held_drift:+d}; "
+            f"over-hold reads {report.over_hold_reads}"
+        )
+    return lines
+
+
+def lowest_cell(value: int | None) -> str:
+    return "none (no read showed held and available)" if value is None else str(value)
+
+
 def server_audit_line(result: Reconciliation) -> str:
     audit = result.server_audit
     if audit is None:
@@ -141,9 +188,11 @@ def render_text(result: Reconciliation) -> str:
         f"(sum actual {result.total_actual} - sum expected {result.total_expected})",
         *deadlock_lines(result),
         *stale_lock_lines(result),
+        *hold_lines(result),
         server_audit_line(result),
         "",
         DEFINITIONS,
+        *(["", HOLD_DEFINITIONS] if result.holds is not None else []),
         "",
         f"VERDICT: {result.verdict}",
         *[f"  - {problem}" for problem in result.problems],

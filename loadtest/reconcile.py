@@ -19,6 +19,9 @@ Definitions (printed with every report):
   (or hides lost deposits and withdrawals, which are listed per account).
 - Operations whose effect is unknown (a 5xx without Retry-After, no answer)
   widen what counts as explained; they are anomalies in their own right.
+- holds (the holds scenario): double captures, captures after a void or after
+  expiry, over-holds (available below 0) and held drift, as
+  `loadtest.hold_tally` defines them; a capture is a debit like a withdrawal.
 
 Pure: no HTTP, no Locust, no gevent.
 """
@@ -30,10 +33,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from loadtest.hold_tally import FinalHoldRead, HoldFindings, judge_holds
 from loadtest.tally import AccountTally, Outcome, Tally
 
 CREDIT_KINDS = frozenset({"open", "deposit", "transfer_in"})
-DEBIT_KINDS = frozenset({"withdrawal", "transfer_out"})
+DEBIT_KINDS = frozenset({"withdrawal", "transfer_out", "capture"})
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class AccountObservation:
     audit: Mapping[str, Any] | None = None  # GET /accounts/{id}/audit
     journal: JournalScan | None = None  # GET /accounts/{id}/transactions, replayed
     error: str | None = None
+    holds: FinalHoldRead | None = None  # held and available, when the service has holds
 
 
 @dataclass
@@ -178,6 +183,7 @@ class Reconciliation:
     stale_lock_refusals: int = 0  # final 409 stale_lock answers (fenced), within `refusals`
     stale_lock_retries: int = 0  # 409 stale_lock answers whose request was sent again
     outcome_unknown: int = 0  # final 503 outcome_unknown: may have been applied (unknown money)
+    holds: HoldFindings | None = None  # the holds scenario (or any run that placed holds)
 
     @property
     def passed(self) -> bool:
@@ -191,6 +197,7 @@ class Reconciliation:
         data = asdict(self)
         data["passed"] = self.passed
         data["verdict"] = self.verdict
+        data["hold_anomalies"] = 0 if self.holds is None else self.holds.anomalies
         return data
 
 
@@ -357,6 +364,16 @@ def reconcile(
         stale_lock_retries=tally.stale_lock_retries,
         outcome_unknown=tally.count(Outcome.INDETERMINATE),
     )
+    if setup.scenario == "holds" or tally.holds.holds or tally.holds.accounts:
+        result.holds = judge_holds(
+            tally.holds,
+            setup.account_ids,
+            {
+                account_id: observation.holds
+                for account_id, observation in observations.items()
+                if observation is not None
+            },
+        )
     result.problems = find_problems(result, tally, observations, setup_error)
     return result
 
@@ -414,6 +431,8 @@ def find_problems(
     mismatched = [report.account_id for report in result.accounts if report.journal_mismatch]
     if mismatched:
         problems.append(f"the server's journal disagrees with the acknowledgements on {mismatched}")
+    if result.holds is not None:
+        problems.extend(result.holds.problems())
     if result.server_errors:
         problems.append(f"{result.server_errors} server errors (5xx without Retry-After)")
     if result.no_answers:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from loadtest.hold_tally import HOLD_NOT_PENDING_CODE, HoldTally
 from loadtest.scenarios import Operation
 
 # Latency samples kept per tally for the median; the count and maximum stay exact.
@@ -26,14 +27,16 @@ STALE_LOCK_CODE = "stale_lock"
 # 503 that may have changed something); a repeat with the same Idempotency-Key tells.
 OUTCOME_UNKNOWN_CODE = "outcome_unknown"
 # Correct refusals (DESIGN §3): the server said no and changed nothing.
-REFUSAL_CODES = frozenset({"insufficient_funds", "balance_limit_exceeded", STALE_LOCK_CODE})
+REFUSAL_CODES = frozenset(
+    {"insufficient_funds", "balance_limit_exceeded", STALE_LOCK_CODE, HOLD_NOT_PENDING_CODE}
+)
 
 
 class Outcome(StrEnum):
     """What an answer means for the money and for the verdict."""
 
     ACKNOWLEDGED = "acknowledged"  # 2xx: the operation happened
-    REFUSED = "refused"  # 409 insufficient_funds / balance_limit_exceeded / stale_lock: correct
+    REFUSED = "refused"  # 409 insufficient_funds / ... / stale_lock / hold_not_pending: correct
     BOUNDED_REFUSAL = "bounded_refusal"  # 503 with Retry-After: nothing changed, honest
     INDETERMINATE = "indeterminate"  # 503 outcome_unknown: honest, but it may have happened
     SERVER_ERROR = "server_error"  # any other 5xx: an anomaly, effect unknown
@@ -135,6 +138,8 @@ def leg_kind(operation: Operation, delta: int) -> str:
     """The journal kind of one effect of an operation (DESIGN §1)."""
     if operation.kind == "transfer":
         return "transfer_in" if delta > 0 else "transfer_out"
+    if operation.kind == "capture":
+        return "capture"
     return "deposit" if operation.kind == "deposit" else "withdrawal"
 
 
@@ -179,6 +184,7 @@ class Tally:
     replays: int = 0  # answers marked Idempotent-Replayed: the server ran nothing again
     stale_lock_refusals: int = 0  # final answers 409 stale_lock (fenced): nothing written
     stale_lock_retries: int = 0  # 409 stale_lock answers after which the request went again
+    holds: HoldTally = field(default_factory=HoldTally)  # the holds scenario's outcomes
 
     def account(self, account_id: int) -> AccountTally:
         return self.accounts.setdefault(account_id, AccountTally())
@@ -244,6 +250,7 @@ class Tally:
         self.replays += other.replays
         self.stale_lock_refusals += other.stale_lock_refusals
         self.stale_lock_retries += other.stale_lock_retries
+        self.holds.merge(other.holds)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data with string keys only (msgpack and JSON safe)."""
@@ -260,6 +267,7 @@ class Tally:
             "replays": self.replays,
             "stale_lock_refusals": self.stale_lock_refusals,
             "stale_lock_retries": self.stale_lock_retries,
+            "holds": self.holds.to_dict(),
         }
 
     @classmethod
@@ -277,4 +285,5 @@ class Tally:
             replays=int(data.get("replays", 0)),
             stale_lock_refusals=int(data.get("stale_lock_refusals", 0)),
             stale_lock_retries=int(data.get("stale_lock_retries", 0)),
+            holds=HoldTally.from_dict(data.get("holds")),
         )
