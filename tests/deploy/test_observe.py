@@ -82,15 +82,15 @@ def sample_names(exported: dict[str, str]) -> set[str]:
 
 
 def test_observe_profile_is_prometheus_and_grafana(compose: dict[str, Any]) -> None:
-    """`--profile observe` adds exactly prometheus and grafana, on ports of their own."""
+    """`--profile observe` adds exactly prometheus and grafana, on loopback ports of their own."""
     members = {
         name
         for name, service in services(compose).items()
         if "observe" in service.get("profiles", [])
     }
     assert members == {"prometheus", "grafana"}
-    assert services(compose)["prometheus"]["ports"] == ["9090:9090"]
-    assert services(compose)["grafana"]["ports"] == ["3000:3000"]
+    assert services(compose)["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
+    assert services(compose)["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
 
 
 def serving_services(compose: dict[str, Any]) -> set[str]:
