@@ -3,7 +3,7 @@
     locust -f loadtest/locustfile.py --headless -u 50 -r 50 -t 30s --host http://127.0.0.1:8000
 
 works with no other flag (and with the web UI, `--processes N`, `--master`/`--worker`).
-Options: --bank-scenario deposits|withdrawals|transfers|mixed|deadlock, --bank-accounts,
+Options: --bank-scenario deposits|withdrawals|transfers|mixed|deadlock|holds, --bank-accounts,
 --bank-opening-balance, --bank-amount, --bank-report-json PATH, --bank-token (a service
 with BANK_API_TOKENS: better set BANK_CLIENT_TOKEN, which it defaults to; see
 loadtest.client_token). A service that answers 401 stops the run before any load.
@@ -20,6 +20,12 @@ Who does what, so that a distributed run gives one correct report:
 - the exit code is 1 when the report found an anomaly, 0 otherwise;
 - with the web UI, `loadtest.race_view` shows the race live at /race (the Race
   tab); workers send it their tally twice a second.
+
+The holds scenario (`--bank-scenario holds`) runs one hold plan per task
+(`loadtest.scenarios.HoldPlan`): it places the hold, sends the plan's captures
+and voids together (so that they race), reads the account (`held`,
+`available`), and deposits back what it captured, so that balances stay
+near the opening one; `loadtest.hold_tally` counts what was acknowledged.
 
 Black-box: this file talks HTTP to the service and never imports it.
 """
@@ -51,6 +57,7 @@ if REPOSITORY_ROOT not in sys.path:
 from loadtest import race_view  # noqa: E402
 from loadtest.bank_http import BankClient, BankError  # noqa: E402
 from loadtest.client_token import add_locust_option, admin_token, bearer, locust_token  # noqa: E402
+from loadtest.hold_tally import server_time  # noqa: E402
 from loadtest.race_live import InFlight  # noqa: E402
 from loadtest.race_report import render_text  # noqa: E402
 from loadtest.reconcile import Reconciliation, RunSetup, reconcile  # noqa: E402
@@ -60,12 +67,18 @@ from loadtest.scenarios import (  # noqa: E402
     DEFAULT_AMOUNT,
     DEFAULT_OPENING_BALANCE,
     DEFAULT_SCENARIO,
+    EXPIRING_HOLD_SECONDS,
     SCENARIOS,
+    HoldPlan,
     Operation,
     account_count_for,
+    choose_hold_plan,
     choose_operation,
+    scenario_amount,
 )
 from loadtest.tally import Answer, Outcome, Tally, negative_account_ids  # noqa: E402
+
+HOLD_KINDS = ("hold", "capture", "void")
 
 logger = logging.getLogger("bankrace.loadtest")
 
@@ -76,6 +89,9 @@ DRAIN_DEADLINE_SECONDS = REQUEST_TIMEOUT_SECONDS + 5.0  # in-flight requests fin
 TALLY_DEADLINE_SECONDS = DRAIN_DEADLINE_SECONDS + 15.0  # the master waits this long for workers
 POLL_INTERVAL_SECONDS = 0.05
 IDLE_SECONDS = 0.2  # a user with nothing to do (no accounts yet, or stopping) rests this long
+# The holds scenario's late capture leaves this long after the hold's expires_at
+# (beyond hold_tally's clock margin, so that an acknowledged one is a sure anomaly).
+LATE_CAPTURE_SECONDS = 0.4
 
 
 class LoadTestProcess:
@@ -134,8 +150,9 @@ def add_bank_arguments(parser: Any) -> None:
         "--bank-scenario",
         choices=SCENARIOS,
         default=DEFAULT_SCENARIO,
-        help="what the users do: deposits, withdrawals, transfers, mixed (all three), or "
-        "deadlock (opposing transfers between two accounts)",
+        help="what the users do: deposits, withdrawals, transfers, mixed (all three), "
+        "deadlock (opposing transfers between two accounts), or holds (place, capture, "
+        "void, let expire, and race captures and voids on the same hold)",
     )
     parser.add_argument(
         "--bank-accounts",
@@ -153,7 +170,8 @@ def add_bank_arguments(parser: Any) -> None:
         "--bank-amount",
         type=int,
         default=DEFAULT_AMOUNT,
-        help="amount of every deposit, withdrawal and transfer, in minor units",
+        help="amount of every deposit, withdrawal and transfer, in minor units (holds: "
+        "each hold is at least a quarter of the opening balance)",
     )
     parser.add_argument(
         "--bank-report-json",
@@ -182,16 +200,76 @@ class BankCustomer(FastHttpUser):
         if setup is None or PROCESS.finishing:
             PROCESS.idle()
             return
+        if setup.scenario == "holds":
+            self.run_hold_plan(choose_hold_plan(setup.account_ids, setup.amount, self.rng))
+            return
         self.send(choose_operation(setup.scenario, setup.account_ids, setup.amount, self.rng))
 
-    def send(self, operation: Operation) -> None:
-        # Locust kills a user it ramps down mid-request; the exchange runs in a
-        # greenlet of its own so that the request still completes and its answer
-        # is tallied (a request cut off halfway would leave its effect unknown).
-        PROCESS.in_flight += 1
-        gevent.spawn(self.exchange, operation, PROCESS.tally, PROCESS.flight).join()
+    def send(self, *operations: Operation) -> list[tuple[Outcome, Any]]:
+        """Send the operations at once (racing each other); their outcomes and bodies.
 
-    def exchange(self, operation: Operation, tally: Tally, flight: InFlight) -> None:
+        Locust kills a user it ramps down mid-request; each exchange runs in a
+        greenlet of its own so that the request still completes and its answer
+        is tallied (a request cut off halfway would leave its effect unknown).
+        """
+        PROCESS.in_flight += len(operations)
+        exchanges = [
+            gevent.spawn(self.exchange, operation, PROCESS.tally, PROCESS.flight)
+            for operation in operations
+        ]
+        gevent.joinall(exchanges)
+        return [exchange.value or (Outcome.NO_ANSWER, None) for exchange in exchanges]
+
+    def run_hold_plan(self, plan: HoldPlan) -> None:
+        """Place the plan's hold(s), race its captures and voids, read, deposit back."""
+        placed = self.send(*plan.placements)
+        captured = 0
+        for outcome, body in placed:
+            if outcome is not Outcome.ACKNOWLEDGED or not isinstance(body, dict):
+                continue
+            hold_id = body.get("id")
+            if not isinstance(hold_id, int) or not plan.actions(hold_id):
+                continue
+            if plan.waits_for_expiry and not self.wait_for_expiry(body):
+                continue
+            if PROCESS.finishing:
+                break
+            actions = plan.actions(hold_id)
+            for action, (action_outcome, _body) in zip(actions, self.send(*actions), strict=True):
+                if action.kind == "capture" and action_outcome is Outcome.ACKNOWLEDGED:
+                    captured += action.amount
+        self.read_account(plan.account_id)
+        if captured and not PROCESS.finishing:
+            self.send(Operation("deposit", plan.account_id, captured))
+
+    def wait_for_expiry(self, hold: dict[str, Any]) -> bool:
+        """Sleep until just past the hold's expires_at (bounded); False if that is unknown."""
+        expires_at = server_time(hold.get("expires_at"))
+        if expires_at is None:
+            return False
+        delay = expires_at + LATE_CAPTURE_SECONDS - time.time()
+        gevent.sleep(min(max(delay, 0.0), EXPIRING_HOLD_SECONDS + LATE_CAPTURE_SECONDS + 1))
+        return True
+
+    def read_account(self, account_id: int) -> None:
+        """GET the account: held and available, for the over-hold count."""
+        with self.client.get(
+            f"/accounts/{account_id}",
+            headers=self.authorization,
+            name="GET /accounts/{id}",
+            catch_response=True,
+        ) as response:
+            try:
+                body = response.json() if response.status_code == 200 else None
+            except Exception:  # an undecodable body reads as nothing
+                body = None
+            if body is None:
+                response.failure(f"read: {response.status_code}")
+                return
+            response.success()
+            PROCESS.tally.holds.note_read(account_id, body)
+
+    def exchange(self, operation: Operation, tally: Tally, flight: InFlight) -> tuple[Outcome, Any]:
         """Send one operation with its own Idempotency-Key; retry the same key when told to.
 
         A timeout, a dropped connection, a 502/504 from a balancer, a 503 with
@@ -202,7 +280,9 @@ class BankCustomer(FastHttpUser):
         are counted apart.
         """
         started = time.perf_counter()
+        sent_at = time.time()
         recorded = False
+        result: tuple[Outcome, Any] = (Outcome.NO_ANSWER, None)
         flight.start(operation)
         headers = {"Idempotency-Key": uuid.uuid4().hex, **self.authorization}
         try:
@@ -214,7 +294,7 @@ class BankCustomer(FastHttpUser):
                     name=operation.kind,
                     catch_response=True,
                 ) as response:
-                    answer = read_answer(response, started)
+                    answer, body = read_answer(response, started)
                     if attempt + 1 < RETRY_ATTEMPTS and should_retry(answer):
                         response.success()  # handled: the same request goes again
                         tally.note_retry(operation, answer)
@@ -223,6 +303,9 @@ class BankCustomer(FastHttpUser):
                     if (response.headers or {}).get("Idempotent-Replayed") == "true":
                         tally.replays += 1
                     outcome = tally.record(operation, answer)
+                    if operation.kind in HOLD_KINDS:
+                        tally.holds.note(operation, outcome, body, sent_at)
+                    result = (outcome, body)
                     recorded = True
                     if outcome in (Outcome.ACKNOWLEDGED, Outcome.REFUSED):
                         response.success()
@@ -232,22 +315,25 @@ class BankCustomer(FastHttpUser):
         finally:
             if not recorded:  # the exchange itself failed: the effect is unknown
                 tally.record(operation, Answer(0, elapsed_ms(started)))
+                if operation.kind in HOLD_KINDS:
+                    tally.holds.note(operation, Outcome.NO_ANSWER, None, sent_at)
             flight.settle(operation)
             PROCESS.in_flight -= 1
+        return result
 
 
 def elapsed_ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def read_answer(response: Any, started: float) -> Answer:
+def read_answer(response: Any, started: float) -> tuple[Answer, Any]:
     status = int(response.status_code or 0)
     try:
         body = response.json() if status else None
     except Exception:  # any undecodable body; the status still says what happened
         body = None
     headers = response.headers or {}
-    return Answer(
+    answer = Answer(
         status=status,
         latency_ms=elapsed_ms(started),
         code=body.get("code") if status >= 300 and isinstance(body, dict) else None,
@@ -255,6 +341,7 @@ def read_answer(response: Any, started: float) -> Answer:
         lock_mode=headers.get("X-Lock-Mode"),
         negative_account_ids=negative_account_ids(body) if 200 <= status < 300 else (),
     )
+    return answer, body
 
 
 # --- set-up: one process opens the accounts --------------------------------------------
@@ -273,6 +360,7 @@ def open_run(environment: Environment, run_id: str) -> RunSetup:
     scenario = str(options.bank_scenario)
     account_count = account_count_for(scenario, int(options.bank_accounts))
     opening_balance = int(options.bank_opening_balance)
+    amount = scenario_amount(scenario, int(options.bank_amount), opening_balance)
     client = bank_client(environment, str(environment.host or ""), REQUEST_TIMEOUT_SECONDS)
     try:
         mode = client.mode()
@@ -293,7 +381,7 @@ def open_run(environment: Environment, run_id: str) -> RunSetup:
     return RunSetup(
         run_id=run_id,
         scenario=scenario,
-        amount=int(options.bank_amount),
+        amount=amount,
         opening_balances=opening_balances,
         host=str(environment.host),
         mode=mode,
