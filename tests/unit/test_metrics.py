@@ -154,3 +154,17 @@ def test_lock_wait_timer_observes_only_the_first_call() -> None:
     timed = metrics.after_lock_wait("test", lambda argument: argument * 2)
     assert [timed(1), timed(2)] == [2, 4]
     assert sample("bankrace_lock_wait_seconds_count", lock_mode="test") == before + 1
+
+
+def test_each_request_series_counts_its_own_requests_and_durations() -> None:
+    """The looked-up-once series still count apart: by method, route and status."""
+    labels = {"method": "GET", "route": "/series-test/{id}"}
+    before_ok = sample("bankrace_http_requests_total", **labels, status="200")
+    before_missing = sample("bankrace_http_requests_total", **labels, status="404")
+    before_timed = sample("bankrace_http_request_duration_seconds_count", **labels)
+    for status in (200, 200, 404):
+        metrics.request_answered("GET", "/series-test/{id}", status, 0.002)
+    metrics.request_answered("GET", "/series-test/{id}", 200, None)  # not timed
+    assert sample("bankrace_http_requests_total", **labels, status="200") == before_ok + 3
+    assert sample("bankrace_http_requests_total", **labels, status="404") == before_missing + 1
+    assert sample("bankrace_http_request_duration_seconds_count", **labels) == before_timed + 3
