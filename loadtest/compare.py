@@ -19,6 +19,9 @@ lease (BANK_REDIS_LOCK_TTL_MS) is by default half the race window, at least
 one paused by a GC or a swap storm would, which is when `redis-lock` loses
 money and `fenced` refuses the stale writes instead (409 stale_lock).
 
+`--scenario holds` races holds (capture, void, expiry; loadtest/hold_tally.py):
+the table gains a "hold anomalies" column.
+
 Exit code: 0 when every safe mode kept every invariant and every mode produced
 a report; 1 otherwise. Unsafe modes losing money is the demonstration, not a failure.
 """
@@ -265,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         result = run_mode(mode, arguments, directory)
         stale = f", {result.stale_lock_refusals} stale-lock 409s" if mode == "fenced" else ""
+        if result.hold_anomalies is not None:
+            stale += f", {result.hold_anomalies} hold anomalies"
         print(f"[compare] {mode}: {result.verdict}, {result.lost_updates} lost updates{stale}, "
               f"{result.requests_per_second:.1f} requests/s", flush=True)  # fmt: skip
         results.append(result)

@@ -17,6 +17,14 @@ from typing import Any
 
 from loadtest.lock_modes import explain_mode, is_unsafe
 
+HOLD_COUNTS = (
+    "double_captures",
+    "captures_after_void",
+    "captures_after_expiry",
+    "over_hold_reads",
+    "held_drift_accounts",
+)
+
 
 @dataclass
 class LocustStatistics:
@@ -51,6 +59,13 @@ class ModeResult:
     lock_timeouts: int = 0
     stale_lock_refusals: int = 0  # final 409 stale_lock (fenced), within `refusals`
     stale_lock_retries: int = 0  # 409 stale_lock answers sent again with the same key
+    # The holds scenario (None in the others): every broken hold invariant, then each kind.
+    hold_anomalies: int | None = None
+    double_captures: int = 0
+    captures_after_void: int = 0
+    captures_after_expiry: int = 0
+    over_hold_reads: int = 0
+    held_drift_accounts: int = 0
     locust_exit_code: int | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -91,6 +106,11 @@ class ModeResult:
             setattr(result, name, int(reconciliation[name]))
         for name in ("stale_lock_refusals", "stale_lock_retries"):  # absent before fenced
             setattr(result, name, int(reconciliation.get(name, 0)))
+        holds = reconciliation.get("holds")  # absent before holds, None in other scenarios
+        if isinstance(holds, Mapping):
+            result.hold_anomalies = int(reconciliation.get("hold_anomalies", 0))
+            for name in HOLD_COUNTS:
+                setattr(result, name, int(holds[name]))
         result.conservation_broken = bool(reconciliation["conservation_broken"])
         result.problems = list(reconciliation["problems"])
         return result
@@ -154,11 +174,31 @@ def stale_lock_cell(result: ModeResult) -> str:
     return f"{result.stale_lock_refusals} (+{result.stale_lock_retries} retried)"
 
 
+def hold_cell(result: ModeResult) -> str:
+    """All hold anomalies, then the kinds there were; "-" when the run placed no holds."""
+    if not result.hold_anomalies:
+        return "0" if result.hold_anomalies == 0 else "-"
+    kinds = [
+        (result.double_captures, "double captures"),
+        (result.captures_after_void, "captured+voided"),
+        (result.captures_after_expiry, "after expiry"),
+        (result.over_hold_reads, "over-holds"),
+        (result.held_drift_accounts, "held drift"),
+    ]
+    return f"{result.hold_anomalies} (" + ", ".join(f"{n} {k}" for n, k in kinds if n) + ")"
+
+
 def markdown_table(results: Sequence[ModeResult]) -> list[str]:
+    """One row per mode; a hold anomalies column when the scenario placed holds."""
+    holds = any(result.hold_anomalies is not None for result in results)
     lines = [
         "| mode | requests/s | p50 ms | p99 ms | acknowledged | lost updates | money lost "
-        "| chain breaks | overdrafts | conservation | 503 refusals | stale-lock 409s | verdict |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
+        "| chain breaks | overdrafts | conservation | 503 refusals | stale-lock 409s "
+        + ("| hold anomalies " if holds else "")
+        + "| verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
+        + ("---|" if holds else "")
+        + "---|",
     ]
     for result in results:
         lines.append(
@@ -166,13 +206,16 @@ def markdown_table(results: Sequence[ModeResult]) -> list[str]:
             f"| {result.p99_ms:.0f} | {result.acknowledged} | {result.lost_updates} "
             f"| {result.money_lost} | {result.server_chain_breaks} | {result.overdrafts} "
             f"| {conservation_cell(result)} "
-            f"| {result.bounded_refusals} | {stale_lock_cell(result)} | {verdict_cell(result)} |"
+            f"| {result.bounded_refusals} | {stale_lock_cell(result)} "
+            + (f"| {hold_cell(result)} " if holds else "")
+            + f"| {verdict_cell(result)} |"
         )
     return lines
 
 
 def summary_lines(results: Sequence[ModeResult]) -> list[str]:
     lost = [r.mode for r in results if r.lost_updates or r.overdrafts or r.conservation_broken]
+    broken_holds = [r.mode for r in results if r.hold_anomalies]
     safe_failures = [r.mode for r in results if not r.unsafe and r.verdict == "FAIL"]
     unmeasured = [r.mode for r in results if r.verdict == "ERROR"]
     lines = []
@@ -180,6 +223,10 @@ def summary_lines(results: Sequence[ModeResult]) -> list[str]:
         lines.append(f"Money went wrong in: {', '.join(f'`{mode}`' for mode in lost)}.")
     else:
         lines.append("No mode lost money in this run.")
+    if broken_holds:
+        lines.append(f"Holds broke in: {', '.join(f'`{mode}`' for mode in broken_holds)}.")
+    elif any(r.hold_anomalies is not None for r in results):
+        lines.append("No mode broke a hold invariant in this run.")
     if safe_failures:
         lines.append(
             f"**A safe mode failed: {', '.join(f'`{mode}`' for mode in safe_failures)}.** "
@@ -235,6 +282,10 @@ def write_markdown(
         "while a newer holder took the account; nothing changed. The load test sends such a "
         "request again with its Idempotency-Key (bounded); the first number counts those still "
         "refused at the end (correct refusals, not losses), the second the answers retried.",
+        "- *hold anomalies* (the holds scenario): double captures (captures of one hold beyond "
+        "the first), holds both captured and voided, captures acknowledged after the hold "
+        "expired, over-holds (reads with available below 0) and accounts whose held drifted "
+        "from the holds acknowledged pending; each breaks an invariant of DESIGN §3 Holds.",
         "- Each mode's full race report is in `<mode>-locust.log`; its JSON in `<mode>-race.json`.",
         "",
     ]

@@ -223,3 +223,48 @@ def test_stale_lock_refusals_reach_the_row_the_table_and_the_csv(tmp_path: Path)
         ("redis-lock", "0"),
         ("fenced", "12"),
     ]
+
+
+def holds_reconciliation(
+    verdict: str, double_captures: int, over_hold_reads: int
+) -> dict[str, object]:
+    holds = {
+        "double_captures": double_captures,
+        "captures_after_void": 0,
+        "captures_after_expiry": 0,
+        "over_hold_reads": over_hold_reads,
+        "held_drift_accounts": 0,
+    }
+    return {
+        **reconciliation(verdict),
+        "holds": holds,
+        "hold_anomalies": double_captures + over_hold_reads,
+    }
+
+
+def test_hold_anomalies_get_a_column_in_the_holds_scenario_only(tmp_path: Path) -> None:
+    """The holds scenario adds a column (total, then each kind there was) and a summary line."""
+    statistics = LocustStatistics(requests=300, requests_per_second=30.0, p50_ms=25, p99_ms=80)
+    rows = [
+        ModeResult.from_runs("unlocked", statistics, holds_reconciliation("FAIL", 14, 3), 1),
+        ModeResult.from_runs("locked", statistics, holds_reconciliation("PASS", 0, 0), 0),
+    ]
+    assert (rows[0].hold_anomalies, rows[0].double_captures, rows[1].hold_anomalies) == (17, 14, 0)
+    write_markdown(tmp_path / "report.md", rows, {}, chart=False)
+    write_csv(tmp_path / "results.csv", rows)
+    report = (tmp_path / "report.md").read_text()
+    assert "| stale-lock 409s | hold anomalies | verdict |" in report
+    assert "| 17 (14 double captures, 3 over-holds) | FAIL (unsafe mode: expected) |" in report
+    assert "| 0 | 0 | PASS |" in report
+    assert "Holds broke in: `unlocked`." in report
+    with (tmp_path / "results.csv").open(newline="") as handle:
+        csv_rows = list(csv.DictReader(handle))
+    assert [(row["mode"], row["hold_anomalies"]) for row in csv_rows] == [
+        ("unlocked", "17"),
+        ("locked", "0"),
+    ]
+    # Other scenarios (and reports written before holds) keep the table as it was.
+    plain = tmp_path / "plain.md"
+    write_markdown(plain, results(), {}, chart=False)
+    assert "hold anomalies" not in plain.read_text().split("## How to read it")[0]
+    assert results()[0].hold_anomalies is None
