@@ -8,9 +8,9 @@ FOR UPDATE), and every write takes them too (an UPDATE locks its row), so a
 write in any mode waits for a `locked` request that holds the account
 instead of slipping into its race window -- also while the mode changes.
 
-The audit is kept up to date with every journal entry (the running books of
-each account and the bank's totals), so `GET /audit` is O(1) under the
-mutex at any journal length instead of a walk over the whole journal.
+The audit is kept up to date with every journal entry (`memory_books`), so
+`GET /audit` is O(1) under the mutex at any journal length instead of a walk
+over the whole journal. Idempotency keys live in a dict (`memory_keys`).
 
 Data lives only as long as the process, so this store refuses to be shared
 by several worker processes (see `service.cli`).
@@ -21,7 +21,8 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
+from typing import TypeVar
 
 from service.domain import (
     Account,
@@ -37,8 +38,9 @@ from service.domain import (
     check_new_balance,
     utc_now,
 )
-from service.idempotency import Claim, ClaimLost, Completion, KeyRecord, StoredResponse
+from service.idempotency import Claim, Completion, KeyRecord, StoredResponse
 from service.keyed_locks import KeyedLocks
+from service.stores import memory_keys
 from service.stores.base import (
     LegWrite,
     LegWriter,
@@ -48,53 +50,9 @@ from service.stores.base import (
     Written,
     written_since_claim,
 )
+from service.stores.memory_books import BankTotals, Books
 
-
-@dataclass
-class _Books:
-    """One account's audit, kept up to date with every entry (see domain.audit_account)."""
-
-    journal_balance: int = 0
-    lowest_journal_balance: int = 0
-    chain_breaks: int = 0
-    last_balance_after: int = 0
-
-    def audit(self, account: Account) -> AccountAudit:
-        return AccountAudit(
-            account.id,
-            account.balance,
-            self.journal_balance,
-            self.chain_breaks,
-            self.lowest_journal_balance,
-        )
-
-
-@dataclass
-class _KeyRow:
-    fingerprint: str
-    owner: str
-    claimed_at: dt.datetime
-    expires_at: dt.datetime
-    response: StoredResponse | None = None
-
-
-@dataclass
-class _BankTotals:
-    total_balance: int = 0
-    total_journal: int = 0
-    chain_breaks: int = 0
-    inconsistent: set[int] = field(default_factory=set)
-    negative: set[int] = field(default_factory=set)
-
-    def track(self, audit: AccountAudit) -> None:
-        for flagged, member in (
-            (self.inconsistent, not audit.consistent),
-            (self.negative, audit.went_negative),
-        ):
-            if member:
-                flagged.add(audit.account_id)
-            else:
-                flagged.discard(audit.account_id)
+Row = TypeVar("Row")
 
 
 class _HoldingLocks(LegWriter):
@@ -127,9 +85,9 @@ class MemoryStore(Store):
         self._transfers: dict[int, Transfer] = {}
         self._row_locks = KeyedLocks(lock_timeout_ms)
         self._mode: ModeSetting | None = None
-        self._books: dict[int, _Books] = {}
-        self._totals = _BankTotals()
-        self._keys: dict[tuple[str, str], _KeyRow] = {}
+        self._books: dict[int, Books] = {}
+        self._totals = BankTotals()
+        self._keys: memory_keys.Keys = {}
         #: `fenced`: the newest fencing token that claimed each account (0: none yet).
         self._fences: dict[int, int] = {}
 
@@ -183,7 +141,7 @@ class MemoryStore(Store):
         now = utc_now()
         with self._mutex:
             # Check every condition before changing anything: all or nothing.
-            self._check_claim(completion)
+            memory_keys.check_completion(self._keys, completion)
             new_balances = [self._new_balance(write) for write in writes]
             transfer_id = len(self._transfers) + 1 if transfer else None
             entries = []
@@ -209,7 +167,7 @@ class MemoryStore(Store):
                 recorded = transfer.recorded(transfer_id, lock_mode, now, tuple(entries))
                 self._transfers[transfer_id] = recorded
             written = Written(tuple(entries), recorded)
-            self._complete(completion, written)
+            memory_keys.complete(self._keys, completion, written)
             return written
 
     def _new_balance(self, write: LegWrite) -> int:
@@ -248,7 +206,7 @@ class MemoryStore(Store):
     ) -> Account:
         now = utc_now()
         with self._mutex:
-            self._check_claim(completion)
+            memory_keys.check_completion(self._keys, completion)
             account = Account(
                 id=len(self._accounts) + 1,
                 owner=owner,
@@ -260,7 +218,7 @@ class MemoryStore(Store):
             )
             self._accounts[account.id] = account
             self._journal_by_account[account.id] = []
-            self._books[account.id] = _Books()
+            self._books[account.id] = Books()
             self._totals.total_balance += opening_balance
             if opening_balance > 0:
                 self._append(
@@ -272,7 +230,7 @@ class MemoryStore(Store):
                     lock_mode,
                     now,
                 )
-            self._complete(completion, account)
+            memory_keys.complete(self._keys, completion, account)
             return account
 
     def get_account(self, account_id: int) -> Account:
@@ -292,10 +250,7 @@ class MemoryStore(Store):
 
     def get_transaction(self, transaction_id: int) -> Transaction:
         with self._mutex:
-            try:
-                return self._transactions[transaction_id]
-            except KeyError:
-                raise NotFound(f"transaction {transaction_id} does not exist") from None
+            return _found(self._transactions, transaction_id, "transaction")
 
     def list_transactions(
         self, account_id: int, before: int | None, limit: int
@@ -308,10 +263,7 @@ class MemoryStore(Store):
 
     def get_transfer(self, transfer_id: int) -> Transfer:
         with self._mutex:
-            try:
-                return self._transfers[transfer_id]
-            except KeyError:
-                raise NotFound(f"transfer {transfer_id} does not exist") from None
+            return _found(self._transfers, transfer_id, "transfer")
 
     def audit_account(self, account_id: int) -> AccountAudit:
         with self._mutex:
@@ -319,69 +271,25 @@ class MemoryStore(Store):
 
     def audit_bank(self) -> BankAudit:
         with self._mutex:
-            totals = self._totals
-            return BankAudit(
-                accounts=len(self._accounts),
-                inconsistent_accounts=len(totals.inconsistent),
-                negative_accounts=len(totals.negative),
-                chain_breaks=totals.chain_breaks,
-                total_balance=totals.total_balance,
-                total_journal=totals.total_journal,
-            )
+            return self._totals.audit(len(self._accounts))
 
     # ------------------------------------------------------------------ idempotency keys
 
     def claim_key(self, claim: Claim) -> KeyRecord | None:
         with self._mutex:
-            held = self._keys.get((claim.scope, claim.key))
-            takes_over = (
-                held is None
-                or held.expires_at < claim.now
-                or (
-                    held.response is None
-                    and held.claimed_at < claim.stale_before
-                    and held.fingerprint == claim.fingerprint
-                )
-            )
-            if takes_over:
-                self._keys[(claim.scope, claim.key)] = _KeyRow(
-                    claim.fingerprint, claim.owner, claim.now, claim.expires_at
-                )
-                return None
-            assert held is not None
-            return KeyRecord(held.fingerprint, held.response)
+            return memory_keys.claim_key(self._keys, claim)
 
     def finish_key(self, claim: Claim, response: StoredResponse) -> None:
         with self._mutex:
-            self._check_claim_held(claim)
-            self._keys[(claim.scope, claim.key)].response = response
+            memory_keys.finish_key(self._keys, claim, response)
 
     def release_key(self, claim: Claim) -> None:
         with self._mutex:
-            held = self._keys.get((claim.scope, claim.key))
-            if held is not None and held.owner == claim.owner and held.response is None:
-                del self._keys[(claim.scope, claim.key)]
+            memory_keys.release_key(self._keys, claim)
 
     def purge_keys(self, now: dt.datetime, limit: int) -> int:
         with self._mutex:
-            expired = [name for name, row in self._keys.items() if row.expires_at < now][:limit]
-            for name in expired:
-                del self._keys[name]
-            return len(expired)
-
-    def _check_claim(self, completion: Completion | None) -> None:
-        if completion is not None:
-            self._check_claim_held(completion.claim)
-
-    def _check_claim_held(self, claim: Claim) -> None:
-        held = self._keys.get((claim.scope, claim.key))
-        if held is None or held.owner != claim.owner or held.response is not None:
-            raise ClaimLost()
-
-    def _complete(self, completion: Completion | None, result: object) -> None:
-        if completion is not None:
-            claim = completion.claim
-            self._keys[(claim.scope, claim.key)].response = completion.respond(result)
+            return memory_keys.purge_keys(self._keys, now, limit)
 
     # ------------------------------------------------------------------ settings
 
@@ -399,10 +307,7 @@ class MemoryStore(Store):
     # ------------------------------------------------------------------ internals
 
     def _require(self, account_id: int) -> Account:
-        try:
-            return self._accounts[account_id]
-        except KeyError:
-            raise NotFound(f"account {account_id} does not exist") from None
+        return _found(self._accounts, account_id, "account")
 
     def _append(
         self,
@@ -426,17 +331,12 @@ class MemoryStore(Store):
         )
         self._transactions[entry.id] = entry
         self._journal_by_account[account_id].append(entry.id)
-        self._post_to_books(entry)
+        self._totals.post(self._books[account_id], entry, self._accounts[account_id])
         return entry
 
-    def _post_to_books(self, entry: Transaction) -> None:
-        """Advance the account's audit and the bank's totals by one entry (under the mutex)."""
-        books = self._books[entry.account_id]
-        books.journal_balance += entry.signed_amount
-        books.lowest_journal_balance = min(books.lowest_journal_balance, books.journal_balance)
-        if entry.balance_after != books.last_balance_after + entry.signed_amount:
-            books.chain_breaks += 1
-            self._totals.chain_breaks += 1
-        books.last_balance_after = entry.balance_after
-        self._totals.total_journal += entry.signed_amount
-        self._totals.track(books.audit(self._accounts[entry.account_id]))
+
+def _found(rows: dict[int, Row], row_id: int, what: str) -> Row:
+    try:
+        return rows[row_id]
+    except KeyError:
+        raise NotFound(f"{what} {row_id} does not exist") from None
