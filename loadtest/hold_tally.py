@@ -105,6 +105,11 @@ class AccountHolds:
         self.lowest_available = lowest(self.lowest_available, other.lowest_available)
 
 
+def add_count(counts: dict[int, dict[str, int]], account_id: int, name: str, count: int) -> None:
+    account = counts.setdefault(account_id, {})
+    account[name] = account.get(name, 0) + count
+
+
 def lowest(first: int | None, second: int | None) -> int | None:
     values = [value for value in (first, second) if value is not None]
     return min(values) if values else None
@@ -183,6 +188,23 @@ class HoldTally:
         account.lowest_available = lowest(account.lowest_available, available)
         if available < 0 or held > balance:
             account.over_hold_reads += 1
+
+    def live_counts(self) -> dict[int, dict[str, int]]:
+        """Per account, the hold anomalies seen so far (held drift needs a quiet end: not here)."""
+        counts: dict[int, dict[str, int]] = {}
+        for account_id, account in self.accounts.items():
+            if account.over_hold_reads:
+                add_count(counts, account_id, "over_hold_reads", account.over_hold_reads)
+        for record in self.holds.values():
+            if len(record.captured) > 1:
+                add_count(counts, record.account_id, "double_captures", len(record.captured) - 1)
+            if record.captured and record.voids:
+                add_count(counts, record.account_id, "captures_after_void", 1)
+            if record.captures_after_expiry:
+                add_count(
+                    counts, record.account_id, "captures_after_expiry", record.captures_after_expiry
+                )
+        return counts
 
     def merge(self, other: HoldTally) -> None:
         for hold_id, record in other.holds.items():

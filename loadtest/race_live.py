@@ -16,7 +16,10 @@ Per hot account (definitions of `loadtest.reconcile`, live):
   journal, exact while requests fly, because a journal row and its balance
   are written together) and |stored - expected| beyond the in-flight margin;
   lost updates = money lost / amount, rounded up, as in the race report;
-- overdraft: how far below zero the expected, stored or journal balance went.
+- overdraft: how far below zero the expected, stored or journal balance went;
+- hold anomalies (the holds scenario): double captures, holds captured and
+  voided, captures after expiry and over-hold reads so far, from the answers
+  (`loadtest.hold_tally`); held drift needs a quiet end and is in the report only.
 
 Pure: no HTTP, no Locust, no gevent, no Flask.
 """
@@ -31,6 +34,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtest.hold_tally import add_count
 from loadtest.lock_modes import UNSAFE_MODES
 from loadtest.reconcile import RunSetup, outside
 from loadtest.scenarios import Operation
@@ -109,6 +113,7 @@ class LiveSample:
     outcomes: dict[str, int] = field(default_factory=dict)
     served_by_mode: dict[str, int] = field(default_factory=dict)
     flight: InFlight = field(default_factory=InFlight)
+    hold_counts: dict[int, dict[str, int]] = field(default_factory=dict)  # account -> kind -> n
 
     @classmethod
     def of(cls, tally: Tally, flight: InFlight, taken_at: float) -> LiveSample:
@@ -120,6 +125,7 @@ class LiveSample:
             outcomes={str(key): count for key, count in tally.outcomes.items()},
             served_by_mode=dict(tally.served_by_mode),
             flight=flight.copy(),
+            hold_counts=tally.holds.live_counts(),
         )
 
     def count(self, outcome: Outcome) -> int:
@@ -135,6 +141,9 @@ class LiveSample:
             for key, count in source.items():
                 target[key] = target.get(key, 0) + count
         self.flight.merge(other.flight)
+        for account_id, counts in other.hold_counts.items():
+            for name, count in counts.items():
+                add_count(self.hold_counts, account_id, name, count)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data with string keys only (msgpack and JSON safe)."""
@@ -145,6 +154,7 @@ class LiveSample:
             "outcomes": dict(self.outcomes),
             "served_by_mode": dict(self.served_by_mode),
             "flight": self.flight.to_dict(),
+            "hold_counts": {str(key): dict(value) for key, value in self.hold_counts.items()},
         }
 
     @classmethod
@@ -156,6 +166,10 @@ class LiveSample:
             outcomes={str(key): int(count) for key, count in data["outcomes"].items()},
             served_by_mode={str(key): int(count) for key, count in data["served_by_mode"].items()},
             flight=InFlight.from_dict(data["flight"]),
+            hold_counts={
+                int(key): {str(name): int(count) for name, count in value.items()}
+                for key, value in (data.get("hold_counts") or {}).items()
+            },
         )
 
 
@@ -185,6 +199,7 @@ class AccountView:
     overdraft: int  # how far below zero a balance went; 0: never
     negative_acknowledgements: int
     journal_disagreement: int  # journal - expected beyond the margin: the journal misses answers
+    hold_anomalies: int = 0  # the holds scenario's anomalies on this account so far
 
 
 def account_view(
@@ -235,6 +250,7 @@ def account_view(
         overdraft=overdraft,
         negative_acknowledgements=account.negative_acknowledgements,
         journal_disagreement=journal_disagreement,
+        hold_anomalies=sum(before.hold_counts.get(account_id, {}).values()),
     )
 
 
@@ -275,7 +291,27 @@ def race_totals(accounts: list[AccountView], before: LiveSample) -> dict[str, An
             view.account_id for view in accounts if view.journal_disagreement
         ],
         "served_by_mode": dict(before.served_by_mode),
+        "holds": hold_totals(before),
     }
+
+
+def hold_totals(sample: LiveSample) -> dict[str, int] | None:
+    """Hold anomalies over every account, by kind, and their sum; None when no hold was seen."""
+    if not sample.hold_counts:
+        return None
+    totals = {
+        name: 0
+        for name in (
+            "double_captures",
+            "captures_after_void",
+            "captures_after_expiry",
+            "over_hold_reads",
+        )
+    }
+    for counts in sample.hold_counts.values():
+        for name, count in counts.items():
+            totals[name] = totals.get(name, 0) + count
+    return {**totals, "anomalies": sum(totals.values())}
 
 
 def race_accounts(

@@ -80,6 +80,7 @@ TAB_COLUMNS = (
     ("lost", "Lost updates"),
     ("breaks", "Chain breaks"),
     ("overdraft", "Overdraft"),
+    ("holds", "Hold anomalies"),
 )
 
 
@@ -313,6 +314,7 @@ class RaceMonitor:
                 "lost": account["lost_updates"],
                 "breaks": account["chain_breaks"],
                 "overdraft": account["overdraft"],
+                "holds": account["hold_anomalies"],
             }
             for account in view["accounts"]
         ]
@@ -327,6 +329,7 @@ class RaceMonitor:
                     "lost": totals["lost_updates"],
                     "breaks": totals["chain_breaks"],
                     "overdraft": totals["overdraft_money"],
+                    "holds": (totals["holds"] or {}).get("anomalies", 0),
                 }
             )
         return rows

@@ -127,6 +127,7 @@ function renderTotals(data) {
     ? `${totals.overdrafted_accounts} (${formatNumber(totals.overdraft_money)} below 0)`
     : "0";
   setNumber("total-overdrafts", totals.overdrafted_accounts, overdrafts, totals.overdrafted_accounts > 0);
+  renderHolds(totals.holds);
   const served = Object.entries(totals.served_by_mode).map(([mode, count]) => `${mode} ${formatNumber(count)}`);
   const answers = [
     `answers served by mode: ${served.join(", ") || "none yet"}`,
@@ -140,6 +141,22 @@ function renderTotals(data) {
   }
   const element = setText("answers", answers.join(" · "));
   element.dataset.served = JSON.stringify(totals.served_by_mode);
+}
+
+// The holds scenario: double captures, captured and voided, late captures, over-holds.
+function renderHolds(holds) {
+  document.getElementById("holds-card").hidden = !holds;
+  if (!holds) {
+    return;
+  }
+  const kinds = [
+    [holds.double_captures, "double captures"],
+    [holds.captures_after_void, "captured and voided"],
+    [holds.captures_after_expiry, "captured after expiry"],
+    [holds.over_hold_reads, "reads with available below 0"],
+  ].filter(([count]) => count > 0).map(([count, name]) => `${formatNumber(count)} ${name}`);
+  const text = kinds.length ? `${formatNumber(holds.anomalies)} (${kinds.join(", ")})` : "0";
+  setNumber("total-holds", holds.anomalies, text, holds.anomalies > 0);
 }
 
 function cell(value, alarming) {

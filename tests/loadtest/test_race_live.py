@@ -327,3 +327,45 @@ def test_the_servers_own_counts_are_read_from_its_metrics() -> None:
     counts = server_counts(exposition)
     assert counts["operations"] == {"unlocked": {"ok": 10}, "locked": {"lock_timeout": 2}}
     assert counts["problems"] == {"lock_timeout": 2, "insufficient_funds": 4}
+
+
+def hold_tally_with_anomalies() -> Tally:
+    """Account 1: one hold captured twice, one captured and voided; account 2: an over-hold."""
+    tally = Tally(run_id="r")
+    for hold_id in (1, 2):
+        placed = {"id": hold_id, "expires_at": "2099-01-01T00:00:00+00:00"}
+        tally.holds.note(
+            Operation("hold", ACCOUNT, AMOUNT, expires_in_s=30), "acknowledged", placed, 0.0
+        )
+    capture = Operation("capture", ACCOUNT, AMOUNT, hold_id=1)
+    for action in (capture, capture, Operation("void", ACCOUNT, AMOUNT, hold_id=2)):
+        tally.holds.note(action, "acknowledged", {}, 1.0)
+    tally.holds.note(Operation("capture", ACCOUNT, AMOUNT, hold_id=2), "acknowledged", {}, 1.0)
+    tally.holds.note_read(OTHER_ACCOUNT, {"balance": 5, "held": 10, "available": -5})
+    return tally
+
+
+def test_hold_anomalies_reach_the_accounts_the_totals_and_the_wire() -> None:
+    """The holds scenario's anomalies so far, per account and in total; merged over workers."""
+    flight = InFlight()
+    tally = hold_tally_with_anomalies()
+    live = LiveSample.from_dict(sample(tally, flight).to_dict())  # as a worker sends it
+    assert live.hold_counts == {
+        ACCOUNT: {"double_captures": 1, "captures_after_void": 1},
+        OTHER_ACCOUNT: {"over_hold_reads": 1},
+    }
+    setup = RunSetup("r", "holds", AMOUNT, {ACCOUNT: OPENING, OTHER_ACCOUNT: OPENING})
+    audits = {ACCOUNT: audit(OPENING, OPENING), OTHER_ACCOUNT: audit(OPENING, OPENING)}
+    accounts = race_accounts(setup, live, live, audits)
+    assert [view.hold_anomalies for view in accounts] == [2, 1]
+    totals = race_totals(accounts, merged([live, live], "r", 2.0))  # two workers' samples
+    assert totals["holds"] == {
+        "double_captures": 2,
+        "captures_after_void": 2,
+        "captures_after_expiry": 0,
+        "over_hold_reads": 2,
+        "anomalies": 6,
+    }
+    plain = Tally(run_id="r")
+    acknowledge(plain, flight, deposit())
+    assert race_totals([], sample(plain, flight))["holds"] is None  # no hold: no card
