@@ -7,7 +7,8 @@ After Jepsen's `bank` workload: a few accounts hold a known total; writer
 threads transfer random amounts between random pairs (each with its own
 Idempotency-Key, retried a bounded number of times); reader threads read
 *every* balance in one snapshot (GET /balances?ids=...) and each read must sum
-to the opening total with no balance below zero; a nemesis kills and pauses
+to the opening total with no balance below zero (and, when the service reports
+each account's `held`, no `available` = balance - held below zero); a nemesis kills and pauses
 gunicorn workers and, on PostgreSQL, cuts the database's connections through
 a TCP proxy (loadtest/jepsen_nemesis.py). An operation nobody knows the fate
 of (timeout, reset, a 5xx that may have applied) is recorded "info", never
@@ -166,20 +167,32 @@ def read_balances(
     session: requests.Session, url: str, timeout_seconds: float
 ) -> tuple[str, dict[str, int] | None, str | None]:
     """One snapshot read: ("ok", balances, None) or ("fail" | "info", None, why)."""
+    kind, balances, _held, error = read_snapshot(session, url, timeout_seconds)
+    return kind, balances, error
+
+
+def read_snapshot(
+    session: requests.Session, url: str, timeout_seconds: float
+) -> tuple[str, dict[str, int] | None, dict[str, int] | None, str | None]:
+    """One snapshot read, with each account's `held` when the service reports it (holds).
+
+    ("ok", balances, held or None, None) or ("fail" | "info", None, None, why).
+    """
     try:
         response = session.get(url, headers=NEW_CONNECTION, timeout=timeout_seconds)
     except requests.RequestException as error:
-        return "info", None, type(error).__name__
+        return "info", None, None, type(error).__name__
     if response.status_code == 0:  # Locust's HttpSession: no answer, instead of raising
-        return "info", None, "no answer"
+        return "info", None, None, "no answer"
     if response.status_code != 200:
-        return "fail", None, _describe(_attempt(response))
+        return "fail", None, None, _describe(_attempt(response))
     try:
         items = response.json()["items"]
         balances = {int(item["account_id"]): int(item["balance"]) for item in items}
+        held = {int(item["account_id"]): int(item["held"]) for item in items if "held" in item}
     except (ValueError, KeyError, TypeError):
-        return "fail", None, "an undecodable answer"
-    return "ok", balances_value(balances), None
+        return "fail", None, None, "an undecodable answer"
+    return "ok", balances_value(balances), balances_value(held) if held else None, None
 
 
 class Clients:
@@ -235,13 +248,15 @@ class Clients:
         with self.session() as session:
             while not self.stop.is_set():
                 self.history.append(process, "invoke", "read", None)
-                kind, balances, error = self.read_once(session)
-                self.history.append(process, kind, "read", balances, error=error)
+                kind, balances, held, error = self.read_once(session)
+                self.history.append(process, kind, "read", balances, error=error, held=held)
                 if kind != "ok":
                     self.stop.wait(FAILED_READ_PAUSE_SECONDS)
 
-    def read_once(self, session: requests.Session) -> tuple[str, dict[str, int] | None, str | None]:
-        return read_balances(session, self.balances_url, self.options.request_timeout_seconds)
+    def read_once(
+        self, session: requests.Session
+    ) -> tuple[str, dict[str, int] | None, dict[str, int] | None, str | None]:
+        return read_snapshot(session, self.balances_url, self.options.request_timeout_seconds)
 
 
 def _attempt(response: requests.Response) -> Attempt:
@@ -332,8 +347,10 @@ def final_read(clients: Clients, options: WorkloadOptions) -> None:
     try:
         while True:
             clients.history.append(process, "invoke", "read", None, final=True)
-            kind, balances, error = clients.read_once(session)
-            clients.history.append(process, kind, "read", balances, error=error, final=True)
+            kind, balances, held, error = clients.read_once(session)
+            clients.history.append(
+                process, kind, "read", balances, error=error, final=True, held=held
+            )
             if kind == "ok" or time.monotonic() > deadline:
                 return
             time.sleep(FINAL_READ_INTERVAL_SECONDS)  # polling interval under a deadline

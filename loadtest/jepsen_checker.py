@@ -6,7 +6,9 @@ Reads a history written by loadtest/jepsen_bank.py (format in
 loadtest/jepsen_history.py) and judges it as Jepsen's `bank` checker does:
 
 - every "ok" read is checked: its balances cover every account, sum to the
-  opening total (transfers only move money) and none is negative;
+  opening total (transfers only move money) and none is negative; a read
+  that carries each account's `held` (a service with holds) must show no
+  `available` (balance - held) below zero, that is no held above the balance;
 - the history is well formed: each invoke is completed once, by its process;
   an invoke never completed counts as indeterminate ("info");
 - the final read, taken after the faults healed, reconciles the
@@ -76,6 +78,8 @@ class Report:
     final: Final
     problems: list[str]
     wrong_reads: list[dict[str, Any]]
+    overheld_reads: int = 0  # reads with held above the balance: available below 0 (holds)
+    reads_with_holds: int = 0  # reads that reported held at all
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,6 +99,8 @@ class _Scan:
     reads_checked: int = 0
     wrong_totals: int = 0
     negative_reads: int = 0
+    overheld_reads: int = 0
+    reads_with_holds: int = 0
     wrong_reads: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     final: dict[str, Any] | None = None
@@ -117,16 +123,23 @@ def check(document: dict[str, Any]) -> Report:
             if delta is not None:
                 scan.indeterminate.append(delta)
     final = _reconcile(scan)
+    if scan.final is not None and _overheld_accounts(scan.final, read_balances_of(scan.final)):
+        scan.overheld_reads += 1
     indeterminate = sum(counter["info"] for counter in scan.outcomes.values())
     problems = list(scan.problems)
     if scan.wrong_totals:
         problems.append(f"{scan.wrong_totals} reads saw a total other than {scan.expected_total}")
     if scan.negative_reads:
         problems.append(f"{scan.negative_reads} reads saw a negative balance")
+    if scan.overheld_reads:
+        problems.append(
+            f"{scan.overheld_reads} reads saw available below zero (held above the balance)"
+        )
     problems += _final_problems(final, scan.expected_total)
     valid = (
         not scan.wrong_totals
         and not scan.negative_reads
+        and not scan.overheld_reads
         and not scan.problems
         and final.present
         and final.total == scan.expected_total
@@ -147,6 +160,8 @@ def check(document: dict[str, Any]) -> Report:
         final=final,
         problems=problems,
         wrong_reads=scan.wrong_reads,
+        overheld_reads=scan.overheld_reads,
+        reads_with_holds=scan.reads_with_holds,
     )
 
 
@@ -214,11 +229,16 @@ def _check_read(scan: _Scan, operation: dict[str, Any]) -> None:
     total = sum(balances.values())
     incomplete = set(balances) != set(scan.accounts)
     negative = [account for account, balance in balances.items() if balance < 0]
+    overheld = _overheld_accounts(operation, balances)
     if total != scan.expected_total or incomplete:
         scan.wrong_totals += 1
     if negative:
         scan.negative_reads += 1
-    wrong = total != scan.expected_total or incomplete or bool(negative)
+    if operation.get("held") is not None:
+        scan.reads_with_holds += 1
+    if overheld:
+        scan.overheld_reads += 1
+    wrong = total != scan.expected_total or incomplete or bool(negative) or bool(overheld)
     if wrong and len(scan.wrong_reads) < EXAMPLES_KEPT:
         scan.wrong_reads.append(
             {
@@ -227,8 +247,17 @@ def _check_read(scan: _Scan, operation: dict[str, Any]) -> None:
                 "process": operation["process"],
                 "total": total,
                 "balances": operation.get("value"),
+                **({"held": operation["held"]} if overheld else {}),
             }
         )
+
+
+def _overheld_accounts(operation: dict[str, Any], balances: dict[int, int]) -> list[int]:
+    """Accounts the read shows with held above the balance (available below zero)."""
+    held = {int(key): int(value) for key, value in (operation.get("held") or {}).items()}
+    return sorted(
+        account for account, amount in held.items() if amount > balances.get(account, amount)
+    )
 
 
 def _reconcile(scan: _Scan) -> Final:
@@ -301,7 +330,13 @@ def render(report: Report) -> str:
             for function, kinds in report.outcomes.items()
         ),
         f"  reads checked {report.reads_checked}, wrong totals {report.wrong_totals}, "
-        f"reads with a negative balance {report.negative_balances}",
+        f"reads with a negative balance {report.negative_balances}"
+        + (
+            f", reads with available below zero {report.overheld_reads} "
+            f"(of {report.reads_with_holds} that reported held)"
+            if report.reads_with_holds
+            else ""
+        ),
         "  faults " + ", ".join(f"{kind} {count}" for kind, count in report.faults.items()),
         f"  indeterminate {report.indeterminate}; not ok: "
         + (", ".join(f"{error} x{count}" for error, count in report.errors.items()) or "none"),

@@ -17,7 +17,9 @@ tool after a key rename): a list of operations, each
   {"<account id>": balance} on "ok" (null on its invoke); a fault's target;
 - `time`: nanoseconds since the run started (monotonic clock);
 - optional: `error` (why a fail or info), `final` (true on the read taken
-  after the faults healed), `transfer_id`.
+  after the faults healed), `transfer_id`, and on an "ok" read `held`
+  ({"<account id>": held}) when the service reports the money its pending
+  holds keep (DESIGN §3 Holds): the read's available = balance - held.
 
 The document around the list says what the checker needs to know: the
 accounts and their opening balances (so the expected total), the mode the

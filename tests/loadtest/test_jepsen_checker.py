@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from loadtest import jepsen_checker
+from loadtest.jepsen_bank import read_snapshot
 from loadtest.jepsen_checker import check, explain, main
 from loadtest.jepsen_history import FORMAT, History
 from loadtest.jepsen_nemesis import child_pids
@@ -209,3 +210,76 @@ def test_child_pids_finds_the_children_of_a_process() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def read_with_held(
+    script: Script, balances: dict[int, int], held: dict[int, int], *, final: bool = False
+) -> None:
+    """An "ok" read from a service with holds: each account's held beside its balance."""
+    script.history.append(10 if final else 9, "invoke", "read", None, final=final or None)
+    script.history.append(
+        10 if final else 9,
+        "ok",
+        "read",
+        {str(key): value for key, value in balances.items()},
+        held={str(key): value for key, value in held.items()},
+        final=final or None,
+    )
+
+
+def test_a_read_with_held_above_the_balance_is_an_anomaly() -> None:
+    """Holds: available (balance - held) below zero in any read makes the history invalid."""
+    script = Script()
+    read_with_held(script, {1: 10, 2: 10, 3: 10}, {1: 10, 2: 0, 3: 4})  # available 0: fine
+    read_with_held(script, {1: 10, 2: 10, 3: 10}, {1: 0, 2: 15, 3: 0})  # available -5
+    read_with_held(script, {1: 10, 2: 10, 3: 10}, {1: 0, 2: 0, 3: 0}, final=True)
+    report = script.checked()
+    assert not report.valid
+    assert (report.overheld_reads, report.reads_with_holds, report.negative_balances) == (1, 2, 0)
+    assert "1 reads saw available below zero (held above the balance)" in report.problems
+    assert report.wrong_reads[0]["held"] == {"1": 0, "2": 15, "3": 0}
+    assert "reads with available below zero 1 (of 2 that reported held)" in (
+        jepsen_checker.render(report)
+    )
+
+
+def test_holds_within_the_balance_keep_a_history_valid_and_the_final_read_counts() -> None:
+    script = Script()
+    read_with_held(script, {1: 10, 2: 10, 3: 10}, {1: 10, 2: 10, 3: 10})
+    read_with_held(script, {1: 10, 2: 10, 3: 10}, {1: 0, 2: 0, 3: 0}, final=True)
+    assert script.checked().valid
+    overheld_at_the_end = Script()
+    read_with_held(overheld_at_the_end, {1: 10, 2: 10, 3: 10}, {1: 11, 2: 0, 3: 0}, final=True)
+    report = overheld_at_the_end.checked()
+    assert not report.valid and report.overheld_reads == 1
+    plain = Script()  # no held reported: no hold line, nothing changes
+    plain.read(10, {1: 10, 2: 10, 3: 10}, final=True)
+    assert plain.checked().valid
+    assert "available" not in jepsen_checker.render(plain.checked())
+
+
+class AnsweringSession:
+    """Stands in for requests.Session: every GET answers 200 with `body`."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+
+    def get(self, _url: str, **_kwargs: Any) -> Any:
+        body = self.body
+
+        class Response:
+            status_code = 200
+
+            def json(self) -> dict[str, Any]:
+                return body
+
+        return Response()
+
+
+def test_the_workload_records_held_when_the_service_reports_it() -> None:
+    with_holds = {"items": [{"account_id": 1, "balance": 10, "held": 4}]}
+    without = {"items": [{"account_id": 1, "balance": 10}]}
+    session: Any = AnsweringSession(with_holds)
+    assert read_snapshot(session, "u", 1.0) == ("ok", {"1": 10}, {"1": 4}, None)
+    session = AnsweringSession(without)
+    assert read_snapshot(session, "u", 1.0) == ("ok", {"1": 10}, None, None)
