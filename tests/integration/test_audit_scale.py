@@ -1,6 +1,6 @@
 """The audit-at-scale harness builds the bank it plans, and the database's audits judge it exactly.
 
-The builder (loadtest/audit_scale.py) writes the journal with one INSERT ... SELECT and
+The builder (loadtest/audit_scale_bank.py) writes the journal with one INSERT ... SELECT and
 plants three anomalies; here it runs at 20,011 rows (not a multiple of the 200 accounts)
 on SQLite and PostgreSQL. The rows are read back and judged by the pure-Python reference
 (`service.domain.audit_account`); `SqlStore.audit_bank` and `audit_account`, computed by
@@ -12,11 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
 
 from loadtest import audit_scale
-from loadtest.audit_scale import Plan, audit_figures, build
-from service.domain import AccountAudit, BankAudit, Transaction, TransactionKind, audit_account
+from loadtest.audit_scale_bank import Plan, audit_figures, build, database_books
+from service.domain import AccountAudit, BankAudit, Transaction, audit_account
 from service.domain import audit_bank as reference_bank_audit
 from service.stores.sql import SqlStore
 from tests.conftest import SQL_BACKENDS, TEST_LOCK_TIMEOUT_MS
@@ -26,38 +25,6 @@ ACCOUNTS = 200
 CLEAN_ACCOUNT = 7
 
 pytestmark = pytest.mark.parametrize("backend", SQL_BACKENDS, indirect=True)
-
-
-def database_books(url: str) -> tuple[dict[int, int], dict[int, list[Transaction]]]:
-    """Every account's stored balance and journal (id order), read straight from the tables."""
-    engine = create_engine(url)
-    try:
-        with engine.connect() as connection:
-            balances = {
-                row.id: row.balance
-                for row in connection.exec_driver_sql("SELECT id, balance FROM accounts")
-            }
-            rows = connection.exec_driver_sql(
-                "SELECT id, account_id, kind, amount, balance_after, transfer_id, lock_mode,"
-                " created_at FROM transactions ORDER BY id"
-            ).all()
-    finally:
-        engine.dispose()
-    journals: dict[int, list[Transaction]] = {account_id: [] for account_id in balances}
-    for row in rows:
-        journals[row.account_id].append(
-            Transaction(
-                row.id,
-                row.account_id,
-                TransactionKind(row.kind),
-                row.amount,
-                row.balance_after,
-                row.transfer_id,
-                row.lock_mode,
-                row.created_at,
-            )
-        )
-    return balances, journals
 
 
 def reference_audits(url: str) -> dict[int, AccountAudit]:
