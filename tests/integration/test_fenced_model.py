@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 
 from service.domain import LockMode, ModeSetting, StaleLock
-from service.keyed_locks import KeyedLocks
 from service.redis_locks import RedisLocks
-from service.services import Bank, ModeSource
+from service.services import Bank
 from service.stores.base import Store
 from tests.integration import test_model_threaded as threaded
 from tests.support.bank_model import LOCK_TIMEOUT_MS, store_supply
@@ -38,13 +37,12 @@ def with_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     url, prefix = redis_url(), unique_prefix("model")
     lease_ms = [LEASE_MS]
 
+    make_bank_without_redis = threaded.make_bank
+
     def make_bank(store: Store) -> Bank:
-        return Bank(
-            store=store,
-            modes=ModeSource(store, allow_unsafe_modes=True),
-            process_locks=KeyedLocks(LOCK_TIMEOUT_MS),
-            lock_timeout_ms=LOCK_TIMEOUT_MS,
-            redis_locks=RedisLocks(
+        return make_bank_without_redis(
+            store,
+            RedisLocks(
                 url, lease_ms=lease_ms[0], lock_timeout_ms=LOCK_TIMEOUT_MS, key_prefix=prefix
             ),
         )
@@ -53,6 +51,22 @@ def with_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     monkeypatch.setattr(threaded, "HARMLESS_REFUSALS", (*threaded.HARMLESS_REFUSALS, StaleLock))
     yield lease_ms
     delete_prefix(url, prefix)
+
+
+def run_overrun(
+    lock_mode: LockMode,
+    backend: str,
+    tmp_path: Path,
+    with_redis: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[threaded.History, list[str]]:
+    """The threaded run with every holder outliving its lease (race window 50 ms, lease 20 ms)."""
+    with_redis[0] = SHORT_LEASE_MS
+    monkeypatch.setitem(threaded.OPERATIONS_PER_THREAD, backend, OVERRUN_OPERATIONS_PER_THREAD)
+    with store_supply(backend, tmp_path) as supply:
+        return threaded.run_and_judge(
+            supply.fresh(), ModeSetting(lock_mode, OVERRUN_RACE_WINDOW_MS), backend
+        )
 
 
 def test_fenced_leaves_exactly_the_acknowledged_books(
@@ -73,12 +87,7 @@ def test_fenced_loses_nothing_when_every_holder_outlives_its_lease(
     backend: str, tmp_path: Path, with_redis: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Race window 50 ms, lease 20 ms: refusals are stale_lock, the books stay exact."""
-    with_redis[0] = SHORT_LEASE_MS
-    monkeypatch.setitem(threaded.OPERATIONS_PER_THREAD, backend, OVERRUN_OPERATIONS_PER_THREAD)
-    with store_supply(backend, tmp_path) as supply:
-        history, violations = threaded.run_and_judge(
-            supply.fresh(), ModeSetting(LockMode.FENCED, OVERRUN_RACE_WINDOW_MS), backend
-        )
+    history, violations = run_overrun(LockMode.FENCED, backend, tmp_path, with_redis, monkeypatch)
     assert history.errors == []
     assert violations == []
     assert history.refusals["stale_lock"] > 0, history.refusals
@@ -89,12 +98,9 @@ def test_the_same_judge_catches_redis_lock_when_holders_outlive_their_lease(
     backend: str, tmp_path: Path, with_redis: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """redis-lock under the very same overrun: the judge finds balances that lost updates."""
-    with_redis[0] = SHORT_LEASE_MS
-    monkeypatch.setitem(threaded.OPERATIONS_PER_THREAD, backend, OVERRUN_OPERATIONS_PER_THREAD)
-    with store_supply(backend, tmp_path) as supply:
-        history, violations = threaded.run_and_judge(
-            supply.fresh(), ModeSetting(LockMode.REDIS_LOCK, OVERRUN_RACE_WINDOW_MS), backend
-        )
+    history, violations = run_overrun(
+        LockMode.REDIS_LOCK, backend, tmp_path, with_redis, monkeypatch
+    )
     assert history.errors == []
     assert any("inconsistent audit" in violation for violation in violations), violations
 

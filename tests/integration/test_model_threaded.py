@@ -42,6 +42,7 @@ from service.domain import (
     WriteConflict,
 )
 from service.keyed_locks import KeyedLocks
+from service.redis_locks import RedisLocks
 from service.services import Bank, ModeSource
 from service.stores.base import Store, Written
 from tests.support.bank_model import JOURNAL_PAGE, LOCK_TIMEOUT_MS, store_supply
@@ -81,12 +82,13 @@ class History:
         return self.entries + [leg for transfer in self.transfers for leg in transfer.legs]
 
 
-def make_bank(store: Store) -> Bank:
+def make_bank(store: Store, redis_locks: RedisLocks | None = None) -> Bank:
     return Bank(
         store=store,
         modes=ModeSource(store, allow_unsafe_modes=True),
         process_locks=KeyedLocks(LOCK_TIMEOUT_MS),
         lock_timeout_ms=LOCK_TIMEOUT_MS,
+        redis_locks=redis_locks,
     )
 
 

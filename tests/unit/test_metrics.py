@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from service import metrics, services
 from service.domain import LockMode, LockTimeout, ModeSetting
@@ -25,17 +24,9 @@ from service.stores.base import (
     Written,
 )
 from service.stores.memory import MemoryStore
+from tests.support.metrics_samples import sample
 
 LOCK_TIMEOUT_MS = 2000
-
-
-def sample(name: str, **labels: str) -> float:
-    text, _content_type = metrics.exposition()
-    for family in text_string_to_metric_families(text.decode()):
-        for found in family.samples:
-            if found.name == name and found.labels == labels:
-                return float(found.value)
-    return 0.0
 
 
 class ConflictingStore(MemoryStore):

@@ -17,9 +17,8 @@ from typing import Any
 import jsonschema
 import pytest
 from gunicorn.config import Config as GunicornConfig
-from prometheus_client.parser import text_string_to_metric_families
 
-from service import create_app, metrics
+from service import create_app
 from service.config import (
     DEFAULT_QUEUE_MAX_REQUESTS,
     DEFAULT_QUEUE_WAIT_MAX_MS,
@@ -38,6 +37,7 @@ from service.overload import (
     Verdict,
 )
 from tests.conftest import make_config
+from tests.support.metrics_samples import sample
 
 LIMITS = OverloadLimits(max_queued_requests=3, max_queue_wait_ms=500)
 
@@ -48,15 +48,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def sample(name: str, **labels: str) -> float:
-    text, _content_type = metrics.exposition()
-    for family in text_string_to_metric_families(text.decode()):
-        for found in family.samples:
-            if found.name == name and found.labels == labels:
-                return float(found.value)
-    return 0.0
 
 
 # --------------------------------------------------------------------------- admission
