@@ -171,7 +171,7 @@ def add_bank_arguments(parser: Any) -> None:
         type=int,
         default=DEFAULT_AMOUNT,
         help="amount of every deposit, withdrawal and transfer, in minor units (holds: "
-        "each hold is at least a quarter of the opening balance)",
+        "each hold is at least an eighth of the opening balance)",
     )
     parser.add_argument(
         "--bank-report-json",

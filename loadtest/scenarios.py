@@ -31,9 +31,9 @@ MIXED_WEIGHTS = {"deposit": 1, "withdraw": 1, "transfer": 2}
 OPERATION_KINDS = ("deposit", "withdraw", "transfer", "hold", "capture", "void")
 HOLD_ACTION_KINDS = ("capture", "void")  # requests on an existing hold (/holds/{id}/...)
 
-# Holds: each hold is a quarter of the opening balance (at least --bank-amount), so
-# four pending holds fill an account and racing placements can over-hold it.
-HOLDS_PER_BALANCE = 4
+# Holds: each hold is an eighth of the opening balance (at least --bank-amount), so
+# eight pending holds fill an account and racing placements can over-hold it.
+HOLDS_PER_BALANCE = 8
 HOLD_PLANS = (
     "capture",  # capture the whole hold
     "partial_capture",  # capture half, the rest is released
@@ -44,11 +44,11 @@ HOLD_PLANS = (
     "leave_pending",  # place it and leave it: it counts in `held` until it expires
     "racing_holds",  # two holds on the same account at once (available must stay >= 0)
 )
-# Seconds a hold lives: the shortest the API takes for the hold meant to expire,
-# a few seconds for the ones left pending (so that they free the account again
-# during a short run), and long enough for the others to be captured or voided.
+# Seconds a hold lives: the shortest the API takes for the hold meant to expire
+# and for the ones left pending (so that they free the account again at once in
+# a short run), and long enough for the others to be captured or voided.
 EXPIRING_HOLD_SECONDS = 1
-PENDING_HOLD_SECONDS = 3
+PENDING_HOLD_SECONDS = 1
 ACTED_ON_HOLD_SECONDS = 30
 
 
@@ -160,7 +160,7 @@ def choose_operation(
 
 
 def scenario_amount(scenario: str, amount: int, opening_balance: int) -> int:
-    """The amount a run moves: in `holds`, each hold is at least a quarter of the opening."""
+    """The amount a run moves: in `holds`, each hold is at least an eighth of the opening."""
     if scenario == "holds":
         return max(amount, opening_balance // HOLDS_PER_BALANCE, 2)
     return amount

@@ -139,11 +139,11 @@ def test_every_hold_plan_sends_what_its_name_says() -> None:
     assert HoldPlan("expire", ACCOUNT, 100).placements[0].expires_in_s == 1
 
 
-def test_the_holds_scenario_draws_every_plan_and_its_amount_fills_a_quarter() -> None:
+def test_the_holds_scenario_draws_every_plan_and_its_amount_fills_an_eighth() -> None:
     rng = random.Random(4)
     drawn = {choose_hold_plan([1, 2], 100, rng).name for _ in range(400)}
     assert drawn == set(HOLD_PLANS)
-    assert scenario_amount("holds", 10, 10_000) == 2_500
+    assert scenario_amount("holds", 10, 10_000) == 1_250
     assert scenario_amount("holds", 4_000, 10_000) == 4_000
     assert scenario_amount("mixed", 10, 10_000) == 10  # other scenarios: unchanged
     with pytest.raises(ValueError):
