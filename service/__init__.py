@@ -15,7 +15,7 @@ from flask import Flask, request
 from flask.sessions import NullSession, SecureCookieSessionInterface
 from werkzeug.routing import BaseConverter
 
-from service.api import accounts, admin, auth, docs, headers, ops, request_log, transfers
+from service.api import accounts, admin, auth, docs, headers, holds, ops, request_log, transfers
 from service.api.context import EXTENSION_KEY
 from service.api.errors import register_error_handlers
 from service.api.parsing import MAX_BODY_BYTES, MAX_ID_DIGITS
@@ -108,6 +108,7 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
 
     for blueprint in (
         accounts.blueprint,
+        holds.blueprint,
         transfers.blueprint,
         admin.blueprint,
         ops.blueprint,

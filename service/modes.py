@@ -17,6 +17,28 @@ of holding a lock can be measured.
 | redis-lock    | a lease lock per account in Redis: until a holder outlives it |
 | fenced        | the Redis lock; the store refuses a stale token or version   |
 
+Holds (DESIGN §3 "Holds") are legs too: placing or voiding a hold is a leg
+that moves no money but writes its account (version + 1) and the hold row,
+a capture is a journaled debit that ends its hold. So each mode protects a
+hold's read-modify-write -- read the balance, the held money and the hold;
+pause; write the account and the hold -- exactly as it protects a balance:
+
+| mode          | what guards a hold's write                                   |
+|---------------|--------------------------------------------------------------|
+| unlocked      | nothing: two captures of one hold both land, a capture lands |
+|               | after a void or past the expiry, two holds over-reserve      |
+| process-lock  | its lock: within one process only                            |
+| locked        | the account's store lock, from the read of the hold to the write |
+| optimistic    | the account's version: every hold change bumps it            |
+| atomic        | no read: the hold row's `status = 'pending' AND expires_at > |
+|               | now`, a debit's or new hold's `balance + delta >= held`      |
+| redis-lock    | its lease: until a holder outlives it                        |
+| fenced        | the token and the version, as for any write                  |
+
+In every mode but `unlocked`, the write also checks the hold's expiry by its
+own clock: no lock stops time, and a capture decided before `expires_at` but
+written after it would make a hold captured after it was seen expired.
+
 In `atomic` there is no read to pause after: the window is spent before the
 guarded update, outside any lock, so it adds latency but cannot open a race.
 
@@ -53,6 +75,8 @@ from service.domain import (
     StaleLock,
     WriteConflict,
     check_new_balance,
+    check_pending,
+    utc_now,
 )
 from service.idempotency import Completion
 from service.keyed_locks import KeyedLocks
@@ -87,6 +111,14 @@ class Operation:
     @property
     def account_ids(self) -> tuple[int, ...]:
         return tuple(leg.account_id for leg in self.legs)
+
+    @property
+    def ended_hold_id(self) -> int | None:
+        """The hold this operation captures or voids (None for every other operation)."""
+        for leg in self.legs:
+            if leg.hold is not None and leg.hold.hold_id is not None:
+                return leg.hold.hold_id
+        return None
 
 
 @dataclass(frozen=True)
@@ -134,19 +166,33 @@ def plan_writes(
     *,
     compare_versions: bool,
     fences: Mapping[int, int] | None = None,
+    check_hold_expiry: bool = True,
 ) -> list[LegWrite]:
-    """New balances computed from what was read; refuses overdrafts and overflows."""
+    """New balances computed from what was read; refuses overdrafts (of the
+    available money) and overflows."""
     return [
         LegWrite(
             leg,
             new_balance=check_new_balance(
-                states[leg.account_id].balance, leg.delta, leg.account_id
+                states[leg.account_id].balance,
+                leg.delta,
+                leg.account_id,
+                states[leg.account_id].held,
+                leg.reserve,
             ),
             expected_version=states[leg.account_id].version if compare_versions else None,
             fence=fences[leg.account_id] if fences is not None else None,
+            check_hold_expiry=check_hold_expiry,
         )
         for leg in legs
     ]
+
+
+def read_hold_pending(reader: LegWriter, operation: Operation) -> None:
+    """The read of a capture or void: the hold must be pending now (else HoldNotPending)."""
+    hold_id = operation.ended_hold_id
+    if hold_id is not None:
+        check_pending(reader.read_hold(hold_id), utc_now())
 
 
 def read_modify_write(
@@ -154,7 +200,15 @@ def read_modify_write(
 ) -> Written:
     """Read, pause, write: safe only if whoever calls this holds a lock."""
     states = writer.read_states(operation.account_ids)
-    writes = plan_writes(in_lock_order(operation), states, compare_versions=False)
+    read_hold_pending(writer, operation)
+    # `unlocked` writes what it read, however stale; the others at least
+    # re-check the clock (see the module docstring).
+    writes = plan_writes(
+        in_lock_order(operation),
+        states,
+        compare_versions=False,
+        check_hold_expiry=mode is not LockMode.UNLOCKED,
+    )
     pause_in_race_window(context.race_window_ms)
     return writer.write_legs(writes, mode.value, operation.transfer, operation.completion)
 
@@ -189,6 +243,7 @@ def run_locked(operation: Operation, context: ModeContext) -> Written:
 def run_optimistic(operation: Operation, context: ModeContext) -> Written:
     for attempt in range(OPTIMISTIC_MAX_ATTEMPTS):
         states = context.store.read_states(operation.account_ids)
+        read_hold_pending(context.store, operation)
         writes = plan_writes(in_lock_order(operation), states, compare_versions=True)
         pause_in_race_window(context.race_window_ms)
         try:
@@ -210,7 +265,9 @@ def run_optimistic(operation: Operation, context: ModeContext) -> Written:
 
 def run_atomic(operation: Operation, context: ModeContext) -> Written:
     pause_in_race_window(context.race_window_ms)
-    writes = [LegWrite(leg) for leg in in_lock_order(operation)]
+    # The store guards each write: the balance against the held money, the
+    # hold against its status and expiry (nothing was read to compare with).
+    writes = [LegWrite(leg, check_hold_pending=True) for leg in in_lock_order(operation)]
     return context.store.write_legs(
         writes, LockMode.ATOMIC.value, operation.transfer, operation.completion
     )
@@ -239,6 +296,7 @@ def run_fenced(operation: Operation, context: ModeContext) -> Written:
         metrics.lock_waited(mode.value, asked)
         try:
             states = context.store.claim_states(lease.tokens)
+            read_hold_pending(context.store, operation)
             writes = plan_writes(
                 in_lock_order(operation), states, compare_versions=True, fences=lease.tokens
             )

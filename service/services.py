@@ -1,4 +1,4 @@
-"""Use cases: open an account, deposit, withdraw, transfer, audit, change mode.
+"""Use cases: open an account, deposit, withdraw, transfer, holds, audit, change mode.
 
 Domain plus the store interface only: no Flask, no SQL. Each money operation
 takes the mode setting that serves it explicitly (the API reads it once per
@@ -8,6 +8,7 @@ request, so the `X-Lock-Mode` header names the mode that really ran) and the
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import random
 import threading
@@ -22,6 +23,10 @@ from service.domain import (
     AccountAudit,
     BankAudit,
     CurrencyMismatch,
+    FieldError,
+    Hold,
+    HoldAction,
+    HoldChange,
     Leg,
     LockMode,
     LockTimeout,
@@ -30,6 +35,7 @@ from service.domain import (
     TransactionKind,
     Unavailable,
     UnsafeModeRefused,
+    ValidationFailed,
     WriteConflict,
     utc_now,
 )
@@ -272,6 +278,69 @@ def transfer(
     written = _apply(operation, setting, bank)
     if written.transfer is None:
         raise RuntimeError("the store did not record the transfer it was given")
+    return written
+
+
+# Holds (DESIGN §3 "Holds"): each is one leg through the same lock modes as
+# any balance change (see service.modes); the services only say which leg.
+
+
+def place_hold(
+    account_id: int,
+    amount: int,
+    expires_in_s: int,
+    setting: ModeSetting,
+    bank: Bank,
+    completion: Completion | None = None,
+) -> Written:
+    expires_at = utc_now() + dt.timedelta(seconds=expires_in_s)
+    leg = Leg(account_id, HoldAction.PLACE, amount, HoldChange(None, amount, expires_at))
+    return _with_hold(
+        _apply(Operation((leg,), (account_id,), completion=completion), setting, bank)
+    )
+
+
+def capture_hold(
+    hold_id: int,
+    amount: int | None,
+    setting: ModeSetting,
+    bank: Bank,
+    completion: Completion | None = None,
+) -> Written:
+    """Capture all of the hold (amount None) or part of it; the rest is released."""
+    # The account and the amount of a hold never change, so reading them
+    # before the lock mode's own read of the hold is safe.
+    hold = bank.store.read_hold(hold_id)
+    captured = hold.amount if amount is None else amount
+    if captured > hold.amount:
+        raise ValidationFailed(
+            [FieldError("amount", f"must be at most {hold.amount}, the held amount")]
+        )
+    leg = Leg(hold.account_id, TransactionKind.CAPTURE, captured, HoldChange(hold_id, hold.amount))
+    operation = Operation((leg,), (hold.account_id,), completion=completion)
+    return _with_hold(_apply(operation, setting, bank))
+
+
+def void_hold(
+    hold_id: int,
+    setting: ModeSetting,
+    bank: Bank,
+    completion: Completion | None = None,
+) -> Written:
+    hold = bank.store.read_hold(hold_id)
+    leg = Leg(hold.account_id, HoldAction.VOID, hold.amount, HoldChange(hold_id, hold.amount))
+    operation = Operation((leg,), (hold.account_id,), completion=completion)
+    return _with_hold(_apply(operation, setting, bank))
+
+
+def hold_now(hold_id: int, bank: Bank) -> Hold:
+    """The hold as a client sees it now (a pending hold past its expiry is expired)."""
+    return bank.store.read_hold(hold_id).seen_at(utc_now())
+
+
+def _with_hold(written: Written) -> Written:
+    if written.hold is None:
+        raise RuntimeError("the store did not record the hold it was given")
     return written
 
 

@@ -78,12 +78,35 @@ transactions = Table(
     Column("lock_mode", String(16), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     CheckConstraint("amount > 0", name="amount_positive"),
+    # The hold a `capture` entry ended: the audit counts captures per hold.
+    Column("hold_id", Identifier, nullable=True),
     CheckConstraint(
-        "kind IN ('open', 'deposit', 'withdrawal', 'transfer_in', 'transfer_out')",
+        "kind IN ('open', 'deposit', 'withdrawal', 'transfer_in', 'transfer_out', 'capture')",
         name="kind_known",
     ),
     Index("ix_transactions_account_id_id", "account_id", "id"),
     Index("ix_transactions_transfer_id", "transfer_id"),
+    Index("ix_transactions_hold_id", "hold_id"),
+)
+
+# Holds (service.domain.holds): `status` is stored as written -- a pending
+# hold past `expires_at` stays `pending` in the row and is expired to every
+# reader, so `held` is the sum over (account_id, 'pending', expires_at > now),
+# which the index serves.
+holds = Table(
+    "holds",
+    metadata,
+    Column("id", Identifier, primary_key=True, autoincrement=True),
+    Column("account_id", Identifier, ForeignKey("accounts.id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("captured_amount", BigInteger, nullable=True),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint("status IN ('pending', 'captured', 'voided')", name="status_known"),
+    Index("ix_holds_account_id_status_expires_at", "account_id", "status", "expires_at"),
 )
 
 # One row (id 1): the lock mode every worker and replica polls, so a

@@ -29,6 +29,7 @@ from service.api.errors import handle_domain_error
 from service.domain import (
     BalanceLimitExceeded,
     CurrencyMismatch,
+    HoldNotPending,
     InsufficientFunds,
     NotFound,
     SameAccount,
@@ -54,6 +55,7 @@ JSON_MEDIA_TYPE = "application/json"
 # replayed like a success (a retry must not succeed later by surprise).
 DECIDED_REFUSALS = (
     NotFound,
+    HoldNotPending,
     InsufficientFunds,
     BalanceLimitExceeded,
     SameAccount,

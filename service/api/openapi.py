@@ -38,6 +38,7 @@ from service.domain import (
     BalanceLimitExceeded,
     CurrencyMismatch,
     DomainError,
+    HoldNotPending,
     InsufficientFunds,
     LockMode,
     LockTimeout,
@@ -67,7 +68,14 @@ REFERENCE = "#/components/schemas/{model}"
 # and replayed (service/api/idempotent.py DECIDED_REFUSALS).
 REPLAYED_PROBLEMS = frozenset(
     kind.code
-    for kind in (NotFound, InsufficientFunds, BalanceLimitExceeded, SameAccount, CurrencyMismatch)
+    for kind in (
+        NotFound,
+        InsufficientFunds,
+        BalanceLimitExceeded,
+        SameAccount,
+        CurrencyMismatch,
+        HoldNotPending,
+    )
 )
 DESCRIPTION = f"""\
 A bank-transaction service that never loses money when locked, and shows how
@@ -113,7 +121,14 @@ PROBLEMS: dict[str, Problem] = {
         _domain(NotFound, "unknown account, transfer, transaction or route"),
         _http(405, "the path exists, the method does not (see `Allow`)"),
         Problem(408, "request_timeout", "the request head or body stopped arriving"),
-        _domain(InsufficientFunds, "the balance does not cover the amount"),
+        _domain(
+            InsufficientFunds,
+            "the available money (balance less pending holds) does not cover the amount",
+        ),
+        _domain(
+            HoldNotPending,
+            "the hold is already captured, voided or expired (the detail names which)",
+        ),
         _domain(BalanceLimitExceeded, "a balance would pass 2**53 - 1"),
         _domain(
             StaleLock,
@@ -154,6 +169,7 @@ PROBLEMS: dict[str, Problem] = {
 TAGS = {
     "accounts": "open accounts, move money, read journals and audits",
     "transfers": "money between two accounts, and single journal entries",
+    "holds": "authorize now, capture or void later: money reserved on an account",
     "mode": "the lock mode and race window: how a balance change is protected",
     "operations": "health, readiness, the bank-wide audit, metrics and this document",
 }

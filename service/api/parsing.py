@@ -99,9 +99,14 @@ def query_integer(name: str, default: int | None, minimum: int, maximum: int) ->
     return value
 
 
-def query_values(parameters: Sequence[QueryInteger]) -> dict[str, int | None]:
-    """Each declared query parameter (or its default); any other parameter is refused."""
-    unknown_query_parameters({parameter.name for parameter in parameters})
+def query_values(
+    parameters: Sequence[QueryInteger], also_allowed: frozenset[str] = frozenset()
+) -> dict[str, int | None]:
+    """Each declared query parameter (or its default); any other parameter is refused.
+
+    `also_allowed` names parameters the view reads itself (not integers).
+    """
+    unknown_query_parameters({parameter.name for parameter in parameters} | also_allowed)
     return {
         parameter.name: query_integer(
             parameter.name, parameter.default, parameter.minimum, parameter.maximum

@@ -21,7 +21,7 @@ from typing_extensions import TypedDict
 
 from service import domain
 from service.api.bodies import MAX_ID
-from service.domain import LockMode, TransactionKind, rfc3339
+from service.domain import HoldStatus, LockMode, TransactionKind, rfc3339
 
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 Timestamp = Annotated[
@@ -42,6 +42,8 @@ class Account(TypedDict):
     owner: str
     currency: Currency
     balance: MinorUnits
+    held: Annotated[int, Field(description="the sum of the pending holds not yet expired")]
+    available: Annotated[int, Field(description="balance - held: what may be spent or held")]
     version: Version
     created_at: Timestamp
     updated_at: Timestamp
@@ -71,6 +73,28 @@ class Transaction(TypedDict):
     transfer_id: int | None
     lock_mode: Annotated[str, Field(description="the mode that served it")]
     created_at: Timestamp
+    hold_id: Annotated[int | None, Field(description="the hold a `capture` ended")]
+
+
+class Hold(TypedDict):
+    """Money reserved on an account until captured, voided or expired (DESIGN §3 "Holds")."""
+
+    id: Id
+    account_id: Id
+    amount: PositiveAmount
+    status: Annotated[
+        HoldStatus,
+        Field(description="changes once, from pending; `expired` from `expires_at` on"),
+    ]
+    captured_amount: Annotated[int | None, Field(description="null unless captured")]
+    expires_at: Timestamp
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class HoldPage(TypedDict):
+    items: list[Hold]
+    next: NextPage
 
 
 class Transfer(TypedDict):
@@ -103,6 +127,13 @@ class AccountAudit(TypedDict):
     drift: Annotated[int, Field(description="balance - journal_balance: lost updates")]
     chain_breaks: Annotated[int, Field(description="entries not following the previous one")]
     lowest_journal_balance: int
+    held: Annotated[int, Field(description="the sum of the pending holds not yet expired")]
+    available: Annotated[int, Field(description="balance - held; below 0 is an anomaly")]
+    holds_with_two_outcomes: Annotated[
+        int, Field(description="holds captured twice, or captured and voided or expired")
+    ]
+    holds_captured_above_amount: int
+    holds_captured_after_expiry: int
     consistent: bool
 
 
@@ -114,6 +145,11 @@ class BankAudit(TypedDict):
     total_balance: int
     total_journal: int
     drift: int
+    total_held: int
+    overcommitted_accounts: Annotated[int, Field(description="accounts with held > balance")]
+    holds_with_two_outcomes: int
+    holds_captured_above_amount: int
+    holds_captured_after_expiry: int
     consistent: bool
 
 
@@ -147,6 +183,8 @@ def account_json(account: domain.Account) -> Account:
         "owner": account.owner,
         "currency": account.currency,
         "balance": account.balance,
+        "held": account.held,
+        "available": account.available,
         "version": account.version,
         "created_at": rfc3339(account.created_at),
         "updated_at": rfc3339(account.updated_at),
@@ -172,6 +210,20 @@ def transaction_json(entry: domain.Transaction) -> Transaction:
         "transfer_id": entry.transfer_id,
         "lock_mode": entry.lock_mode,
         "created_at": rfc3339(entry.created_at),
+        "hold_id": entry.hold_id,
+    }
+
+
+def hold_json(hold: domain.Hold) -> Hold:
+    return {
+        "id": hold.id,
+        "account_id": hold.account_id,
+        "amount": hold.amount,
+        "status": hold.status,  # a StrEnum: JSON writes its value
+        "captured_amount": hold.captured_amount,
+        "expires_at": rfc3339(hold.expires_at),
+        "created_at": rfc3339(hold.created_at),
+        "updated_at": rfc3339(hold.updated_at),
     }
 
 
@@ -201,6 +253,11 @@ def account_audit_json(audit: domain.AccountAudit) -> AccountAudit:
         "drift": audit.drift,
         "chain_breaks": audit.chain_breaks,
         "lowest_journal_balance": audit.lowest_journal_balance,
+        "held": audit.holds.held,
+        "available": audit.balance - audit.holds.held,
+        "holds_with_two_outcomes": audit.holds.two_outcomes,
+        "holds_captured_above_amount": audit.holds.captured_above_amount,
+        "holds_captured_after_expiry": audit.holds.captured_after_expiry,
         "consistent": audit.consistent,
     }
 
@@ -214,5 +271,10 @@ def bank_audit_json(audit: domain.BankAudit) -> BankAudit:
         "total_balance": audit.total_balance,
         "total_journal": audit.total_journal,
         "drift": audit.drift,
+        "total_held": audit.holds.held,
+        "overcommitted_accounts": audit.holds.overcommitted_accounts,
+        "holds_with_two_outcomes": audit.holds.two_outcomes,
+        "holds_captured_above_amount": audit.holds.captured_above_amount,
+        "holds_captured_after_expiry": audit.holds.captured_after_expiry,
         "consistent": audit.consistent,
     }

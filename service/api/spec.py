@@ -76,6 +76,21 @@ class QueryIdList:
 
 
 @dataclass(frozen=True)
+class QueryChoice:
+    """An optional query parameter taking one of a few words (no default: absent means any)."""
+
+    name: str
+    choices: tuple[str, ...]
+    description: str
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"type": "string", "enum": list(self.choices)}
+
+    def openapi_fields(self) -> dict[str, Any]:
+        return {"required": False}
+
+
+@dataclass(frozen=True)
 class Success:
     """The answer when all went well: status, shape (service.api.representations) and media type."""
 
@@ -98,7 +113,7 @@ class Endpoint:
     success: Success
     description: str = ""
     body: type[RequestBody] | None = None
-    query: tuple[QueryInteger | QueryIdList, ...] = ()
+    query: tuple[QueryInteger | QueryIdList | QueryChoice, ...] = ()
     #: Problem `code`s this operation can answer (statuses: service/api/openapi.py).
     problems: tuple[str, ...] = ()
     #: Accepts `Idempotency-Key` (every POST that moves money or opens an account).

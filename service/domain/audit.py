@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from service.domain.holds import HoldAudit
 from service.domain.records import Transaction
 
 
@@ -20,6 +21,7 @@ class AccountAudit:
     journal_balance: int
     chain_breaks: int
     lowest_journal_balance: int
+    holds: HoldAudit = field(default_factory=HoldAudit)
 
     @property
     def drift(self) -> int:
@@ -32,6 +34,7 @@ class AccountAudit:
             and self.chain_breaks == 0
             and self.lowest_journal_balance >= 0
             and self.balance >= 0
+            and self.holds.anomalies == 0
         )
 
     @property
@@ -69,6 +72,7 @@ class BankAudit:
     total_balance: int
     total_journal: int
     per_account: tuple[AccountAudit, ...] = field(default=(), repr=False)
+    holds: HoldAudit = field(default_factory=HoldAudit)
 
     @property
     def drift(self) -> int:
@@ -76,7 +80,7 @@ class BankAudit:
 
     @property
     def consistent(self) -> bool:
-        return self.inconsistent_accounts == 0 and self.drift == 0
+        return self.inconsistent_accounts == 0 and self.drift == 0 and self.holds.anomalies == 0
 
 
 def audit_bank(audits: Iterable[AccountAudit]) -> BankAudit:

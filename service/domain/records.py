@@ -10,6 +10,8 @@ import datetime as dt
 import enum
 from dataclasses import dataclass
 
+from service.domain.holds import HoldAction, HoldChange
+
 
 class LockMode(enum.StrEnum):
     """How a balance change protects its read-modify-write (DESIGN §2)."""
@@ -42,11 +44,18 @@ class TransactionKind(enum.StrEnum):
     WITHDRAWAL = "withdrawal"
     TRANSFER_IN = "transfer_in"
     TRANSFER_OUT = "transfer_out"
+    #: A hold's capture: the balance decrease that ends a hold (DESIGN §3 "Holds").
+    CAPTURE = "capture"
 
     @property
     def sign(self) -> int:
         """+1 when the kind adds money to its account, -1 when it takes it."""
-        return -1 if self in (TransactionKind.WITHDRAWAL, TransactionKind.TRANSFER_OUT) else 1
+        return 1 if self in CREDIT_KINDS else -1
+
+
+CREDIT_KINDS = frozenset(
+    {TransactionKind.OPEN, TransactionKind.DEPOSIT, TransactionKind.TRANSFER_IN}
+)
 
 
 def utc_now() -> dt.datetime:
@@ -69,6 +78,12 @@ class Account:
     version: int
     created_at: dt.datetime
     updated_at: dt.datetime
+    #: The sum of the pending holds not yet expired, when the account was read.
+    held: int = 0
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,8 @@ class Transaction:
     transfer_id: int | None
     lock_mode: str
     created_at: dt.datetime
+    #: The hold a capture ended (None for every other kind).
+    hold_id: int | None = None
 
     @property
     def signed_amount(self) -> int:
@@ -100,15 +117,37 @@ class Transfer:
 
 @dataclass(frozen=True)
 class Leg:
-    """One account's part of an operation: what to journal and how it moves money."""
+    """One account's part of an operation: what to journal and how it moves money.
+
+    A leg may also change a hold (`hold`): placing or voiding one is a leg
+    that moves no money and is not journaled (its kind a `HoldAction`), but
+    writes the account like any other leg, so every lock mode protects it the
+    same way; a capture is a journaled `capture` leg that ends its hold.
+    """
 
     account_id: int
-    kind: TransactionKind
+    kind: TransactionKind | HoldAction
     amount: int
+    hold: HoldChange | None = None
 
     @property
     def delta(self) -> int:
         return self.kind.sign * self.amount
+
+    @property
+    def journal_kind(self) -> TransactionKind | None:
+        """The journal entry's kind, or None for a leg that moves no money."""
+        return self.kind if isinstance(self.kind, TransactionKind) else None
+
+    @property
+    def reserve(self) -> int:
+        """How the leg moves the account's `held`."""
+        return self.hold.reserve if self.hold is not None else 0
+
+    @property
+    def lowers_available(self) -> bool:
+        """True when the leg needs the available money to cover it (debits and new holds)."""
+        return self.delta - self.reserve < 0
 
 
 @dataclass(frozen=True)
@@ -118,6 +157,8 @@ class BalanceState:
     account_id: int
     balance: int
     version: int
+    #: The sum of the pending holds not yet expired at the read.
+    held: int = 0
 
 
 @dataclass(frozen=True)

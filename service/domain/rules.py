@@ -90,9 +90,22 @@ def lock_mode_error(value: object) -> str | None:
     return None
 
 
-def check_new_balance(balance: int, delta: int, account_id: int) -> int:
-    """The balance after applying `delta`, or the domain refusal."""
+def check_new_balance(
+    balance: int, delta: int, account_id: int, held: int = 0, reserve: int = 0
+) -> int:
+    """The balance after applying `delta`, or the domain refusal.
+
+    A change that lowers the available money (`balance - held`; a debit, or
+    a new hold whose amount is `reserve`) must be covered by it: held money
+    is not there to spend. A change that raises it (a deposit, a capture or
+    void that ends a hold) is never refused for holds.
+    """
     new_balance = balance + delta
+    if delta - reserve < 0 and new_balance - held - reserve < 0:
+        raise InsufficientFunds(
+            f"account {account_id} has {balance - held} available "
+            f"({held} of {balance} held), which does not cover {reserve - delta}"
+        )
     if new_balance < 0:
         raise InsufficientFunds(
             f"account {account_id} holds {balance}, which does not cover {-delta}"

@@ -22,6 +22,8 @@ from service.domain import (
     AccountAudit,
     BalanceState,
     BankAudit,
+    Hold,
+    HoldStatus,
     Leg,
     ModeSetting,
     StaleLock,
@@ -64,6 +66,12 @@ class LegWrite:
     new_balance: int | None = None
     expected_version: int | None = None
     fence: int | None = None
+    #: A capture or void: refuse (HoldNotPending) unless the stored hold is still
+    #: pending at the write -- what `atomic`, which never read it, relies on.
+    check_hold_pending: bool = False
+    #: A capture or void: refuse (HoldNotPending, expired) if the hold's
+    #: `expires_at` has come by the write's own clock.
+    check_hold_expiry: bool = True
 
     def __post_init__(self) -> None:
         if self.fence is not None and (self.new_balance is None or self.expected_version is None):
@@ -108,6 +116,8 @@ class TransferSpec:
 class Written:
     transactions: tuple[Transaction, ...]
     transfer: Transfer | None = None
+    #: The hold the operation placed, captured or voided, as written.
+    hold: Hold | None = None
 
 
 class LegWriter(abc.ABC):
@@ -115,7 +125,11 @@ class LegWriter(abc.ABC):
 
     @abc.abstractmethod
     def read_states(self, account_ids: Sequence[int]) -> dict[int, BalanceState]:
-        """Current balance and version of each account; NotFound if one is missing."""
+        """Current balance, version and held money of each account; NotFound if one is missing."""
+
+    @abc.abstractmethod
+    def read_hold(self, hold_id: int) -> Hold:
+        """The hold as stored (status `pending` even past its expiry); NotFound if unknown."""
 
     @abc.abstractmethod
     def write_legs(
@@ -126,6 +140,10 @@ class LegWriter(abc.ABC):
         completion: Completion | None = None,
     ) -> Written:
         """Apply every write and journal every leg, all or nothing.
+
+        A leg's hold change is written with it: a new hold is inserted, a
+        captured or voided one gets its final status (guarded as its
+        `LegWrite` says); the account is written (version + 1) in every case.
 
         With a `completion`, the idempotency key's response is stored in the
         same transaction (ClaimLost, and nothing written, if the claim no
@@ -195,6 +213,12 @@ class Store(LegWriter):
 
     @abc.abstractmethod
     def get_transfer(self, transfer_id: int) -> Transfer: ...
+
+    @abc.abstractmethod
+    def list_holds(
+        self, account_id: int, status: HoldStatus | None, before: int | None, limit: int
+    ) -> list[Hold]:
+        """An account's holds, newest first, ids below `before`; `status` as seen now."""
 
     @abc.abstractmethod
     def audit_account(self, account_id: int) -> AccountAudit:

@@ -10,7 +10,8 @@ instead of slipping into its race window -- also while the mode changes.
 
 The audit is kept up to date with every journal entry (`memory_books`), so
 `GET /audit` is O(1) under the mutex at any journal length instead of a walk
-over the whole journal. Idempotency keys live in a dict (`memory_keys`).
+over the whole journal. Idempotency keys live in a dict (`memory_keys`), holds
+in `memory_holds`.
 
 Data lives only as long as the process, so this store refuses to be shared
 by several worker processes (see `service.cli`).
@@ -29,6 +30,9 @@ from service.domain import (
     AccountAudit,
     BalanceState,
     BankAudit,
+    Hold,
+    HoldAudit,
+    HoldStatus,
     ModeSetting,
     NotFound,
     StaleLock,
@@ -51,6 +55,7 @@ from service.stores.base import (
     written_since_claim,
 )
 from service.stores.memory_books import BankTotals, Books
+from service.stores.memory_holds import Holds
 
 Row = TypeVar("Row")
 
@@ -63,6 +68,9 @@ class _HoldingLocks(LegWriter):
 
     def read_states(self, account_ids: Sequence[int]) -> dict[int, BalanceState]:
         return self._store.read_states(account_ids)
+
+    def read_hold(self, hold_id: int) -> Hold:
+        return self._store.read_hold(hold_id)
 
     def write_legs(
         self,
@@ -90,16 +98,29 @@ class MemoryStore(Store):
         self._keys: memory_keys.Keys = {}
         #: `fenced`: the newest fencing token that claimed each account (0: none yet).
         self._fences: dict[int, int] = {}
+        self._holds = Holds()
 
     # ------------------------------------------------------------------ balances
 
     def read_states(self, account_ids: Sequence[int]) -> dict[int, BalanceState]:
         with self._mutex:
-            return {
-                account_id: BalanceState(account_id, account.balance, account.version)
-                for account_id in account_ids
-                for account in (self._require(account_id),)
-            }
+            return {account_id: self._state(account_id, utc_now()) for account_id in account_ids}
+
+    def _state(self, account_id: int, now: dt.datetime) -> BalanceState:
+        account = self._require(account_id)
+        held = self._holds.held(account_id, now)
+        return BalanceState(account_id, account.balance, account.version, held)
+
+    def read_hold(self, hold_id: int) -> Hold:
+        with self._mutex:
+            return self._holds.get(hold_id)
+
+    def list_holds(
+        self, account_id: int, status: HoldStatus | None, before: int | None, limit: int
+    ) -> list[Hold]:
+        with self._mutex:
+            self._require(account_id)
+            return self._holds.page(account_id, status, before, limit, utc_now())
 
     def claim_states(self, fences: Mapping[int, int]) -> dict[int, BalanceState]:
         account_ids = sorted(fences)
@@ -112,11 +133,8 @@ class MemoryStore(Store):
                 if self._fences.get(account_id, 0) >= fences[account_id]:
                     raise StaleLock.on_account(account_id, self._fences[account_id])
             self._fences.update(fences)
-            return {
-                account_id: BalanceState(account_id, account.balance, account.version)
-                for account_id in account_ids
-                for account in (self._accounts[account_id],)
-            }
+            now = utc_now()
+            return {account_id: self._state(account_id, now) for account_id in account_ids}
 
     def write_legs(
         self,
@@ -142,35 +160,42 @@ class MemoryStore(Store):
         with self._mutex:
             # Check every condition before changing anything: all or nothing.
             memory_keys.check_completion(self._keys, completion)
-            new_balances = [self._new_balance(write) for write in writes]
+            new_balances = [self._new_balance(write, now) for write in writes]
+            for write in writes:
+                self._holds.check(write, now)
             transfer_id = len(self._transfers) + 1 if transfer else None
             entries = []
+            hold = None
             for write, new_balance in zip(writes, new_balances, strict=True):
                 account = self._accounts[write.leg.account_id]
                 self._totals.total_balance += new_balance - account.balance
                 self._accounts[account.id] = replace(
                     account, balance=new_balance, version=account.version + 1, updated_at=now
                 )
-                entries.append(
-                    self._append(
+                entry = None
+                kind = write.leg.journal_kind
+                if kind is not None:  # a hold placed or voided moves no money: no entry
+                    entry = self._append(
                         write.leg.account_id,
-                        write.leg.kind,
+                        kind,
                         write.leg.amount,
                         new_balance,
                         transfer_id,
                         lock_mode,
                         now,
+                        write.leg.hold.hold_id if write.leg.hold is not None else None,
                     )
-                )
+                    entries.append(entry)
+                hold = self._holds.apply(write, now, entry) or hold
             recorded = None
             if transfer is not None and transfer_id is not None:
                 recorded = transfer.recorded(transfer_id, lock_mode, now, tuple(entries))
                 self._transfers[transfer_id] = recorded
-            written = Written(tuple(entries), recorded)
+            written = Written(tuple(entries), recorded, hold)
             memory_keys.complete(self._keys, completion, written)
             return written
 
-    def _new_balance(self, write: LegWrite) -> int:
+    def _new_balance(self, write: LegWrite, now: dt.datetime) -> int:
         account = self._require(write.leg.account_id)
         if write.fence is not None:  # fenced: the token and the version it read, or StaleLock
             if self._fences.get(account.id, 0) != write.fence:
@@ -183,7 +208,11 @@ class MemoryStore(Store):
             )
         if write.new_balance is not None:
             return write.new_balance
-        return check_new_balance(account.balance, write.leg.delta, account.id)
+        # atomic: the guard is the available money, as the SQL store's ADD_TO_AVAILABLE.
+        held = self._holds.held(account.id, now)
+        return check_new_balance(
+            account.balance, write.leg.delta, account.id, held, write.leg.reserve
+        )
 
     def exclusive(
         self, account_ids: Sequence[int], work: Callable[[LegWriter], Written]
@@ -235,16 +264,24 @@ class MemoryStore(Store):
 
     def get_account(self, account_id: int) -> Account:
         with self._mutex:
-            return self._require(account_id)
+            return self._with_held(self._require(account_id), utc_now())
 
     def get_accounts(self, account_ids: Sequence[int]) -> dict[int, Account]:
+        now = utc_now()
         with self._mutex:
-            return {account_id: self._require(account_id) for account_id in account_ids}
+            return {
+                account_id: self._with_held(self._require(account_id), now)
+                for account_id in account_ids
+            }
 
     def list_accounts(self, after: int, limit: int) -> list[Account]:
+        now = utc_now()
         with self._mutex:
             ids = sorted(account_id for account_id in self._accounts if account_id > after)
-            return [self._accounts[account_id] for account_id in ids[:limit]]
+            return [self._with_held(self._accounts[account_id], now) for account_id in ids[:limit]]
+
+    def _with_held(self, account: Account, now: dt.datetime) -> Account:
+        return replace(account, held=self._holds.held(account.id, now))
 
     # ------------------------------------------------------------------ journal
 
@@ -266,12 +303,25 @@ class MemoryStore(Store):
             return _found(self._transfers, transfer_id, "transfer")
 
     def audit_account(self, account_id: int) -> AccountAudit:
+        now = utc_now()
         with self._mutex:
-            return self._books[self._require(account_id).id].audit(self._accounts[account_id])
+            account = self._require(account_id)
+            audit = self._books[account.id].audit(account)
+            return replace(audit, holds=self._holds.audit(account.id, account.balance, now))
 
     def audit_bank(self) -> BankAudit:
+        # The holds are judged by a walk over the accounts that have any (the
+        # journal's totals stay O(1)): holds are few next to journal entries.
+        now = utc_now()
         with self._mutex:
-            return self._totals.audit(len(self._accounts))
+            holds = sum(
+                (
+                    self._holds.audit(account_id, self._accounts[account_id].balance, now)
+                    for account_id in self._holds.by_account
+                ),
+                HoldAudit(),
+            )
+            return replace(self._totals.audit(len(self._accounts)), holds=holds)
 
     # ------------------------------------------------------------------ idempotency keys
 
@@ -318,6 +368,7 @@ class MemoryStore(Store):
         transfer_id: int | None,
         lock_mode: str,
         now: dt.datetime,
+        hold_id: int | None = None,
     ) -> Transaction:
         entry = Transaction(
             id=len(self._transactions) + 1,
@@ -328,6 +379,7 @@ class MemoryStore(Store):
             transfer_id=transfer_id,
             lock_mode=lock_mode,
             created_at=now,
+            hold_id=hold_id,
         )
         self._transactions[entry.id] = entry
         self._journal_by_account[account_id].append(entry.id)

@@ -31,6 +31,7 @@ import datetime as dt
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TypeVar
 
 from sqlalchemy import Connection, inspect, text
@@ -42,6 +43,8 @@ from service.domain import (
     AccountAudit,
     BalanceState,
     BankAudit,
+    Hold,
+    HoldStatus,
     LockMode,
     ModeSetting,
     StoreUnavailable,
@@ -50,7 +53,7 @@ from service.domain import (
     utc_now,
 )
 from service.idempotency import Claim, Completion, KeyRecord, StoredResponse
-from service.stores import sql_accounts, sql_audit, sql_fences, sql_journal, sql_keys
+from service.stores import sql_accounts, sql_audit, sql_fences, sql_holds, sql_journal, sql_keys
 from service.stores import sql_statements as statements
 from service.stores.base import LegWrite, LegWriter, Store, TransferSpec, Written
 from service.stores.engines import build_engine
@@ -114,6 +117,17 @@ class SqlStore(Store):
         with self._transaction(write=False) as connection:
             cursor = DriverCursor(connection, self._dialect)
             return SqlLegWriter(cursor).read_states(account_ids)
+
+    def read_hold(self, hold_id: int) -> Hold:
+        with self._transaction(write=False) as connection:
+            return sql_holds.read_hold(connection, hold_id)
+
+    def list_holds(
+        self, account_id: int, status: HoldStatus | None, before: int | None, limit: int
+    ) -> list[Hold]:
+        with self._transaction(write=False) as connection:
+            sql_accounts.require_account(connection, account_id)
+            return sql_holds.list_holds(connection, account_id, status, before, limit, utc_now())
 
     def claim_states(self, fences: Mapping[int, int]) -> dict[int, BalanceState]:
         return self._write(lambda cursor: sql_fences.claim_states(cursor, fences))
@@ -204,11 +218,17 @@ class SqlStore(Store):
 
     def audit_account(self, account_id: int) -> AccountAudit:
         with self._transaction(write=False) as connection:
-            return sql_audit.audit_account(connection, account_id, named=self.sql)
+            audit = sql_audit.audit_account(connection, account_id, named=self.sql)
+            holds = sql_holds.audit_account_holds(
+                connection, account_id, audit.balance, named=self.sql
+            )
+        return replace(audit, holds=holds)
 
     def audit_bank(self) -> BankAudit:
         with self._transaction(write=False) as connection:
-            return sql_audit.audit_bank(connection, named=self.sql)
+            audit = sql_audit.audit_bank(connection, named=self.sql)
+            holds = sql_holds.audit_bank_holds(connection, named=self.sql)
+        return replace(audit, holds=holds)
 
     # ------------------------------------------------------------------ settings
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, select
+from sqlalchemy import Connection, Row, Select, select
 
 from service.domain import Account, NotFound, TransactionKind, utc_now
 from service.idempotency import Completion
-from service.stores import sql_keys
+from service.stores import sql_holds, sql_keys
 from service.stores import sql_statements as statements
 from service.stores.sql_cursor import DriverCursor
 from service.tables import accounts
@@ -49,6 +49,7 @@ def open_account(
                 "transfer_id": None,
                 "lock_mode": lock_mode,
                 "created_at": stamp,
+                "hold_id": None,
             },
         )
     account = Account(account_id, owner, currency, opening_balance, 0, now, now)
@@ -56,15 +57,20 @@ def open_account(
     return account
 
 
+def _with_held() -> Select[Any]:
+    """The accounts with `held` summed in the same statement (one snapshot)."""
+    return select(accounts, sql_holds.held_column(utc_now()))
+
+
 def get_account(connection: Connection, account_id: int) -> Account:
-    row = connection.execute(select(accounts).where(accounts.c.id == account_id)).first()
+    row = connection.execute(_with_held().where(accounts.c.id == account_id)).first()
     if row is None:
         raise NotFound(f"account {account_id} does not exist")
     return _account(row)
 
 
 def get_accounts(connection: Connection, account_ids: Sequence[int]) -> dict[int, Account]:
-    rows = connection.execute(select(accounts).where(accounts.c.id.in_(list(account_ids)))).all()
+    rows = connection.execute(_with_held().where(accounts.c.id.in_(list(account_ids)))).all()
     found = {row.id: _account(row) for row in rows}
     for account_id in account_ids:
         if account_id not in found:
@@ -74,7 +80,7 @@ def get_accounts(connection: Connection, account_ids: Sequence[int]) -> dict[int
 
 def list_accounts(connection: Connection, after: int, limit: int) -> list[Account]:
     rows = connection.execute(
-        select(accounts).where(accounts.c.id > after).order_by(accounts.c.id).limit(limit)
+        _with_held().where(accounts.c.id > after).order_by(accounts.c.id).limit(limit)
     ).all()
     return [_account(row) for row in rows]
 
@@ -94,4 +100,5 @@ def _account(row: Row[Any]) -> Account:
         version=row.version,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        held=int(row.held),
     )

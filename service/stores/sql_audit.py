@@ -44,7 +44,8 @@ WITH entries AS (
            SUM(signed_amount) OVER journal_order AS running_balance
     FROM (
         SELECT id, account_id, balance_after,
-               CASE WHEN kind IN ('withdrawal', 'transfer_out') THEN -amount ELSE amount END
+               CASE WHEN kind IN ('withdrawal', 'transfer_out', 'capture') THEN -amount
+                    ELSE amount END
                    AS signed_amount
         FROM transactions {journal_filter}
     ) AS journal

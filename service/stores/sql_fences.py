@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from service.domain import BalanceState, NotFound, StaleLock
+from service.domain import BalanceState, NotFound, StaleLock, utc_now
+from service.stores import sql_holds
 from service.stores import sql_statements as statements
 from service.stores.sql_cursor import DriverCursor
 
@@ -22,7 +23,9 @@ def claim_states(cursor: DriverCursor, fences: Mapping[int, int]) -> dict[int, B
         row = cursor.row(statements.CLAIM_FENCE, {"id": account_id, "fence": fences[account_id]})
         if row is None:
             raise stale_or_missing(cursor, account_id)
-        states[account_id] = BalanceState(account_id, row[0], row[1])
+        # Summed after the claim took the row lock (see sql_money.lock_rows).
+        held = sql_holds.held(cursor, account_id, utc_now())
+        states[account_id] = BalanceState(account_id, row[0], row[1], held)
     return states
 
 

@@ -66,4 +66,5 @@ def _transaction(row: Row[Any]) -> Transaction:
         transfer_id=row.transfer_id,
         lock_mode=row.lock_mode,
         created_at=row.created_at,
+        hold_id=row.hold_id,
     )

@@ -3,7 +3,9 @@
 Which `UPDATE` a leg runs says which lock mode wrote it: the plain
 `SET balance = :new_balance` a read-modify-write ends with, its `AND version
 = :expected_version` (optimistic), `AND fence = :fence` (fenced), or the
-guarded `balance + :delta` (atomic). When an UPDATE matches no row,
+guarded `balance + :delta` (atomic; against the available money,
+`ADD_TO_AVAILABLE`, when the leg lowers it). A leg's hold change is written
+by `sql_holds` in the same transaction. When an UPDATE matches no row,
 `_missed_write` finds the refusal to raise. PostgreSQL journals the leg in
 the same statement (`sql_statements.JOURNALED`); SQLite inserts the entry
 after it.
@@ -20,14 +22,17 @@ from service.domain import (
     MAX_BALANCE_MINOR,
     BalanceLimitExceeded,
     BalanceState,
+    Hold,
+    HoldChange,
     InsufficientFunds,
     NotFound,
     StaleLock,
     Transaction,
+    TransactionKind,
     utc_now,
 )
 from service.idempotency import Completion
-from service.stores import sql_fences, sql_keys
+from service.stores import sql_fences, sql_holds, sql_keys
 from service.stores import sql_statements as statements
 from service.stores.base import (
     LegWrite,
@@ -60,18 +65,26 @@ class SqlLegWriter(LegWriter):
             row = self._cursor.row(statements.LOCK_ROW, {"id": account_id})
             if row is None:
                 raise NotFound(f"account {account_id} does not exist")
-            self._locked[account_id] = BalanceState(account_id, row[0], row[1])
+            # Summed after the lock, in a statement of its own: its snapshot
+            # then holds every hold committed by an earlier lock holder.
+            held = sql_holds.held(self._cursor, account_id, utc_now())
+            self._locked[account_id] = BalanceState(account_id, row[0], row[1], held)
 
     def read_states(self, account_ids: Sequence[int]) -> dict[int, BalanceState]:
         if all(account_id in self._locked for account_id in account_ids):
             return {account_id: self._locked[account_id] for account_id in account_ids}
         states = {}
+        now = utc_now()
         for account_id in account_ids:
             row = self._cursor.row(statements.READ_STATE, {"id": account_id})
             if row is None:
                 raise NotFound(f"account {account_id} does not exist")
-            states[account_id] = BalanceState(account_id, row[0], row[1])
+            held = sql_holds.held(self._cursor, account_id, now)
+            states[account_id] = BalanceState(account_id, row[0], row[1], held)
         return states
+
+    def read_hold(self, hold_id: int) -> Hold:
+        return sql_holds.read_hold(self._cursor.connection, hold_id)
 
     def write_legs(
         self,
@@ -94,22 +107,40 @@ class SqlLegWriter(LegWriter):
                     "created_at": stamp,
                 },
             )
-        entries = tuple(
-            self._write_leg(write, lock_mode, transfer_id, now, stamp) for write in writes
-        )
+        entries = []
+        hold = None
+        for write in writes:
+            # A capture or void ends its hold before the account is written:
+            # the loser of two racing `atomic` captures stops at the hold row.
+            if write.leg.hold is not None and write.leg.hold.hold_id is not None:
+                captured = write.leg.amount if write.leg.journal_kind is not None else None
+                hold = sql_holds.write_hold(self._cursor, write, captured, now)
+            entry = self._write_leg(write, lock_mode, transfer_id, now, stamp)
+            if entry is not None:
+                entries.append(entry)
+            if write.leg.hold is not None and write.leg.hold.hold_id is None:
+                hold = sql_holds.write_hold(self._cursor, write, None, now)
         recorded = None
         if transfer is not None and transfer_id is not None:
-            recorded = transfer.recorded(transfer_id, lock_mode, now, entries)
-        written = Written(entries, recorded)
+            recorded = transfer.recorded(transfer_id, lock_mode, now, tuple(entries))
+        written = Written(tuple(entries), recorded, hold)
         sql_keys.complete(self._cursor, completion, written)
         return written
 
     def _write_leg(
         self, write: LegWrite, lock_mode: str, transfer_id: int | None, now: dt.datetime, stamp: Any
-    ) -> Transaction:
+    ) -> Transaction | None:
+        """Write the leg's account; its journal entry, or None for a leg that moves no money."""
         leg = write.leg
         parameters: dict[str, Any] = {"id": leg.account_id, "updated_at": stamp}
-        if write.new_balance is None:
+        if write.new_balance is None and leg.lowers_available:
+            if self._cursor.dialect.is_postgresql:  # see ADD_TO_AVAILABLE
+                self._cursor.row(statements.LOCK_ROW, {"id": leg.account_id})
+            sql = statements.ADD_TO_AVAILABLE
+            parameters.update(
+                delta=leg.delta, max_balance=MAX_BALANCE_MINOR, reserve=leg.reserve, now=stamp
+            )
+        elif write.new_balance is None:
             sql = statements.ADD_TO_BALANCE
             parameters.update(delta=leg.delta, max_balance=MAX_BALANCE_MINOR)
         elif write.fence is not None:
@@ -127,12 +158,18 @@ class SqlLegWriter(LegWriter):
             parameters.update(
                 new_balance=write.new_balance, expected_version=write.expected_version
             )
+        kind = leg.journal_kind
+        if kind is None:  # a hold placed or voided: the account is written, not journaled
+            if self._cursor.value(sql, parameters) is None:
+                raise self._missed_write(write)
+            return None
         entry = {
-            "kind": leg.kind.value,
+            "kind": kind.value,
             "amount": leg.amount,
             "transfer_id": transfer_id,
             "lock_mode": lock_mode,
             "created_at": stamp,
+            "hold_id": _captured_hold(leg.hold, kind),
         }
         if self._cursor.dialect.is_postgresql:  # one round trip for the balance and its entry
             row = self._cursor.row(statements.JOURNALED[sql], {**parameters, **entry})
@@ -150,12 +187,13 @@ class SqlLegWriter(LegWriter):
         return Transaction(
             entry_id,
             leg.account_id,
-            leg.kind,
+            kind,
             leg.amount,
             int(balance_after),
             transfer_id,
             lock_mode,
             now,
+            entry["hold_id"],
         )
 
     def _missed_write(self, write: LegWrite) -> Exception:
@@ -172,6 +210,16 @@ class SqlLegWriter(LegWriter):
             return VersionConflict(
                 f"account {account_id} moved past version {write.expected_version}"
             )
-        if write.leg.delta < 0:
-            return InsufficientFunds(f"account {account_id} does not cover {write.leg.amount}")
+        if write.leg.delta < 0 or write.leg.lowers_available:
+            return InsufficientFunds(
+                f"account {account_id} has not {write.leg.amount} available"
+                " (its balance less its pending holds)"
+            )
         return BalanceLimitExceeded(f"account {account_id} would pass {MAX_BALANCE_MINOR}")
+
+
+def _captured_hold(change: HoldChange | None, kind: TransactionKind) -> int | None:
+    """The hold a `capture` entry ends: the audit counts captures per hold."""
+    if kind is TransactionKind.CAPTURE and change is not None:
+        return change.hold_id
+    return None

@@ -54,10 +54,27 @@ ADD_TO_BALANCE = (
     " RETURNING balance"
 )
 
+# Atomic, for a leg that lowers the available money (a debit, a new hold):
+# the guard is the available money, `balance - held`, with `held` summed in
+# the statement. On PostgreSQL the row is locked first (LOCK_ROW): an UPDATE
+# that waited for a row re-checks its WHERE on the newest row but not the
+# subquery's snapshot, which would miss a hold committed meanwhile; after
+# the lock, this statement's fresh snapshot sees every committed hold (each
+# was inserted under the same row lock).
+ADD_TO_AVAILABLE = (
+    "UPDATE accounts SET balance = balance + :delta, version = version + 1,"
+    " updated_at = :updated_at"
+    " WHERE id = :id AND balance + :delta <= :max_balance"
+    " AND balance + :delta - :reserve >= (SELECT COALESCE(SUM(amount), 0) FROM holds"
+    " WHERE account_id = :id AND status = 'pending' AND expires_at > :now)"
+    " RETURNING balance"
+)
+
 INSERT_TRANSACTION = (
     "INSERT INTO transactions"
-    " (account_id, kind, amount, balance_after, transfer_id, lock_mode, created_at)"
-    " VALUES (:account_id, :kind, :amount, :balance_after, :transfer_id, :lock_mode, :created_at)"
+    " (account_id, kind, amount, balance_after, transfer_id, lock_mode, created_at, hold_id)"
+    " VALUES (:account_id, :kind, :amount, :balance_after, :transfer_id, :lock_mode,"
+    " :created_at, :hold_id)"
     " RETURNING id"
 )
 
@@ -125,14 +142,21 @@ def journaled(balance_update: str) -> str:
     return (
         f"WITH moved AS ({balance_update})"  # nosec B608  # balance_update: one of this module's constants
         " INSERT INTO transactions"
-        " (account_id, kind, amount, balance_after, transfer_id, lock_mode, created_at)"
+        " (account_id, kind, amount, balance_after, transfer_id, lock_mode, created_at, hold_id)"
         " SELECT CAST(:id AS BIGINT), CAST(:kind AS VARCHAR), CAST(:amount AS BIGINT), balance,"
-        " CAST(:transfer_id AS BIGINT), CAST(:lock_mode AS VARCHAR), :created_at FROM moved"
+        " CAST(:transfer_id AS BIGINT), CAST(:lock_mode AS VARCHAR), :created_at,"
+        " CAST(:hold_id AS BIGINT) FROM moved"
         " RETURNING id, balance_after"
     )
 
 
 JOURNALED = {
     update: journaled(update)
-    for update in (SET_BALANCE, SET_BALANCE_IF_VERSION, SET_BALANCE_IF_FENCE, ADD_TO_BALANCE)
+    for update in (
+        SET_BALANCE,
+        SET_BALANCE_IF_VERSION,
+        SET_BALANCE_IF_FENCE,
+        ADD_TO_BALANCE,
+        ADD_TO_AVAILABLE,
+    )
 }

@@ -18,7 +18,17 @@ from tests.api.helpers import (
 )
 
 RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
-ACCOUNT_FIELDS = {"id", "owner", "currency", "balance", "version", "created_at", "updated_at"}
+ACCOUNT_FIELDS = {
+    "id",
+    "owner",
+    "currency",
+    "balance",
+    "held",
+    "available",
+    "version",
+    "created_at",
+    "updated_at",
+}
 TRANSACTION_FIELDS = {
     "id",
     "account_id",
@@ -28,6 +38,7 @@ TRANSACTION_FIELDS = {
     "transfer_id",
     "lock_mode",
     "created_at",
+    "hold_id",
 }
 MONEY_ENDPOINTS = ["deposit", "withdraw"]
 # Path segments that are not an account id a BIGINT could hold.
@@ -514,6 +525,11 @@ def test_account_audit_of_a_clean_account(shared_client: FlaskClient) -> None:
         "drift": 0,
         "chain_breaks": 0,
         "lowest_journal_balance": 0,
+        "held": 0,
+        "available": 60,
+        "holds_with_two_outcomes": 0,
+        "holds_captured_above_amount": 0,
+        "holds_captured_after_expiry": 0,
         "consistent": True,
     }
 

@@ -24,7 +24,20 @@ AUDIT_FIELDS = {
     "total_balance",
     "total_journal",
     "drift",
+    "total_held",
+    "overcommitted_accounts",
+    "holds_with_two_outcomes",
+    "holds_captured_above_amount",
+    "holds_captured_after_expiry",
     "consistent",
+}
+# What an audit of a bank without holds adds (tests/api/test_holds.py covers the rest).
+NO_HOLDS = {
+    "total_held": 0,
+    "overcommitted_accounts": 0,
+    "holds_with_two_outcomes": 0,
+    "holds_captured_above_amount": 0,
+    "holds_captured_after_expiry": 0,
 }
 
 
@@ -141,6 +154,7 @@ def test_audit_of_an_empty_bank(client: FlaskClient) -> None:
         "total_journal": 0,
         "drift": 0,
         "consistent": True,
+        **NO_HOLDS,
     }
 
 
@@ -163,6 +177,7 @@ def test_audit_totals_follow_served_operations(client: FlaskClient) -> None:
         "total_journal": 137,
         "drift": 0,
         "consistent": True,
+        **NO_HOLDS,
     }
 
 
@@ -179,6 +194,11 @@ def test_audit_sees_a_lost_update(app: Flask, client: FlaskClient) -> None:
         "drift": -10,
         "chain_breaks": 1,
         "lowest_journal_balance": 0,
+        "held": 0,
+        "available": 120,
+        "holds_with_two_outcomes": 0,
+        "holds_captured_above_amount": 0,
+        "holds_captured_after_expiry": 0,
         "consistent": False,
     }
     assert client.get(f"/accounts/{bystander}/audit").get_json()["consistent"] is True
@@ -191,6 +211,7 @@ def test_audit_sees_a_lost_update(app: Flask, client: FlaskClient) -> None:
         "total_journal": 135,
         "drift": -10,
         "consistent": False,
+        **NO_HOLDS,
     }
 
 
