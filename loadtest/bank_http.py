@@ -68,13 +68,13 @@ def answer_json(response: requests.Response) -> Any:
     return response.json()
 
 
-def final_hold_read(account: Any, read_at: float) -> FinalHoldRead | None:
+def final_hold_read(account: Any, sent_at: float, read_at: float) -> FinalHoldRead | None:
     """An account's balance, held and available; None from a service without holds."""
     values = [account.get(name) for name in ("balance", "held", "available")]
     if not all(isinstance(value, int) for value in values):
         return None
     balance, held, available = (int(value) for value in values)
-    return FinalHoldRead(balance, held, available, read_at)
+    return FinalHoldRead(balance, held, available, read_at, sent_at)
 
 
 class BankClient:
@@ -152,12 +152,13 @@ class BankClient:
     def observe(self, account_id: int) -> AccountObservation:
         """Balance (and held, available), audit and the client's replay of one account's journal."""
         try:
+            sent_at = time.time()
             account = self.get_json(f"/accounts/{account_id}")
             read_at = time.time()
             balance = int(account["balance"])
         except (requests.RequestException, BankError, KeyError, ValueError, TypeError) as error:
             return AccountObservation(account_id, None, error=str(error))
-        holds = final_hold_read(account, read_at)
+        holds = final_hold_read(account, sent_at, read_at)
         audit: dict[str, Any] | None
         try:
             audit = dict(self.get_json(f"/accounts/{account_id}/audit"))

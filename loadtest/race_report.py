@@ -5,6 +5,7 @@ Pure: formats a `Reconciliation`, nothing else.
 
 from __future__ import annotations
 
+from loadtest.hold_tally import EXPIRY_CLOCK_MARGIN_S
 from loadtest.reconcile import AccountReport, Reconciliation
 
 RULE_WIDTH = 96
@@ -28,16 +29,17 @@ How to read this report:
   as unknown (like no answer), never as refused; any other 5xx, no answer or unexpected
   status is an anomaly."""
 
-HOLD_DEFINITIONS = """\
+HOLD_DEFINITIONS = f"""\
 Holds (the holds scenario; counted from the answers, see loadtest/hold_tally.py):
   double capture       = a hold with two captures answered 201 (each capture beyond the first)
   captured and voided  = a hold with a capture 201 and a void 200: two final outcomes
-  capture after expiry = a capture 201 whose request left after the hold's expires_at
-                         (as the server stated it, plus a 0.25 s margin for the clocks)
+  capture after expiry = a capture 201 whose request left after the hold's expires_at (as the
+                         server stated it, plus {EXPIRY_CLOCK_MARGIN_S} s for the clocks)
   over-hold            = a read of the account with available below 0 or held above balance
   held drift           = the server's held at the end, once quiet, against the holds
                          acknowledged pending and unexpired (holds whose fate is unknown,
-                         or that expire within the margin, widen what is explained)
+                         or that expired while the final read was under way, widen what
+                         is explained)
   409 hold_not_pending and 409 insufficient_funds on a hold are correct refusals. In an
   unsafe mode (unlocked, process-lock, redis-lock) these are expected to break; in every
   other mode each is a failure."""

@@ -71,14 +71,18 @@ class Run:
         self.send(hold(amount), 201, {**body, "expires_at": expires_at})
 
 
-def final(balance: int, held: int, read_at: float = NOW + 1) -> AccountObservation:
+def final(
+    balance: int, held: int, read_at: float = NOW + 1, sent_at: float | None = None
+) -> AccountObservation:
     journal = JournalScan(entries=1, balance=balance, lowest_balance=0, chain_breaks=0)
     audit = {"drift": 0, "chain_breaks": 0, "consistent": True, "journal_balance": balance}
-    holds = FinalHoldRead(balance, held, balance - held, read_at)
+    holds = FinalHoldRead(balance, held, balance - held, read_at, sent_at)
     return AccountObservation(ACCOUNT, balance, audit, journal, holds=holds)
 
 
-def judge(run: Run, balance: int, held: int, read_at: float = NOW + 1) -> Any:
+def judge(
+    run: Run, balance: int, held: int, read_at: float = NOW + 1, sent_at: float | None = None
+) -> Any:
     setup = RunSetup(
         run_id="run-h",
         scenario="holds",
@@ -87,7 +91,7 @@ def judge(run: Run, balance: int, held: int, read_at: float = NOW + 1) -> Any:
         host="http://127.0.0.1:1",
         mode={"lock_mode": "locked", "race_window_ms": 20},
     )
-    return reconcile(setup, run.tally, {ACCOUNT: final(balance, held, read_at)})
+    return reconcile(setup, run.tally, {ACCOUNT: final(balance, held, read_at, sent_at)})
 
 
 # --- the operations and plans --------------------------------------------------------------
@@ -256,22 +260,28 @@ def test_held_unlike_the_acknowledged_pending_holds_is_drift() -> None:
     assert right.passed, right.problems
 
 
-def test_holds_whose_fate_is_unknown_or_near_expiry_widen_what_is_explained() -> None:
+def test_holds_whose_fate_is_unknown_or_that_expire_during_the_read_widen_what_is_explained() -> (
+    None
+):
     run = Run()
     run.place(1)
     run.send(capture(1), 0)  # no answer: captured or not, nobody knows
     run.send(hold(), 0)  # no answer: placed or not
     run.place(2, expires_at="2027-01-15T08:00:01+00:00")  # expires at NOW + 1
+    # The read left at NOW + 0.9 and came back at NOW + 1.1: hold 2 expired meanwhile.
     for held in (0, AMOUNT, 2 * AMOUNT, 3 * AMOUNT):
-        result = judge(run, balance=OPENING, held=held, read_at=NOW + 1.1)
+        result = judge(run, balance=OPENING, held=held, read_at=NOW + 1.1, sent_at=NOW + 0.9)
         assert result.holds is not None
         assert result.holds.held_drift_accounts == 0, held
-    beyond = judge(run, balance=OPENING, held=4 * AMOUNT, read_at=NOW + 1.1)
+    beyond = judge(run, balance=OPENING, held=4 * AMOUNT, read_at=NOW + 1.1, sent_at=NOW + 0.9)
     assert beyond.holds is not None and beyond.holds.held_drift_money == AMOUNT
     assert beyond.holds.unknown_outcomes == 2
     # Long expired holds are known not to count any more.
     later = judge(run, balance=OPENING, held=0, read_at=NOW + 60)
     assert later.holds is not None and later.holds.held_drift_accounts == 0
+    # A read sent after hold 2 expired (beyond the clocks' margin) knows it is gone.
+    after = judge(run, balance=OPENING, held=3 * AMOUNT, read_at=NOW + 1.2, sent_at=NOW + 1.1)
+    assert after.holds is not None and after.holds.held_drift_money == AMOUNT
 
 
 def test_an_unreadable_hold_answer_counts_its_money_as_unknown() -> None:
