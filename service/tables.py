@@ -104,6 +104,8 @@ holds = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # Written by a void alone: a second ending cannot erase the first's trace.
+    Column("voided_at", DateTime(timezone=True), nullable=True),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint("status IN ('pending', 'captured', 'voided')", name="status_known"),
     Index("ix_holds_account_id_status_expires_at", "account_id", "status", "expires_at"),

@@ -23,9 +23,7 @@ depends_on = None
 
 Identifier = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 KINDS_BEFORE = "kind IN ('open', 'deposit', 'withdrawal', 'transfer_in', 'transfer_out')"
-KINDS_AFTER = (
-    "kind IN ('open', 'deposit', 'withdrawal', 'transfer_in', 'transfer_out', 'capture')"
-)
+KINDS_AFTER = "kind IN ('open', 'deposit', 'withdrawal', 'transfer_in', 'transfer_out', 'capture')"
 
 
 def upgrade() -> None:
@@ -39,6 +37,7 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("voided_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["account_id"], ["accounts.id"], name=op.f("fk_holds_account_id_accounts")
         ),

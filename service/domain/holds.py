@@ -61,6 +61,9 @@ class Hold:
     expires_at: dt.datetime
     created_at: dt.datetime
     updated_at: dt.datetime
+    #: Set by a void and by nothing else, so a capture written over a void
+    #: (only `unlocked` lets that happen) cannot erase the void's trace.
+    voided_at: dt.datetime | None = None
 
     def status_at(self, now: dt.datetime) -> HoldStatus:
         """The status a client sees at `now`: a pending hold past its expiry is expired."""
@@ -175,12 +178,7 @@ def audit_holds(
     held = sum(hold.amount for hold, _ in holds if hold.status_at(now) is HoldStatus.PENDING)
     return HoldAudit(
         held=held,
-        two_outcomes=sum(
-            1
-            for hold, captures in holds
-            if captures.count > 1
-            or (captures.count == 1 and hold.status is not HoldStatus.CAPTURED)
-        ),
+        two_outcomes=sum(1 for hold, captures in holds if _ended_twice(hold, captures)),
         captured_above_amount=sum(
             1
             for hold, captures in holds
@@ -189,3 +187,9 @@ def audit_holds(
         captured_after_expiry=sum(1 for _, captures in holds if captures.late > 0),
         overcommitted_accounts=1 if balance - held < 0 else 0,
     )
+
+
+def _ended_twice(hold: Hold, captures: HoldCaptures) -> bool:
+    """Two outcomes: two captures, a capture and a void, or a capture of a hold not captured."""
+    endings = captures.count + (1 if hold.voided_at is not None else 0)
+    return endings > 1 or (captures.count == 1 and hold.status is not HoldStatus.CAPTURED)

@@ -106,7 +106,9 @@ class Holds:
                 before.late + (1 if entry.created_at >= hold.expires_at else 0),
             )
         else:
-            hold = replace(self.get(change.hold_id), status=HoldStatus.VOIDED, updated_at=now)
+            hold = replace(
+                self.get(change.hold_id), status=HoldStatus.VOIDED, updated_at=now, voided_at=now
+            )
         self.rows[hold.id] = hold
         return hold
 

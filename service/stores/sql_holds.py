@@ -49,18 +49,26 @@ INSERT_HOLD = (
     " RETURNING id"
 )
 
-_END_HOLD = (
-    "UPDATE holds SET status = :status, captured_amount = :captured_amount, updated_at = :now"
-    " WHERE id = :id"
+# Each ending writes only its own columns: a capture written over a void
+# (`unlocked`) leaves `voided_at`, a void over a capture leaves
+# `captured_amount` and the journal's entry, so the audit sees both outcomes.
+_CAPTURE_HOLD = (
+    "UPDATE holds SET status = 'captured', captured_amount = :captured_amount,"
+    " updated_at = :now WHERE id = :id"
+)
+_VOID_HOLD = (
+    "UPDATE holds SET status = 'voided', voided_at = :now, updated_at = :now WHERE id = :id"
 )
 UNEXPIRED = " AND expires_at > :now"
 STILL_PENDING = " AND status = 'pending'"
 
 
-def end_hold_statement(*, check_expiry: bool, check_pending: bool) -> str:
+def end_hold_statement(*, capture: bool, check_expiry: bool, check_pending: bool) -> str:
     """The UPDATE that gives a hold its final status, guarded as the lock mode needs."""
     return (
-        _END_HOLD + (UNEXPIRED if check_expiry else "") + (STILL_PENDING if check_pending else "")
+        (_CAPTURE_HOLD if capture else _VOID_HOLD)
+        + (UNEXPIRED if check_expiry else "")
+        + (STILL_PENDING if check_pending else "")
     )
 
 
@@ -121,16 +129,14 @@ def write_hold(
     stamp = cursor.dialect.timestamp(now)
     if change.hold_id is None:
         return _insert(cursor, write.leg.account_id, change, now, stamp)
-    status = HoldStatus.CAPTURED if captured_amount is not None else HoldStatus.VOIDED
     sql = end_hold_statement(
-        check_expiry=write.check_hold_expiry, check_pending=write.check_hold_pending
+        capture=captured_amount is not None,
+        check_expiry=write.check_hold_expiry,
+        check_pending=write.check_hold_pending,
     )
-    parameters = {
-        "id": change.hold_id,
-        "status": status.value,
-        "captured_amount": captured_amount,
-        "now": stamp,
-    }
+    parameters: dict[str, Any] = {"id": change.hold_id, "now": stamp}
+    if captured_amount is not None:
+        parameters["captured_amount"] = captured_amount
     if cursor.row_count(sql, parameters) != 1:
         stored = read_hold(cursor.connection, change.hold_id)
         raise HoldNotPending(stored.id, stored.status_at(now))
@@ -173,6 +179,7 @@ def hold_from_row(row: Row[Any]) -> Hold:
         expires_at=_aware(row.expires_at),
         created_at=_aware(row.created_at),
         updated_at=_aware(row.updated_at),
+        voided_at=None if row.voided_at is None else _aware(row.voided_at),
     )
 
 
@@ -185,15 +192,16 @@ def _aware(moment: dt.datetime) -> dt.datetime:
 # the reference): each hold joined to the journal's capture entries for it.
 _HOLD_OUTCOMES = """
 WITH outcomes AS (
-    SELECT holds.id, holds.amount, holds.status, holds.captured_amount,
+    SELECT holds.id, holds.amount, holds.status, holds.captured_amount, holds.voided_at,
            COUNT(transactions.id) AS captures,
            COALESCE(SUM(transactions.amount), 0) AS captured_total,
            SUM(CASE WHEN transactions.created_at >= holds.expires_at THEN 1 ELSE 0 END) AS late
     FROM holds LEFT JOIN transactions ON transactions.hold_id = holds.id
     {filter}
-    GROUP BY holds.id, holds.amount, holds.status, holds.captured_amount
+    GROUP BY holds.id, holds.amount, holds.status, holds.captured_amount, holds.voided_at
 )
-SELECT COALESCE(SUM(CASE WHEN captures > 1 OR (captures = 1 AND status <> 'captured')
+SELECT COALESCE(SUM(CASE WHEN captures + (CASE WHEN voided_at IS NULL THEN 0 ELSE 1 END) > 1
+                              OR (captures = 1 AND status <> 'captured')
                          THEN 1 ELSE 0 END), 0) AS two_outcomes,
        COALESCE(SUM(CASE WHEN captured_total > amount
                               OR COALESCE(captured_amount, 0) > amount

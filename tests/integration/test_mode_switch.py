@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 import pytest
 
 from service import services
-from service.domain import BalanceState, LockMode, ModeSetting, StaleLock
+from service.domain import BalanceState, Hold, LockMode, ModeSetting, StaleLock
 from service.idempotency import Completion
 from service.keyed_locks import KeyedLocks
 from service.redis_locks import RedisLocks
@@ -47,6 +47,9 @@ class SignalAfterRead(LegWriter):
         states = self._writer.read_states(account_ids)
         self._has_read.set()
         return states
+
+    def read_hold(self, hold_id: int) -> Hold:
+        return self._writer.read_hold(hold_id)
 
     def write_legs(
         self,
