@@ -9,6 +9,7 @@ writes with the version it read and retries a bounded number of times,
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable, Sequence
 
@@ -17,11 +18,16 @@ import pytest
 from service import modes
 from service.domain import (
     BalanceState,
+    HoldAction,
+    HoldChange,
+    HoldNotPending,
+    HoldStatus,
     InsufficientFunds,
     Leg,
     LockMode,
     TransactionKind,
     WriteConflict,
+    utc_now,
 )
 from service.idempotency import Completion
 from service.keyed_locks import KeyedLocks
@@ -171,3 +177,80 @@ def test_writes_follow_the_lock_order_whatever_the_leg_order() -> None:
         (3, 7),
     )
     assert [leg.account_id for leg in in_lock_order(operation)] == [3, 7]
+
+
+# --------------------------------------------------------------------------- holds
+
+
+def place_hold(store: RecordingStore, account_id: int, amount: int) -> int:
+    expires_at = utc_now() + dt.timedelta(minutes=10)
+    leg = Leg(account_id, HoldAction.PLACE, amount, HoldChange(None, amount, expires_at))
+    written = STRATEGIES[LockMode.LOCKED](Operation((leg,), (account_id,)), context(store))
+    assert written.hold is not None and written.transactions == ()
+    return written.hold.id
+
+
+def capture(account_id: int, hold_id: int, amount: int, held: int) -> Operation:
+    leg = Leg(account_id, TransactionKind.CAPTURE, amount, HoldChange(hold_id, held))
+    return Operation((leg,), (account_id,))
+
+
+@pytest.mark.parametrize(
+    ("mode", "checks_pending", "checks_expiry"),
+    [
+        # unlocked writes the read's verdict as it is: the race with a second
+        # ending and with the clock is left open on purpose
+        (LockMode.UNLOCKED, False, False),
+        (LockMode.PROCESS_LOCK, False, True),
+        (LockMode.OPTIMISTIC, False, True),
+        # atomic read nothing: the store's guarded UPDATE is its only check
+        (LockMode.ATOMIC, True, True),
+    ],
+)
+def test_each_mode_guards_a_hold_write_as_its_table_says(
+    mode: LockMode, checks_pending: bool, checks_expiry: bool
+) -> None:
+    """A capture's write carries the hold guards of modes.py's holds table."""
+    store = RecordingStore()
+    account = store.open_account("a", "USD", 1000, "locked")
+    hold_id = place_hold(store, account.id, 300)
+    store.writes.clear()
+    written = STRATEGIES[mode](capture(account.id, hold_id, 200, 300), context(store))
+    [write] = store.writes
+    assert (write.check_hold_pending, write.check_hold_expiry) == (checks_pending, checks_expiry)
+    [entry] = written.transactions
+    assert (entry.kind, entry.amount, entry.balance_after, entry.hold_id) == (
+        TransactionKind.CAPTURE,
+        200,
+        800,
+        hold_id,
+    )
+    assert written.hold is not None and written.hold.status is HoldStatus.CAPTURED
+    assert store.get_account(account.id).held == 0
+
+
+@pytest.mark.parametrize(
+    "mode", [LockMode.UNLOCKED, LockMode.LOCKED, LockMode.OPTIMISTIC, LockMode.ATOMIC]
+)
+def test_a_hold_counts_against_a_withdrawal_in_every_mode(mode: LockMode) -> None:
+    """Held money is not there to spend: 701 of 1000 with 300 held is refused, nothing written."""
+    store = RecordingStore()
+    account = store.open_account("a", "USD", 1000, "locked")
+    place_hold(store, account.id, 300)
+    withdrawal = Operation((Leg(account.id, TransactionKind.WITHDRAWAL, 701),), (account.id,))
+    with pytest.raises(InsufficientFunds):
+        STRATEGIES[mode](withdrawal, context(store))
+    assert store.get_account(account.id).balance == 1000
+
+
+@pytest.mark.parametrize("mode", [LockMode.UNLOCKED, LockMode.LOCKED, LockMode.OPTIMISTIC])
+def test_a_read_modify_write_refuses_a_captured_hold_before_writing(mode: LockMode) -> None:
+    """The read sees the hold is no longer pending: 409 hold_not_pending, nothing written."""
+    store = RecordingStore()
+    account = store.open_account("a", "USD", 1000, "locked")
+    hold_id = place_hold(store, account.id, 300)
+    STRATEGIES[LockMode.LOCKED](capture(account.id, hold_id, 300, 300), context(store))
+    store.writes.clear()
+    with pytest.raises(HoldNotPending):
+        STRATEGIES[mode](capture(account.id, hold_id, 300, 300), context(store))
+    assert store.writes == [] and store.get_account(account.id).balance == 700
