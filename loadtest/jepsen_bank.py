@@ -7,8 +7,11 @@ After Jepsen's `bank` workload: a few accounts hold a known total; writer
 threads transfer random amounts between random pairs (each with its own
 Idempotency-Key, retried a bounded number of times); reader threads read
 *every* balance in one snapshot (GET /balances?ids=...) and each read must sum
-to the opening total with no balance below zero (and, when the service reports
-each account's `held`, no `available` = balance - held below zero); a nemesis kills and pauses
+to the opening total with no balance below zero; with `--holders N`, N more
+threads place holds of up to an account's opening balance (DESIGN §3 Holds)
+and void them or let them expire (no money moves), so that holds race
+transfers out for the same available money, and every read also checks that
+no `held` exceeds its balance (`available` below zero); a nemesis kills and pauses
 gunicorn workers and, on PostgreSQL, cuts the database's connections through
 a TCP proxy (loadtest/jepsen_nemesis.py). An operation nobody knows the fate
 of (timeout, reset, a 5xx that may have applied) is recorded "info", never
@@ -71,6 +74,9 @@ NOTHING_WRITTEN_CODES = frozenset(
     {"lock_timeout", "write_conflict", "overloaded", "store_unavailable"}
 )
 DEFAULT_HISTORY = Path("var/jepsen/history.json")
+# Holders: each hold lives the API's shortest time; this share is left to expire.
+HOLD_SECONDS = 1
+LEFT_TO_EXPIRE = 0.25
 
 
 @dataclass(frozen=True)
@@ -85,10 +91,16 @@ class WorkloadOptions:
     retry_attempts: int = 3
     final_read_deadline_seconds: float = 30.0
     seed: int | None = None
+    holders: int = 0  # threads placing holds and voiding them (or letting them expire)
 
     def __post_init__(self) -> None:
-        if self.accounts < 2 or self.writers < 1 or self.readers < 0:
-            raise ValueError("a bank run needs 2+ accounts, 1+ writer and 0+ readers")
+        if self.accounts < 2 or self.writers < 1 or self.readers < 0 or self.holders < 0:
+            raise ValueError("a bank run needs 2+ accounts, 1+ writer, 0+ readers and holders")
+
+    @property
+    def clients(self) -> int:
+        """Client processes: writers, then readers, then holders (the final read is next)."""
+        return self.writers + self.readers + self.holders
         if self.max_amount < 1 or self.opening_balance < 0 or self.retry_attempts < 1:
             raise ValueError("amounts are positive, balances not negative, attempts 1+")
 
@@ -159,6 +171,71 @@ def transfer(
     return ("info" if uncertain else "fail"), _describe(attempt), None
 
 
+def place_hold(
+    session: requests.Session, base_url: str, value: dict[str, int], options: WorkloadOptions
+) -> tuple[str, str | None, int | None]:
+    """One hold, once: ("ok", None, hold id), ("fail", why, None) or ("info", why, None)."""
+    body = {"amount": value["amount"], "expires_in_s": HOLD_SECONDS}
+    try:
+        response = session.post(
+            f"{base_url}/accounts/{value['account']}/holds",
+            json=body,
+            headers={**NEW_CONNECTION, "Idempotency-Key": uuid.uuid4().hex},
+            timeout=options.request_timeout_seconds,
+        )
+    except requests.RequestException as error:
+        return "info", type(error).__name__, None
+    attempt = _attempt(response)
+    if response.status_code == 201:
+        try:
+            return "ok", None, int(response.json()["id"])
+        except (ValueError, KeyError, TypeError):
+            return "info", "an undecodable hold", None
+    return ("info" if attempt.uncertain else "fail"), _describe(attempt), None
+
+
+def void_hold(
+    session: requests.Session, base_url: str, hold_id: int, options: WorkloadOptions
+) -> tuple[str, str | None]:
+    """One void, once: "ok", "fail" (409 hold_not_pending: it expired first) or "info"."""
+    try:
+        response = session.post(
+            f"{base_url}/holds/{hold_id}/void",
+            headers={**NEW_CONNECTION, "Idempotency-Key": uuid.uuid4().hex},
+            timeout=options.request_timeout_seconds,
+        )
+    except requests.RequestException as error:
+        return "info", type(error).__name__
+    attempt = _attempt(response)
+    if response.status_code == 200:
+        return "ok", None
+    return ("info" if attempt.uncertain else "fail"), _describe(attempt)
+
+
+def read_held(
+    session: requests.Session, base_url: str, account_ids: list[int], timeout_seconds: float
+) -> dict[str, dict[str, int]] | None:
+    """Each account's balance and held from its own GET (one row each, not a snapshot)."""
+    reads: dict[str, dict[str, int]] = {}
+    for account_id in account_ids:
+        try:
+            response = session.get(
+                f"{base_url}/accounts/{account_id}",
+                headers=NEW_CONNECTION,
+                timeout=timeout_seconds,
+            )
+            account = response.json() if response.status_code == 200 else None
+            if not isinstance(account, dict) or "held" not in account:
+                return None
+            reads[str(account_id)] = {
+                "balance": int(account["balance"]),
+                "held": int(account["held"]),
+            }
+        except (requests.RequestException, ValueError, KeyError, TypeError):
+            return None
+    return reads
+
+
 def balances_url(base_url: str, account_ids: list[int]) -> str:
     return f"{base_url}/balances?ids=" + ",".join(str(account_id) for account_id in account_ids)
 
@@ -211,9 +288,11 @@ class Clients:
 
     def start(self) -> None:
         seed = self.options.seed
-        for process in range(self.options.writers + self.options.readers):
+        readers_end = self.options.writers + self.options.readers
+        for process in range(self.options.clients):
             rng = random.Random(None if seed is None else seed * 1000 + process)  # nosec B311  # seeded to replay
             target = self._write if process < self.options.writers else self._read
+            target = self._hold if process >= readers_end else target
             thread = threading.Thread(target=target, args=(process, rng), name=f"client-{process}")
             self._threads.append(thread)
             thread.start()
@@ -249,7 +328,10 @@ class Clients:
             while not self.stop.is_set():
                 self.history.append(process, "invoke", "read", None)
                 kind, balances, held, error = self.read_once(session)
-                self.history.append(process, kind, "read", balances, error=error, held=held)
+                held_reads = self.held_reads(session) if kind == "ok" and held is None else None
+                self.history.append(
+                    process, kind, "read", balances, error=error, held=held, held_reads=held_reads
+                )
                 if kind != "ok":
                     self.stop.wait(FAILED_READ_PAUSE_SECONDS)
 
@@ -257,6 +339,32 @@ class Clients:
         self, session: requests.Session
     ) -> tuple[str, dict[str, int] | None, dict[str, int] | None, str | None]:
         return read_snapshot(session, self.balances_url, self.options.request_timeout_seconds)
+
+    def held_reads(self, session: requests.Session) -> dict[str, dict[str, int]] | None:
+        """With holders, and /balances silent on held: each account's own balance and held."""
+        if not self.options.holders:
+            return None
+        return read_held(
+            session, self.base_url, self.history.account_ids, self.options.request_timeout_seconds
+        )
+
+    def _hold(self, process: int, rng: random.Random) -> None:
+        """Place a hold of up to the opening balance; void it, or let it expire (1 s)."""
+        with self.session() as session:
+            while not self.stop.is_set():
+                value = {
+                    "account": rng.choice(self.history.account_ids),
+                    "amount": rng.randint(1, max(self.options.opening_balance, 1)),
+                }
+                self.history.append(process, "invoke", "hold", value)
+                kind, error, hold_id = place_hold(session, self.base_url, value, self.options)
+                self.history.append(process, kind, "hold", value, error=error, hold_id=hold_id)
+                if hold_id is None or rng.random() < LEFT_TO_EXPIRE:
+                    continue
+                void_value = {"hold": hold_id}
+                self.history.append(process, "invoke", "void", void_value)
+                kind, error = void_hold(session, self.base_url, hold_id, self.options)
+                self.history.append(process, kind, "void", void_value, error=error)
 
 
 def _attempt(response: requests.Response) -> Attempt:
@@ -341,15 +449,23 @@ def run_workload(
 
 def final_read(clients: Clients, options: WorkloadOptions) -> None:
     """After the faults healed: read until the service answers (bounded), marked `final`."""
-    process = options.writers + options.readers
+    process = options.clients
     session = clients.session()
     deadline = time.monotonic() + options.final_read_deadline_seconds
     try:
         while True:
             clients.history.append(process, "invoke", "read", None, final=True)
             kind, balances, held, error = clients.read_once(session)
+            held_reads = clients.held_reads(session) if kind == "ok" and held is None else None
             clients.history.append(
-                process, kind, "read", balances, error=error, final=True, held=held
+                process,
+                kind,
+                "read",
+                balances,
+                error=error,
+                final=True,
+                held=held,
+                held_reads=held_reads,
             )
             if kind == "ok" or time.monotonic() > deadline:
                 return
@@ -392,6 +508,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opening-balance", type=int, default=defaults.opening_balance)
     parser.add_argument("--writers", type=int, default=defaults.writers)
     parser.add_argument("--readers", type=int, default=defaults.readers)
+    parser.add_argument(
+        "--holders",
+        type=int,
+        default=defaults.holders,
+        help="threads placing holds and voiding them (a service with holds)",
+    )
     parser.add_argument("--duration", type=float, default=defaults.duration_seconds)
     parser.add_argument("--max-amount", type=int, default=defaults.max_amount)
     parser.add_argument("--timeout", type=float, default=defaults.request_timeout_seconds)
@@ -407,6 +529,7 @@ def workload_options(arguments: argparse.Namespace) -> WorkloadOptions:
         opening_balance=arguments.opening_balance,
         writers=arguments.writers,
         readers=arguments.readers,
+        holders=arguments.holders,
         duration_seconds=arguments.duration,
         max_amount=arguments.max_amount,
         request_timeout_seconds=arguments.timeout,

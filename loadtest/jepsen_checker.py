@@ -8,7 +8,9 @@ loadtest/jepsen_history.py) and judges it as Jepsen's `bank` checker does:
 - every "ok" read is checked: its balances cover every account, sum to the
   opening total (transfers only move money) and none is negative; a read
   that carries each account's `held` (a service with holds) must show no
-  `available` (balance - held) below zero, that is no held above the balance;
+  `available` (balance - held) below zero, that is no held above the balance
+  (`held` beside the snapshot, or `held_reads`, each account's own balance
+  and held); holds and voids are counted, and move no money;
 - the history is well formed: each invoke is completed once, by its process;
   an invoke never completed counts as indeterminate ("info");
 - the final read, taken after the faults healed, reconciles the
@@ -234,7 +236,7 @@ def _check_read(scan: _Scan, operation: dict[str, Any]) -> None:
         scan.wrong_totals += 1
     if negative:
         scan.negative_reads += 1
-    if operation.get("held") is not None:
+    if operation.get("held") is not None or operation.get("held_reads") is not None:
         scan.reads_with_holds += 1
     if overheld:
         scan.overheld_reads += 1
@@ -247,7 +249,7 @@ def _check_read(scan: _Scan, operation: dict[str, Any]) -> None:
                 "process": operation["process"],
                 "total": total,
                 "balances": operation.get("value"),
-                **({"held": operation["held"]} if overheld else {}),
+                **({"overheld_accounts": overheld} if overheld else {}),
             }
         )
 
@@ -255,9 +257,13 @@ def _check_read(scan: _Scan, operation: dict[str, Any]) -> None:
 def _overheld_accounts(operation: dict[str, Any], balances: dict[int, int]) -> list[int]:
     """Accounts the read shows with held above the balance (available below zero)."""
     held = {int(key): int(value) for key, value in (operation.get("held") or {}).items()}
-    return sorted(
+    overheld = {
         account for account, amount in held.items() if amount > balances.get(account, amount)
-    )
+    }
+    for key, read in (operation.get("held_reads") or {}).items():
+        if int(read["held"]) > int(read["balance"]):
+            overheld.add(int(key))
+    return sorted(overheld)
 
 
 def _reconcile(scan: _Scan) -> Final:

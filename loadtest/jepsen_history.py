@@ -11,15 +11,20 @@ tool after a key rename): a list of operations, each
   "ok" (it happened), "fail" (it certainly did not happen) or "info" (no one
   knows: a timeout, a reset connection, a 5xx that may have applied) from the
   same process; the nemesis writes only "info" operations;
-- `f`: "transfer" or "read" for clients; "kill", "pause", "resume", "cut",
-  "restore" for the nemesis;
-- `value`: a transfer's {"from", "to", "amount"}; a read's balances as
+- `f`: "transfer", "read", "hold" or "void" for clients; "kill", "pause",
+  "resume", "cut", "restore" for the nemesis (a hold moves no money: it is
+  voided or left to expire, never captured);
+- `value`: a transfer's {"from", "to", "amount"}; a hold's {"account",
+  "amount"}; a void's {"hold"}; a read's balances as
   {"<account id>": balance} on "ok" (null on its invoke); a fault's target;
 - `time`: nanoseconds since the run started (monotonic clock);
 - optional: `error` (why a fail or info), `final` (true on the read taken
   after the faults healed), `transfer_id`, and on an "ok" read `held`
   ({"<account id>": held}) when the service reports the money its pending
-  holds keep (DESIGN §3 Holds): the read's available = balance - held.
+  holds keep (DESIGN §3 Holds): the read's available = balance - held; or,
+  when /balances does not report it, `held_reads` ({"<account id>":
+  {"balance", "held"}} from each account's own GET, not one snapshot);
+  `hold_id` on an "ok" hold.
 
 The document around the list says what the checker needs to know: the
 accounts and their opening balances (so the expected total), the mode the
@@ -36,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 FORMAT = "bankrace-jepsen-bank/1"
-CLIENT_FUNCTIONS = ("transfer", "read")
+CLIENT_FUNCTIONS = ("transfer", "read", "hold", "void")
 FAULT_FUNCTIONS = ("kill", "pause", "resume", "cut", "restore")
 TYPES = ("invoke", "ok", "fail", "info")
 NEMESIS = "nemesis"

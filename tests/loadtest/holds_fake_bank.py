@@ -1,11 +1,13 @@
 """A stand-in bank with holds, on 127.0.0.1, for the holds scenario's own tests.
 
-It speaks the part of DESIGN §3 the load test uses (accounts, deposits,
-holds, capture, void, reads, audits, journals) from one dict under one lock.
-`careful=True` keeps every hold rule (available checked, one final status,
-no capture after expiry); `careful=False` checks none of them, so that each
-hold anomaly happens on purpose and the load test must count it. Its `held`
-is always the sum of the holds it has pending and unexpired.
+It speaks the part of DESIGN §3 the load tools use (accounts, deposits,
+transfers, holds, capture, void, reads, snapshot balances, audits, journals)
+from one dict under one lock. `careful=True` keeps every hold rule
+(available checked by holds and transfers out, one final status, no capture
+after expiry); `careful=False` checks none of them, so that each hold
+anomaly happens on purpose and the tools must count it. Its `held` is always
+the sum of the holds it has pending and unexpired; `GET /balances` reports
+it only with `balances_show_held=True`.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class FakeHold:
 @dataclass
 class FakeHoldsBank:
     careful: bool
+    balances_show_held: bool = False
     balances: dict[int, int] = field(default_factory=dict)
     journals: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     holds: dict[int, FakeHold] = field(default_factory=dict)
@@ -61,7 +64,8 @@ class FakeHoldsBank:
         )  # fmt: skip
 
     def entry(self, account_id: int, kind: str, amount: int) -> dict[str, Any]:
-        self.balances[account_id] += amount if kind in ("open", "deposit") else -amount
+        credit = kind in ("open", "deposit", "transfer_in")
+        self.balances[account_id] += amount if credit else -amount
         entry = {
             "id": next(self.ids),
             "account_id": account_id,
@@ -83,6 +87,15 @@ class FakeHoldsBank:
             return 200, {"lock_mode": mode, "race_window_ms": 0}
         if method == "GET" and parts == ["audit"]:
             return 200, {"accounts": len(self.balances), "consistent": True}
+        if method == "GET" and parts == ["balances"]:
+            items = [
+                {"account_id": account_id, "balance": balance}
+                | ({"held": self.held(account_id, moment)} if self.balances_show_held else {})
+                for account_id, balance in self.balances.items()
+            ]
+            return 200, {"items": items}
+        if method == "POST" and parts == ["transfers"]:
+            return self.transfer(body, moment)
         if method == "POST" and parts == ["accounts"]:
             account_id = next(self.ids)
             self.balances[account_id], self.journals[account_id] = 0, []
@@ -93,6 +106,16 @@ class FakeHoldsBank:
         if method == "POST" and parts[0] == "holds" and int(parts[1]) in self.holds:
             return self.hold_route(self.holds[int(parts[1])], parts[2], body, moment)
         return 404, {"code": "not_found"}
+
+    def transfer(self, body: Any, moment: datetime) -> tuple[int, Any]:
+        source, target, amount = body["from_account"], body["to_account"], int(body["amount"])
+        if self.careful and amount > self.balances[source] - self.held(source, moment):
+            return 409, {"code": "insufficient_funds"}
+        legs = [
+            self.entry(source, "transfer_out", amount),
+            self.entry(target, "transfer_in", amount),
+        ]
+        return 201, {"id": next(self.ids), "legs": legs}
 
     def account_route(
         self, method: str, account_id: int, rest: list[str], body: Any, moment: datetime

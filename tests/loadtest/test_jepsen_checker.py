@@ -237,7 +237,7 @@ def test_a_read_with_held_above_the_balance_is_an_anomaly() -> None:
     assert not report.valid
     assert (report.overheld_reads, report.reads_with_holds, report.negative_balances) == (1, 2, 0)
     assert "1 reads saw available below zero (held above the balance)" in report.problems
-    assert report.wrong_reads[0]["held"] == {"1": 0, "2": 15, "3": 0}
+    assert report.wrong_reads[0]["overheld_accounts"] == [2]
     assert "reads with available below zero 1 (of 2 that reported held)" in (
         jepsen_checker.render(report)
     )
