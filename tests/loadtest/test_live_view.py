@@ -337,3 +337,44 @@ def test_distributed_locust_shows_the_workers_tallies(tmp_path: Path) -> None:
         assert final["totals"]["lost_updates"] == final["report"]["lost_updates"]
     finally:
         demo.stop()
+
+
+def test_the_holds_scenario_shows_its_anomalies_on_the_page_and_the_tab(tmp_path: Path) -> None:
+    """make demo --scenario holds, unlocked: the Hold anomalies card and the tab column count."""
+    from playwright.sync_api import sync_playwright
+
+    demo = start_demo(tmp_path, scenario="holds")
+    try:
+        data = wait_for(
+            "hold anomalies in unlocked",
+            lambda: race_data(demo),
+            lambda data: (
+                data["totals"] is not None
+                and data["totals"]["holds"] is not None
+                and data["totals"]["holds"]["anomalies"] > 0
+            ),
+        )
+        print(json.dumps(data["totals"]["holds"]))
+        assert data["run"]["scenario"] == "holds"
+        with sync_playwright() as playwright:
+            browser = launch_chromium(playwright)
+            try:
+                page = browser.new_page(viewport=VIEWPORT)
+                page.goto(demo.race_url)
+                card = page.locator("#holds-card")
+                card.wait_for(state="visible", timeout=WAIT_SECONDS * 1000)
+                shown = wait_for(
+                    "the card's count",
+                    lambda: int(page.locator("#total-holds").get_attribute("data-value") or 0),
+                    lambda count: count > 0,
+                )
+                assert "bad" in (page.locator("#total-holds").get_attribute("class") or "")
+                assert shown > 0
+                page.goto(f"{demo.web_url}/?tab=race")
+                page.get_by_role("columnheader", name="Hold anomalies").wait_for(
+                    timeout=WAIT_SECONDS * 1000
+                )
+            finally:
+                browser.close()
+    finally:
+        demo.stop()
