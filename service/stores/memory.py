@@ -160,9 +160,11 @@ class MemoryStore(Store):
         with self._mutex:
             # Check every condition before changing anything: all or nothing.
             memory_keys.check_completion(self._keys, completion)
-            new_balances = [self._new_balance(write, now) for write in writes]
+            # The hold first: ending a hold that is no longer pending is refused
+            # as such, whatever the balance (as the SQL store's order does).
             for write in writes:
                 self._holds.check(write, now)
+            new_balances = [self._new_balance(write, now) for write in writes]
             transfer_id = len(self._transfers) + 1 if transfer else None
             entries = []
             hold = None
