@@ -228,10 +228,10 @@ class StoreSupply:
             with engine.begin() as connection:
                 if self.backend == "postgres":
                     connection.exec_driver_sql(
-                        "TRUNCATE transactions, transfers, accounts RESTART IDENTITY"
+                        "TRUNCATE holds, transactions, transfers, accounts RESTART IDENTITY"
                     )
                 else:  # SQLite: children first (foreign keys); rowids restart at max + 1 = 1
-                    for table in ("transactions", "transfers", "accounts"):
+                    for table in ("holds", "transactions", "transfers", "accounts"):
                         connection.exec_driver_sql(f"DELETE FROM {table}")
         finally:
             engine.dispose()
