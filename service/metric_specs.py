@@ -157,6 +157,17 @@ METRICS: dict[str, MetricSpec] = {
         ("scope",),
     ),
     "audit_account": last("bankrace_audit_account_id", "The account of the last account audit"),
+    "audit_held": last(
+        "bankrace_audit_held_minor",
+        "The last audit answered: money held by pending holds not yet expired",
+        ("scope",),
+    ),
+    "audit_hold_anomalies": last(
+        "bankrace_audit_hold_anomalies",
+        "The last audit answered: holds with two outcomes, captured above their amount or "
+        "after their expiry, and accounts holding more than their balance (overcommitted)",
+        ("scope", "anomaly"),
+    ),
     "audit_time": last(
         "bankrace_audit_time_seconds",
         "When the last audit was answered (Unix time)",
@@ -225,6 +236,8 @@ class Instruments:
     audit_inconsistent_accounts: Gauge
     audit_consistent: Gauge
     audit_account: Gauge
+    audit_held: Gauge
+    audit_hold_anomalies: Gauge
     audit_time: Gauge
     build_info: Gauge
     lock_mode: Gauge

@@ -46,7 +46,7 @@ from prometheus_client import (
     values,
 )
 
-from service.domain import DomainError
+from service.domain import DomainError, HoldAudit
 from service.metric_specs import METRICS, Instruments
 
 MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
@@ -205,6 +205,19 @@ def bank_audited(
     instruments.audit_inconsistent_accounts.set(inconsistent_accounts)
     instruments.audit_consistent.labels("bank").set(1 if consistent else 0)
     instruments.audit_time.labels("bank").set(time.time())
+
+
+def holds_audited(scope: str, holds: HoldAudit) -> None:
+    """The hold part of an audit: the held money and each kind of anomaly's count."""
+    instruments = _instruments()
+    instruments.audit_held.labels(scope).set(holds.held)
+    for anomaly, count in (
+        ("two_outcomes", holds.two_outcomes),
+        ("captured_above_amount", holds.captured_above_amount),
+        ("captured_after_expiry", holds.captured_after_expiry),
+        ("overcommitted_accounts", holds.overcommitted_accounts),
+    ):
+        instruments.audit_hold_anomalies.labels(scope, anomaly).set(count)
 
 
 def account_audited(account_id: int, drift: int, chain_breaks: int, consistent: bool) -> None:

@@ -225,6 +225,7 @@ def list_transactions(account_id: int) -> Response:
 def audit_account(account_id: int) -> Response:
     result = services.account_audit(account_id, current_bank())
     metrics.account_audited(account_id, result.drift, result.chain_breaks, result.consistent)
+    metrics.holds_audited("account", result.holds)
     return jsonify(account_audit_json(result))
 
 

@@ -63,6 +63,7 @@ def audit() -> Response:
     metrics.bank_audited(
         result.drift, result.chain_breaks, result.inconsistent_accounts, result.consistent
     )
+    metrics.holds_audited("bank", result.holds)
     return jsonify(bank_audit_json(result))
 
 

@@ -254,3 +254,14 @@ def test_a_repeated_keyed_hold_places_one(client: FlaskClient) -> None:
     assert account(client, opened["id"])["held"] == 300
     reused = client.post(f"/accounts/{opened['id']}/holds", json={"amount": 301}, headers=headers)
     assert_problem(reused, 422, "idempotency_key_reused")
+
+
+def test_the_audit_metrics_show_held_money_and_no_anomaly(client: FlaskClient) -> None:
+    """After an audit, /metrics carries its held money and each anomaly count (0 here)."""
+    opened = open_account(client, opening_balance=1000)
+    place(client, opened["id"], 300)
+    assert client.get(f"/accounts/{opened['id']}/audit").get_json()["held"] == 300
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'bankrace_audit_held_minor{scope="account"} 300.0' in text
+    for anomaly in ("two_outcomes", "captured_above_amount", "captured_after_expiry"):
+        assert f'bankrace_audit_hold_anomalies{{anomaly="{anomaly}",scope="account"}} 0.0' in text
