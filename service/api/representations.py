@@ -73,7 +73,7 @@ class Transaction(TypedDict):
     transfer_id: int | None
     lock_mode: Annotated[str, Field(description="the mode that served it")]
     created_at: Timestamp
-    hold_id: Annotated[int | None, Field(description="the hold a `capture` ended")]
+    hold_id: NotRequired[Annotated[int, Field(description="`capture` only: the hold it ended")]]
 
 
 class Hold(TypedDict):
@@ -201,7 +201,7 @@ def balance_json(account: domain.Account) -> Balance:
 
 
 def transaction_json(entry: domain.Transaction) -> Transaction:
-    return {
+    answer: Transaction = {
         "id": entry.id,
         "account_id": entry.account_id,
         "kind": entry.kind,  # a StrEnum: JSON writes its value
@@ -210,8 +210,10 @@ def transaction_json(entry: domain.Transaction) -> Transaction:
         "transfer_id": entry.transfer_id,
         "lock_mode": entry.lock_mode,
         "created_at": rfc3339(entry.created_at),
-        "hold_id": entry.hold_id,
     }
+    if entry.hold_id is not None:
+        answer["hold_id"] = entry.hold_id
+    return answer
 
 
 def hold_json(hold: domain.Hold) -> Hold:

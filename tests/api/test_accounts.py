@@ -38,7 +38,6 @@ TRANSACTION_FIELDS = {
     "transfer_id",
     "lock_mode",
     "created_at",
-    "hold_id",
 }
 MONEY_ENDPOINTS = ["deposit", "withdraw"]
 # Path segments that are not an account id a BIGINT could hold.
