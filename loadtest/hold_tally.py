@@ -182,9 +182,8 @@ class HoldTally:
         if not isinstance(body, dict):
             return
         balance, held, available = body.get("balance"), body.get("held"), body.get("available")
-        if not all(isinstance(value, int) for value in (balance, held, available)):
+        if not (isinstance(balance, int) and isinstance(held, int) and isinstance(available, int)):
             return  # a service without holds
-        assert isinstance(balance, int) and isinstance(held, int) and isinstance(available, int)
         account = self.account(account_id)
         account.reads += 1
         account.lowest_available = lowest(account.lowest_available, available)
