@@ -65,7 +65,6 @@ from service.domain.records import (
 )
 from service.domain.rules import (
     CONTROL_CATEGORIES,
-    CURRENCY_PATTERN,
     DEFAULT_CURRENCY,
     MAX_AMOUNT_MINOR,
     MAX_BALANCE_MINOR,
@@ -73,19 +72,12 @@ from service.domain.rules import (
     MIN_AMOUNT_MINOR,
     ORDINARY_WHITESPACE,
     OWNER_MAX_LENGTH,
-    amount_error,
     check_new_balance,
-    currency_error,
-    integer_error,
-    lock_mode_error,
-    opening_balance_error,
     owner_error,
-    race_window_error,
 )
 
 __all__ = [
     "CONTROL_CATEGORIES",
-    "CURRENCY_PATTERN",
     "DEFAULT_CURRENCY",
     "DEFAULT_EXPIRES_IN_S",
     "MAX_AMOUNT_MINOR",
@@ -131,19 +123,13 @@ __all__ = [
     "UnsafeModeRefused",
     "ValidationFailed",
     "WriteConflict",
-    "amount_error",
     "audit_account",
     "audit_bank",
     "audit_holds",
     "check_new_balance",
     "check_pending",
-    "currency_error",
     "expires_in_error",
-    "integer_error",
-    "lock_mode_error",
-    "opening_balance_error",
     "owner_error",
-    "race_window_error",
     "rfc3339",
     "utc_now",
 ]

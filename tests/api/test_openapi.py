@@ -24,12 +24,13 @@ from werkzeug.test import TestResponse
 import service
 from service import create_app
 from service.api import spec
-from service.api.bodies import RequestBody, validated
+from service.api.bodies import RequestBody
 from service.api.errors import HTTP_CODES, handle_domain_error
 from service.domain import DomainError, FieldError, ValidationFailed
 from service.http_problems import GUNICORN_PROBLEM_CODES
 from tests.api.helpers import ADMIN_HEADERS, open_account
 from tests.conftest import make_config
+from tests.support.body_checks import field_error
 
 SERVICE_ROOT = Path(service.__file__).parent
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
@@ -281,15 +282,6 @@ def body_fields(app: Flask) -> Iterator[tuple[type[RequestBody], str, dict[str, 
         schema = model.model_json_schema()
         for name, part in schema["properties"].items():
             yield model, name, {**part, "$defs": schema.get("$defs", {})}
-
-
-def field_error(model: type[RequestBody], name: str, value: object) -> str | None:
-    """What `model` says of `value` in field `name` alone (None: taken)."""
-    try:
-        validated({name: value}, model)
-    except ValidationFailed as failure:
-        return next((error.message for error in failure.errors if error.field == name), None)
-    return None
 
 
 PROBES: list[object] = [

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import datetime as dt
 import unicodedata
+from functools import partial
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from service.api.bodies import Amount, ModeChange, NewAccount
 from service.domain import (
     CONTROL_CATEGORIES,
     MAX_AMOUNT_MINOR,
@@ -29,15 +31,19 @@ from service.domain import (
     Unavailable,
     ValidationFailed,
     WriteConflict,
-    amount_error,
     check_new_balance,
-    currency_error,
-    lock_mode_error,
-    opening_balance_error,
     owner_error,
-    race_window_error,
     rfc3339,
 )
+from tests.support.body_checks import field_error
+
+# The rules of values a client sends are declared once, in the request bodies; these ask them
+# one field at a time.
+amount_error = partial(field_error, Amount, "amount")
+opening_balance_error = partial(field_error, NewAccount, "opening_balance")
+currency_error = partial(field_error, NewAccount, "currency")
+race_window_error = partial(field_error, ModeChange, "race_window_ms")
+lock_mode_error = partial(field_error, ModeChange, "lock_mode")
 
 # Values that are not JSON integers, whatever Python thinks (bool is an int, 10.0 == 10).
 NOT_INTEGERS: list[object] = [
