@@ -44,9 +44,10 @@ format: $(STAMP)
 loadtest: $(STAMP)
 	$(BIN)/locust -f loadtest/locustfile.py --headless -u 50 -r 50 -t 30s --host http://127.0.0.1:8000
 
-# Every lock mode side by side: reports/<timestamp>/report.md, results.csv, chart.png.
+# Every lock mode side by side: reports/<timestamp>/report.md, results.csv, chart.png
+# (COMPARE_ARGS="--scenario holds" races holds instead).
 compare: $(STAMP)
-	$(BIN)/python -m loadtest.compare
+	$(BIN)/python -m loadtest.compare $(COMPARE_ARGS)
 
 # Throughput against the echo ceiling, every mode, store and operation, audited:
 # reports/bench-<timestamp>.json and .md (PostgreSQL too when BANK_TEST_POSTGRES_URL is set).
