@@ -315,6 +315,44 @@ def test_an_application_connection_close_closes() -> None:
     assert closed.should_close() and "Connection: close\r\n" in closed.default_headers()
 
 
+class RecordingSocket:
+    """Records each write the response makes."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("body", "length", "sent"),
+    [(b'{"status": "ok"}', 16, b'{"status": "ok"}'), (b"", 0, b""), (b"abcdef", 3, b"abc")],
+    ids=["answer", "empty", "longer than its Content-Length"],
+)
+def test_a_known_length_answer_is_one_socket_write(body: bytes, length: int, sent: bytes) -> None:
+    """Head and body leave in one write; never more body than Content-Length says."""
+    sock = RecordingSocket()
+    response = WorkerResponse(FakeRequest(), sock, GunicornConfig())
+    response.start_response("200 OK", [("Content-Length", str(length))])
+    response.write(body)
+    response.write(b"more")  # past the length: dropped, as gunicorn drops it
+    assert len(sock.writes) == 1
+    head, _, written = sock.writes[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Length: %d" % length in head
+    assert written == sent and response.sent == len(sent)
+
+
+def test_an_answer_of_unknown_length_is_left_to_gunicorn() -> None:
+    """No Content-Length: chunked by gunicorn, head first, as before."""
+    sock = RecordingSocket()
+    response = WorkerResponse(FakeRequest(), sock, GunicornConfig())
+    response.start_response("200 OK", [("Content-Type", "text/plain")])
+    response.write(b"abc")
+    assert len(sock.writes) >= 2 and sock.writes[0].endswith(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in sock.writes[0]
+
+
 def test_readable_now_peeks_without_waiting() -> None:
     """No byte yet: not readable; a byte, or the peer's close: readable; the byte stays."""
     ours, theirs = socket.socketpair()
