@@ -143,9 +143,11 @@ def _seed_mode(store: Store, config: Config) -> None:
 def _bound_body_reads() -> None:
     """A client that stops sending half-way through its body must not hold a thread forever.
 
-    gunicorn's gthread worker reads the body with a blocking socket and no
-    deadline; a read timeout turns a stalled upload into a 408. gthread puts
-    the socket back to blocking (no timeout) for the next request.
+    Under plain gunicorn (`gunicorn 'service:create_app()'`), gthread reads the
+    body with a blocking socket and no deadline; a read timeout turns a stalled
+    upload into a 408. gthread puts the socket back to blocking (no timeout)
+    for the next request. Under `bankrace serve` the worker's one deadline for
+    the head and the whole body (service/gunicorn_worker.py) comes first.
     """
     connection = request.environ.get("gunicorn.socket")
     if connection is not None:

@@ -51,8 +51,9 @@ def json_object() -> dict[str, Any]:
     try:
         raw = request.get_data(cache=True)
     except (ClientDisconnected, TimeoutError):
-        # Fewer bytes than Content-Length arrived before the read deadline
-        # (service._bound_body_reads) or the client went away.
+        # The body missed its deadline (under `bankrace serve` the worker's one deadline
+        # for head and body, service/gunicorn_worker.py; under plain gunicorn a read
+        # timeout, service._bound_body_reads), or the client went away.
         raise ProblemError(
             408, "request_timeout", "the request body did not arrive in full; nothing was changed"
         ) from None

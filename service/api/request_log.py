@@ -26,11 +26,11 @@ from typing import Any
 from flask import Flask, Request, Response, g, request
 
 from service import metrics
+from service.api.bodies import MAX_ID
 from service.api.context import current_bank
 from service.api.errors import ProblemError
 from service.api.parsing import json_object
 from service.api.spec import openapi_path
-from service.api.transfers import MAX_ACCOUNT_ID
 
 logger = logging.getLogger(__name__)
 
@@ -183,5 +183,5 @@ def _transfer_account_ids() -> list[int]:
     return [
         value
         for value in (body.get("from_account"), body.get("to_account"))
-        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ACCOUNT_ID
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID
     ]

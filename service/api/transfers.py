@@ -6,7 +6,7 @@ from flask import Blueprint, Response, jsonify
 
 from service import services
 from service.api import idempotent
-from service.api.bodies import MAX_ID, NewTransfer, validated
+from service.api.bodies import NewTransfer, validated
 from service.api.context import current_bank, serving_setting
 from service.api.parsing import json_object
 from service.api.representations import Transaction, Transfer, transaction_json, transfer_json
@@ -15,8 +15,6 @@ from service.idempotency import StoredResponse
 from service.stores.base import Written
 
 blueprint = Blueprint("transfers", __name__)
-# The largest id a body may name (service/api/request_log.py reads it here).
-MAX_ACCOUNT_ID = MAX_ID
 
 
 @blueprint.post("/transfers")
