@@ -107,6 +107,15 @@ class SqlLegWriter(LegWriter):
                     "created_at": stamp,
                 },
             )
+        if self._cursor.dialect.is_postgresql:
+            # Whoever changes a hold first queues on its account's row, as every
+            # balance write does: two modes racing on one hold (workers serve
+            # the old mode for a moment after a switch) then wait for each
+            # other in one order, instead of each taking one row and
+            # deadlocking on the other's.
+            for write in writes:
+                if write.leg.hold is not None:
+                    self._cursor.row(statements.LOCK_ROW, {"id": write.leg.account_id})
         entries = []
         hold = None
         for write in writes:
@@ -134,7 +143,8 @@ class SqlLegWriter(LegWriter):
         leg = write.leg
         parameters: dict[str, Any] = {"id": leg.account_id, "updated_at": stamp}
         if write.new_balance is None and leg.lowers_available:
-            if self._cursor.dialect.is_postgresql:  # see ADD_TO_AVAILABLE
+            # see ADD_TO_AVAILABLE (a hold's leg took the lock in write_legs)
+            if self._cursor.dialect.is_postgresql and leg.hold is None:
                 self._cursor.row(statements.LOCK_ROW, {"id": leg.account_id})
             sql = statements.ADD_TO_AVAILABLE
             parameters.update(

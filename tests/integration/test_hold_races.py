@@ -281,3 +281,40 @@ def test_lease_and_process_locks_end_a_hold_once_among_threads(
     )
     audit = store.audit_account(account.id)
     assert audit.consistent and audit.balance == 700, audit
+
+
+# ------------------------------------------------------------------ across a mode switch
+
+SWITCH_PAIRS = [
+    (held, other) for held in GATED_SAFE_MODES for other in GATED_SAFE_MODES if other is not held
+]
+
+
+@pytest.mark.parametrize(("held_mode", "other_mode"), SWITCH_PAIRS)
+def test_two_safe_modes_capture_one_hold_once_across_a_switch(
+    store: Store,
+    bank: Bank,
+    probe: WaitProbe,
+    held_mode: LockMode,
+    other_mode: LockMode,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A capture held in its gap in one safe mode, one in another meanwhile (workers serve
+    the old mode for a moment after PUT /mode): one lands, the other is refused."""
+    gate = install_gate(monkeypatch)
+    # No retry: every writer of a hold queues on its account's row first, so
+    # PostgreSQL never has a deadlock to break here (a retry would hide one).
+    monkeypatch.setattr(services, "DATABASE_RETRY_ATTEMPTS", 1)
+    account = store.open_account("race", "USD", 1000, "locked")
+    hold = services.place_hold(account.id, 300, 600, ModeSetting(held_mode, 0), bank).hold
+    assert hold is not None
+    outcomes = run_race(
+        lambda: services.capture_hold(hold.id, None, ModeSetting(held_mode, HOLD_MARKER_MS), bank),
+        lambda: services.capture_hold(hold.id, None, ModeSetting(other_mode, 0), bank),
+        held_mode,
+        gate,
+        probe,
+    )
+    audit = store.audit_account(account.id)
+    assert sorted(refusals(outcomes), key=str) == sorted([None, HoldNotPending], key=str), outcomes
+    assert audit.consistent and audit.balance == 700, audit
