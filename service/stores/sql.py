@@ -219,15 +219,17 @@ class SqlStore(Store):
     def audit_account(self, account_id: int) -> AccountAudit:
         with self._transaction(write=False) as connection:
             audit = sql_audit.audit_account(connection, account_id, named=self.sql)
-            holds = sql_holds.audit_account_holds(
-                connection, account_id, audit.balance, named=self.sql
-            )
+            with sql_audit.bounded(connection):  # the same time bound as the journal's
+                holds = sql_holds.audit_account_holds(
+                    connection, account_id, audit.balance, named=self.sql
+                )
         return replace(audit, holds=holds)
 
     def audit_bank(self) -> BankAudit:
         with self._transaction(write=False) as connection:
             audit = sql_audit.audit_bank(connection, named=self.sql)
-            holds = sql_holds.audit_bank_holds(connection, named=self.sql)
+            with sql_audit.bounded(connection):  # the same time bound as the journal's
+                holds = sql_holds.audit_bank_holds(connection, named=self.sql)
         return replace(audit, holds=holds)
 
     # ------------------------------------------------------------------ settings

@@ -100,7 +100,7 @@ FROM audited
 
 
 def audit_account(connection: Connection, account_id: int, *, named: Any) -> AccountAudit:
-    with _bounded(connection):
+    with bounded(connection):
         row = connection.exec_driver_sql(
             named(ACCOUNT_AUDIT_SQL), {"account_id": account_id}
         ).first()
@@ -116,7 +116,7 @@ def audit_account(connection: Connection, account_id: int, *, named: Any) -> Acc
 
 
 def audit_bank(connection: Connection, *, named: Any) -> BankAudit:
-    with _bounded(connection):
+    with bounded(connection):
         row = connection.exec_driver_sql(named(BANK_AUDIT_SQL), {}).one()
 
     def whole(value: Any) -> int:
@@ -133,7 +133,7 @@ def audit_bank(connection: Connection, *, named: Any) -> BankAudit:
 
 
 @contextmanager
-def _bounded(connection: Connection) -> Iterator[None]:
+def bounded(connection: Connection) -> Iterator[None]:
     """Cancel the audit statement after AUDIT_TIMEOUT_MS, on either database."""
     driver_connection = connection.connection.driver_connection
     if not isinstance(driver_connection, sqlite3.Connection):
