@@ -25,7 +25,7 @@ DOCKERFILE_PATH = PROJECT_ROOT / "Dockerfile"
 DOCKERIGNORE_PATH = PROJECT_ROOT / ".dockerignore"
 COMPOSE_SCHEMA_PATH = Path(__file__).resolve().parent / "compose-spec.json"
 
-# DESIGN §4 and the settings the README adds to it: the service's whole configuration surface
+# The configuration table of docs/configuration.md: the service's whole configuration surface
 # (tests/unit/test_config.py checks that service/config.py reads exactly these).
 DESIGN_VARIABLES = frozenset(
     {
