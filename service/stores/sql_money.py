@@ -74,13 +74,12 @@ class SqlLegWriter(LegWriter):
         if all(account_id in self._locked for account_id in account_ids):
             return {account_id: self._locked[account_id] for account_id in account_ids}
         states = {}
-        now = utc_now()
+        now = self._cursor.dialect.timestamp(utc_now())
         for account_id in account_ids:
-            row = self._cursor.row(statements.READ_STATE, {"id": account_id})
+            row = self._cursor.row(statements.READ_STATE_AND_HELD, {"id": account_id, "now": now})
             if row is None:
                 raise NotFound(f"account {account_id} does not exist")
-            held = sql_holds.held(self._cursor, account_id, now)
-            states[account_id] = BalanceState(account_id, row[0], row[1], held)
+            states[account_id] = BalanceState(account_id, row[0], row[1], int(row[2]))
         return states
 
     def read_hold(self, hold_id: int) -> Hold:

@@ -15,6 +15,14 @@ LOCK_ROW = "SELECT balance, version FROM accounts WHERE id = :id FOR UPDATE"
 
 READ_STATE = "SELECT balance, version FROM accounts WHERE id = :id"
 
+# A read-modify-write's read without a lock: the balance, the version and the
+# held money (pending holds not yet expired) in one statement, one snapshot.
+READ_STATE_AND_HELD = (
+    "SELECT balance, version, (SELECT COALESCE(SUM(amount), 0) FROM holds"
+    " WHERE account_id = :id AND status = 'pending' AND expires_at > :now)"
+    " FROM accounts WHERE id = :id"
+)
+
 # Why a fenced claim or write was refused: the token the account holds.
 READ_FENCE = "SELECT fence FROM accounts WHERE id = :id"
 
