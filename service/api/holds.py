@@ -80,8 +80,13 @@ class Void(RequestBody):
 
 
 def _optional_body() -> dict[str, Any]:
-    """The JSON object sent, or {} when no body came (capture and void need none)."""
-    if not request.get_data(cache=True) and request.mimetype != "application/json":
+    """The JSON object sent, or {} when no body came (capture and void need none).
+
+    "No body" is judged from the headers alone (no Content-Length, or 0, and
+    not chunked), so a body cut off on the way still gets json_object's 408.
+    """
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    if not request.content_length and not chunked:
         return {}
     return json_object()
 

@@ -265,3 +265,26 @@ def test_the_audit_metrics_show_held_money_and_no_anomaly(client: FlaskClient) -
     assert 'bankrace_audit_held_minor{scope="account"} 300.0' in text
     for anomaly in ("two_outcomes", "captured_above_amount", "captured_after_expiry"):
         assert f'bankrace_audit_hold_anomalies{{anomaly="{anomaly}",scope="account"}} 0.0' in text
+
+
+@pytest.mark.parametrize("ending", ["capture", "void"])
+def test_an_ending_takes_no_body_with_or_without_a_content_type(
+    client: FlaskClient, ending: str
+) -> None:
+    """`curl -X POST -H 'Content-Type: application/json'` with no data ends the whole hold."""
+    opened = open_account(client, opening_balance=1000)
+    hold = place(client, opened["id"], 300)
+    response = client.post(
+        f"/holds/{hold['id']}/{ending}", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code in {200, 201}, response.get_data(as_text=True)
+    assert_problem(
+        client.post(f"/holds/{hold['id']}/{ending}", data="x", content_type="text/plain"),
+        415,
+        "unsupported_media_type",
+    )
+    assert_problem(
+        client.post(f"/holds/{hold['id']}/{ending}", data="[1]", content_type="application/json"),
+        400,
+        "malformed_json",
+    )
