@@ -43,10 +43,12 @@ No banner: gunicorn writes `Server: gunicorn` on every response it frames.
 `WorkerResponse` leaves the header out; gunicorn's own error pages
 (400, 431, ...) never had one, nor do the 408 and 503 written here.
 
-This relies on gthread internals (TConn, accept, enqueue_req, the two
-readable callbacks, handle_request, handle_error, wsgi.Response) of gunicorn
-27; the end-to-end tests in tests/e2e/test_slow_clients.py and
-tests/e2e/test_overload.py fail if a gunicorn upgrade changes them.
+This relies on gthread internals of gunicorn 27: every one is imported or
+replaced through service/gunicorn_internals.py, which lists them, and
+tests/unit/test_gunicorn_internals.py fails, naming what to re-check, when a
+gunicorn release changes one (docs/worker.md: why the worker stays, and the
+upgrade procedure); the end-to-end tests in tests/e2e/test_slow_clients.py
+and tests/e2e/test_overload.py check the behaviour.
 """
 
 from __future__ import annotations
@@ -60,14 +62,20 @@ from contextlib import suppress
 from functools import partial
 from typing import Any, cast
 
-from gunicorn import glogging, util
-from gunicorn.http import wsgi
-from gunicorn.http.unreader import SocketUnreader
-from gunicorn.util import write_nonblock
-from gunicorn.workers.gthread import _DEFER as DEFER
-from gunicorn.workers.gthread import TConn, ThreadWorker
-
 from service.config import Config
+from service.gunicorn_internals import (
+    DEFER,
+    BaseSocketUnreader,
+    GthreadConnection,
+    GthreadWorker,
+    GunicornLogger,
+    HttpResponse,
+    install_error_writer,
+    install_response_class,
+    to_bytestring,
+    write,
+    write_nonblock,
+)
 from service.http_problems import write_problem
 from service.overload import (
     SERVE_AT_ONCE,
@@ -122,7 +130,7 @@ class RequestBodyTimeout(TimeoutError):
     """
 
 
-class DeadlineUnreader(SocketUnreader):  # type: ignore[misc]
+class DeadlineUnreader(BaseSocketUnreader):  # type: ignore[misc]
     """Socket reads bounded by one deadline while a request's head and body are read."""
 
     deadline: float | None = None
@@ -149,7 +157,7 @@ class DeadlineUnreader(SocketUnreader):  # type: ignore[misc]
             self.sock.setblocking(True)
 
 
-class WorkerResponse(wsgi.Response):  # type: ignore[misc]
+class WorkerResponse(HttpResponse):  # type: ignore[misc]
     """gunicorn's HTTP/1 response, without a banner, closing when the application says so.
 
     gunicorn writes `Server: gunicorn` on every response and drops the
@@ -195,14 +203,14 @@ class WorkerResponse(wsgi.Response):  # type: ignore[misc]
             return
         lines = self.default_headers()
         lines.extend(f"{name}: {value}\r\n" for name, value in self.headers)
-        head = util.to_bytestring("".join(lines) + "\r\n", "latin-1")
+        head = to_bytestring("".join(lines) + "\r\n", "latin-1")
         self.headers_sent = True
         body = arg[: self.response_length]  # never more than Content-Length, as gunicorn
         self.sent += len(body)
-        util.write(self.sock, head + body)
+        write(self.sock, head + body)
 
 
-class QuietAccessLogger(glogging.Logger):  # type: ignore[misc]
+class QuietAccessLogger(GunicornLogger):  # type: ignore[misc]
     """gunicorn's logger without its access log, which the service writes itself.
 
     With a `logconfig_dict`, gunicorn formats an access-log record for every
@@ -218,7 +226,7 @@ class QuietAccessLogger(glogging.Logger):  # type: ignore[misc]
         return None
 
 
-class HeadBoundedConnection(TConn):  # type: ignore[misc]
+class HeadBoundedConnection(GthreadConnection):  # type: ignore[misc]
     """A gthread connection whose next request (head and body) has a deadline."""
 
     def __init__(self, *args: Any) -> None:
@@ -285,16 +293,16 @@ class HeadBoundedConnection(TConn):  # type: ignore[misc]
         super().close(graceful=graceful and not self.lingered)
 
 
-class HeadBoundedThreadWorker(ThreadWorker):  # type: ignore[misc]
+class HeadBoundedThreadWorker(GthreadWorker):  # type: ignore[misc]
     """gthread, with `HeadBoundedConnection`s, a 408 when a head is late, and load shedding."""
 
     def init_process(self) -> None:
         # In the worker process, after the fork: every response gunicorn frames here
         # (gthread builds them through wsgi.create, which looks the class up by name).
-        wsgi.Response = WorkerResponse
+        install_response_class(WorkerResponse)
         # gunicorn's own refusals (400, 414, 431, ...) as problems, not HTML pages
         # (service/http_problems.py).
-        util.write_error = write_problem
+        install_error_writer(write_problem)
         config = getattr(self.app, "bank_config", None)
         self.overload_limits = OverloadLimits.from_config(
             config if isinstance(config, Config) else Config()
