@@ -17,7 +17,7 @@ Each row gives req/s, its ratio to the echo of the same run, p99, the issue's
 target and whether it was met, and the per-worker split: the CPU seconds each
 gunicorn worker spent during the run (utime + stime from /proc/<pid>/stat of
 the master's children), which shows one worker doing most of the work. Every
-money run is audited like the benchmark's others (loadtest/bench_judge.py):
+money run is audited like the benchmark's others (`judge`, loadtest/bench_report.py):
 a safe-mode run that broke an invariant is FAIL, never a figure.
 """
 
@@ -31,14 +31,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loadtest.bench_bank import BenchBank
-from loadtest.bench_judge import judge
-from loadtest.bench_report import RunRecord, cell
-from loadtest.bench_targets import EchoProcess, gunicorn_settings, new_admin_token, service_settings
-from loadtest.bench_wrk import LoadResult
+from loadtest.bench_load import LoadResult
+from loadtest.bench_report import RunRecord, cell, judge
+from loadtest.bench_runs import EchoProcess, gunicorn_settings, new_admin_token, service_settings
 from loadtest.service_process import ServiceProcess
 
 if TYPE_CHECKING:
-    from loadtest.bench import Benchmark
+    from loadtest.bench_runs import Benchmark
 
 ENVELOPE_MODE = "locked"
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100

@@ -1,4 +1,4 @@
-"""Locustfile of the benchmark's Locust fallback (loadtest/bench_locust.py runs it).
+"""Locustfile of the benchmark's Locust fallback (`run_locust` of loadtest/bench_load.py runs it).
 
 The same requests as loadtest/bench.lua (deposits, withdrawals or transfers
 of one amount spread over the run's accounts, or POST /echo), the same
@@ -26,14 +26,14 @@ import gevent
 from locust import FastHttpUser, constant, events, task
 from locust.env import Environment
 
-DRAIN_LIMIT_SECONDS = 10  # loadtest/bench_wrk.py's: beyond the service's lock-wait bound
+DRAIN_LIMIT_SECONDS = 10  # loadtest/bench_load.py's: beyond the service's lock-wait bound
 REQUEST_TIMEOUT_SECONDS = 30.0
 POLL_INTERVAL_SECONDS = 0.02
 
 
 def bench_options(environment: Environment) -> Any:
     if environment.parsed_options is None:
-        raise RuntimeError("run this locustfile with the locust command (bench_locust.py does)")
+        raise RuntimeError("run this locustfile with the locust command (bench_load.py does)")
     return environment.parsed_options
 
 

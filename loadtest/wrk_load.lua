@@ -29,7 +29,7 @@
 -- connection sends nothing more (delay() returns an hour), so every request
 -- wrk sent gets its answer before wrk stops; a thread with nothing left in
 -- flight creates SIGNAL_DIR/drained-<thread>, and the runner
--- (loadtest/bench_wrk.py) then stops wrk with SIGINT. A connection that wrk
+-- (loadtest/bench_load.py) then stops wrk with SIGINT. A connection that wrk
 -- re-opens after the deadline sends GET /healthz instead (answered 200, which
 -- no load request is), so nothing the load does happens after the deadline.
 

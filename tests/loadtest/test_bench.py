@@ -24,9 +24,8 @@ from loadtest.bench_envelope import (
     split_cell,
     worker_pids,
 )
-from loadtest.bench_judge import RunEvidence, judge
-from loadtest.bench_report import RunRecord, markdown_table
-from loadtest.bench_wrk import LoadError, milliseconds, parse_wrk_output, thread_count
+from loadtest.bench_load import LoadError, milliseconds, parse_wrk_output, thread_count
+from loadtest.bench_report import RunEvidence, RunRecord, judge, markdown_table
 from tests.support.postgres import missing
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
@@ -428,7 +427,7 @@ def test_the_envelopes_money_runs_last_the_envelope_duration(tmp_path: Path) -> 
 
     def load(*_arguments: object, **options: object) -> object:
         asked.append(options)
-        raise bench.LoadError("stop here")
+        raise LoadError("stop here")
 
     benchmark.load = load  # type: ignore[method-assign]
     envelope = Envelope(benchmark, lambda _line: None)

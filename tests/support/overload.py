@@ -3,7 +3,7 @@
 `run_overload` starts wrk with tests/support/overload.lua: many connections
 send deposits of 1 to random accounts for `duration_s`, then drain (every
 request sent gets its answer or wrk's timeout) and wrk is stopped; the run
-and the reading of wrk's output are the benchmark's (loadtest/bench_wrk.py). The result
+and the reading of wrk's output are the benchmark's (loadtest/bench_load.py). The result
 holds the answers by status, per-class latency histograms (201, 503
 `overloaded`, other) timed by the client from the X-Request-ID it sent and
 the service echoed, and the deposits acknowledged per account.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import requests
 
-from loadtest.bench_wrk import (
+from loadtest.bench_load import (
     LoadError,
     drive_wrk,
     int_keys,

@@ -1,4 +1,4 @@
-"""Drive one benchmark run with wrk and read what it measured.
+"""The benchmark's load: wrk, or Locust where wrk cannot be had, and what it counted.
 
 `run_wrk` starts wrk with loadtest/bench.lua for the run's duration plus a
 drain limit, waits (polling, against a deadline) until every wrk thread has
@@ -11,25 +11,37 @@ The run itself (`prepare_workdir`, `drive_wrk`, `wait_for_drain`) and the
 reading of a script's counters (`result_lines`, `socket_errors`) serve any
 script built on loadtest/wrk_load.lua: tests/support/overload.lua's too.
 
+`run_locust` is the fallback for a machine without wrk: it runs
+loadtest/bench_locustfile.py headless (FastHttpUser) for one run and reads
+back a `LoadResult` like wrk's. Locust spends far more CPU per request than
+wrk, so on a small machine it caps the echo ceiling lower: the report names
+the tool. This module does not import Locust (which patches the process with
+gevent); only the subprocess does.
+
 `ensure_wrk` finds wrk, installing the Debian package when it is missing and
 the process may (root with apt-get).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from loadtest.service_process import stop_process_group
 
 LUA_SCRIPT = Path(__file__).resolve().parent / "bench.lua"
+LOCUSTFILE = Path(__file__).resolve().parent / "bench_locustfile.py"
+LOCUST_GRACE_SECONDS = 60  # start-up and shut-down beyond the run and its drain
 DRAIN_LIMIT_SECONDS = 10  # beyond the service's lock-wait bound (5 s)
 WRK_TIMEOUT_SECONDS = 30  # wrk counts slower answers as timeouts
 EXIT_DEADLINE_SECONDS = 15.0
@@ -299,3 +311,76 @@ def wait_for_drain(
             return True
         time.sleep(POLL_INTERVAL_SECONDS)  # polling interval under a deadline
     return False
+
+
+def run_locust(
+    url: str,
+    *,
+    operation: str,
+    amount: int,
+    account_ids: Sequence[int],
+    expected_mode: str,
+    duration_s: int,
+    connections: int,
+    workdir: Path,
+) -> LoadResult:
+    """One run with Locust; raises LoadError when it produced no result."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ids_file, result_file = workdir / "accounts.txt", workdir / "locust-result.json"
+    write_account_ids(ids_file, account_ids)
+    result_file.unlink(missing_ok=True)
+    command = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+        "-u", str(connections), "-r", str(connections * 10), "-t", f"{duration_s}s",
+        "--stop-timeout", str(DRAIN_LIMIT_SECONDS), "--host", url, "--only-summary",
+        "--loglevel", "WARNING", "--bench-operation", operation, "--bench-amount", str(amount),
+        "--bench-ids-file", str(ids_file), "--bench-mode", expected_mode,
+        "--bench-duration", str(duration_s), "--bench-result", str(result_file),
+    ]  # fmt: skip
+    with (workdir / "locust.log").open("wb") as log:
+        try:
+            subprocess.run(
+                command, stdout=log, stderr=subprocess.STDOUT, check=False,
+                timeout=duration_s + DRAIN_LIMIT_SECONDS + LOCUST_GRACE_SECONDS,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired as timeout:
+            raise LoadError("locust did not finish in time") from timeout
+    if not result_file.exists():
+        log_tail = (workdir / "locust.log").read_text(errors="replace")[-1000:]
+        raise LoadError(f"locust wrote no result: {log_tail}")
+    return load_result(json.loads(result_file.read_text()), float(duration_s))
+
+
+def load_result(data: dict[str, Any], duration_s: float) -> LoadResult:
+    return LoadResult(
+        duration_s=duration_s,
+        answered_in_window=data["answered_in_window"],
+        sent=data["sent"],
+        answered=data["answered"],
+        statuses={int(key): value for key, value in data["statuses"].items()},
+        retry_after_503=data["retry_after_503"],
+        socket_errors={"read": data["socket_errors"]},
+        credits={int(key): value for key, value in data["credits"].items()},
+        debits={int(key): value for key, value in data["debits"].items()},
+        served_modes=dict(data["served_modes"]),
+        mode_mismatches=data["mode_mismatches"],
+        unparsed=data["unparsed"],
+        p50_ms=data["p50_ms"],
+        p99_ms=data["p99_ms"],
+        max_ms=data["max_ms"],
+        drained=data["in_flight"] == 0,
+        tool="locust",
+    )
+
+
+def tool_version(wrk: str | None) -> str:
+    """The load tool as a report names it: `wrk 4.1.0`, or `locust 2.x (FastHttpUser)`."""
+    if wrk:
+        completed = subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False)
+        first_line = (completed.stdout or completed.stderr).splitlines()[:1]
+        return " ".join(first_line[0].split()[:2]) if first_line else "wrk"
+    completed = subprocess.run(
+        [sys.executable, "-m", "locust", "--version"], capture_output=True, text=True, check=False
+    )
+    fields = (completed.stdout or completed.stderr).split()
+    return f"locust {fields[1] if len(fields) > 1 else '?'} (FastHttpUser)"
