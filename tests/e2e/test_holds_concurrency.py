@@ -1,14 +1,17 @@
 """Holds under real concurrency: a real gunicorn (2 workers x 8 threads), 16 client threads.
 
 Every mode runs with a 20 ms race window. Captures and voids race on each of
-a few holds, and more holds are asked of one balance than it covers. A safe
-mode ends each hold exactly once and never reserves more than the balance,
-across both worker processes, and its audit stays consistent; `unlocked`
-ends holds twice or over-reserves, and its own audit says so.
+a few holds; more holds and withdrawals are asked of one balance than it
+covers; captures race the expiry of 1-second holds. A safe mode ends each
+hold exactly once, never reserves or spends held money, never captures an
+expired hold, across both worker processes, and its audit stays consistent;
+`unlocked` ends holds twice or over-reserves, and its own audit says so.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from collections import Counter
 
 import pytest
@@ -26,7 +29,8 @@ HOLD_AMOUNT = 100
 CAPTURES_PER_HOLD = 3
 VOIDS_PER_HOLD = 2
 RESERVE_BALANCE = 1000
-RESERVE_REQUESTS = 24  # of HOLD_AMOUNT each: the balance covers 10
+RESERVE_REQUESTS = 24  # holds and withdrawals of HOLD_AMOUNT each: the balance covers 10
+EXPIRY_LEAD_S = 0.01
 
 
 def race_endings(base_url: str) -> tuple[int, Counter[int]]:
@@ -55,12 +59,37 @@ def race_endings(base_url: str) -> tuple[int, Counter[int]]:
 
 
 def race_reservations(base_url: str) -> tuple[int, int]:
-    """More holds asked at once than the balance covers: how many were granted."""
+    """More holds and withdrawals asked at once than the balance covers: how many landed."""
     account = open_account(base_url, RESERVE_BALANCE)
-    call = Call("POST", f"/accounts/{account}/holds", {"amount": HOLD_AMOUNT})
-    outcome = fire(base_url, [call] * RESERVE_REQUESTS)
+    hold = Call("POST", f"/accounts/{account}/holds", {"amount": HOLD_AMOUNT})
+    withdrawal = Call("POST", f"/accounts/{account}/withdraw", {"amount": HOLD_AMOUNT})
+    outcome = fire(base_url, [hold, withdrawal] * (RESERVE_REQUESTS // 2))
     assert outcome.unexplained_5xx == [] and outcome.connection_errors == 0
     return account, outcome.count(201)
+
+
+def race_expiries(base_url: str) -> tuple[int, Counter[str]]:
+    """Captures sent just before their 1-second holds expire: what each answered."""
+    account = open_account(base_url, 100_000)
+    holds = []
+    for _ in range(HOLDS):
+        response = requests.post(
+            f"{base_url}/accounts/{account}/holds",
+            json={"amount": HOLD_AMOUNT, "expires_in_s": 1},
+            timeout=10,
+        )
+        response.raise_for_status()
+        holds.append(response.json())
+    first_expiry = dt.datetime.fromisoformat(holds[0]["expires_at"].replace("Z", "+00:00"))
+    # The clock is the event: fire when the first hold is EXPIRY_LEAD_S from expiring.
+    while dt.datetime.now(dt.UTC) < first_expiry - dt.timedelta(seconds=EXPIRY_LEAD_S):
+        time.sleep(0.001)
+    calls = [Call("POST", f"/holds/{hold['id']}/capture", {}) for hold in holds] * 2
+    outcome = fire(base_url, calls)
+    assert outcome.unexplained_5xx == [] and outcome.connection_errors == 0
+    answers: Counter[str] = Counter({"captured": outcome.count(201)})
+    answers.update(outcome.problem_codes)
+    return account, answers
 
 
 @pytest.mark.parametrize("mode", SAFE_MODES)
@@ -70,18 +99,21 @@ def test_a_safe_mode_ends_each_hold_once_and_never_over_reserves(
     server = start_server(lock_mode=mode, race_window_ms=RACE_WINDOW_MS)
     endings_account, landed = race_endings(server.url)
     reserve_account, granted = race_reservations(server.url)
+    expiry_account, answers = race_expiries(server.url)
     print(
         f"\n{mode} ({server_backend}, 2x8, {RACE_WINDOW_MS} ms): endings per hold "
-        f"{sorted(landed.values())}, holds granted {granted} of {RESERVE_REQUESTS} "
-        f"(the balance covers {RESERVE_BALANCE // HOLD_AMOUNT})"
+        f"{sorted(landed.values())}, holds and withdrawals granted {granted} of "
+        f"{RESERVE_REQUESTS} (the balance covers {RESERVE_BALANCE // HOLD_AMOUNT}), "
+        f"captures at the expiry: {dict(answers)}"
     )
+    assert answers["captured"] <= HOLDS
     # Each hold ends exactly once; exactly the holds the balance covers are granted.
     assert [landed[hold] for hold in landed] == [1] * HOLDS
     assert granted == RESERVE_BALANCE // HOLD_AMOUNT
-    for account in (endings_account, reserve_account):
+    for account in (endings_account, reserve_account, expiry_account):
         audit = audit_of(server.url, account)
         assert audit["consistent"] is True, audit
-        assert audit["available"] >= 0
+        assert audit["available"] >= 0 and audit["holds_captured_after_expiry"] == 0
     bank = audit_of(server.url)
     assert bank["consistent"] is True and bank["holds_with_two_outcomes"] == 0, bank
 
@@ -96,7 +128,8 @@ def test_unlocked_ends_holds_twice_and_over_reserves_and_the_audit_sees_it(
     twice = sum(1 for count in landed.values() if count > 1)
     print(
         f"\nunlocked ({server_backend}, 2x8, {RACE_WINDOW_MS} ms): {twice} of {HOLDS} holds "
-        f"ended more than once (endings per hold {sorted(landed.values())}), holds granted "
+        f"ended more than once (endings per hold {sorted(landed.values())}), holds and "
+        "withdrawals granted "
         f"{granted} of {RESERVE_REQUESTS} (the balance covers {RESERVE_BALANCE // HOLD_AMOUNT}); "
         f"audit: {bank['holds_with_two_outcomes']} holds with two outcomes, "
         f"{bank['overcommitted_accounts']} overcommitted accounts, drift {bank['drift']}"
@@ -104,4 +137,5 @@ def test_unlocked_ends_holds_twice_and_over_reserves_and_the_audit_sees_it(
     assert twice > 0 and granted > RESERVE_BALANCE // HOLD_AMOUNT
     assert bank["consistent"] is False
     assert bank["holds_with_two_outcomes"] > 0
-    assert audit_of(server.url, reserve_account)["available"] < 0
+    reserve_audit = audit_of(server.url, reserve_account)
+    assert reserve_audit["available"] < 0 or reserve_audit["drift"] != 0
