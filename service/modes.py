@@ -35,6 +35,10 @@ pause; write the account and the hold -- exactly as it protects a balance:
 | redis-lock    | its lease: until a holder outlives it                        |
 | fenced        | the token and the version, as for any write                  |
 
+On PostgreSQL a write that changes a hold locks its account's row first, as
+every balance write does anyway, so writers of one hold queue in one order
+(never a deadlock between two modes just after a switch).
+
 In every mode but `unlocked`, the write also checks the hold's expiry by its
 own clock: no lock stops time, and a capture decided before `expires_at` but
 written after it would make a hold captured after it was seen expired.

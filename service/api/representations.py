@@ -29,7 +29,10 @@ Timestamp = Annotated[
 ]
 Currency = Annotated[str, Field(pattern="^[A-Z]{3}$")]
 MinorUnits = Annotated[int, Field(description="minor units")]
-Version = Annotated[int, Field(description="+1 on every balance change")]
+Version = Annotated[
+    int,
+    Field(description="+1 on every balance change, and on every hold placed, captured or voided"),
+]
 PositiveAmount = Annotated[int, Field(ge=1)]
 NextPage = Annotated[
     str | None,
