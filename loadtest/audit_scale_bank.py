@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
-import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, create_engine, text
-from sqlalchemy.engine import make_url
 
+from loadtest.throwaway_postgres import throwaway_postgres
 from service.domain import (
     AccountAudit,
     BankAudit,
@@ -366,21 +365,6 @@ def sqlite_database(workdir: Path) -> Iterator[str]:
         yield url
 
 
-@contextmanager
-def postgres_database(server_url: str) -> Iterator[str]:
+def postgres_database(server_url: str) -> AbstractContextManager[str]:
     """A fresh, migrated database on the server at `server_url`, dropped afterwards."""
-    base = make_url(server_url)
-    name = f"bankrace_audit_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            url = base.set(database=name).render_as_string(hide_password=False)
-            upgrade(url)
-            yield url
-        finally:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+    return throwaway_postgres(server_url, "bankrace_audit", upgrade)

@@ -38,10 +38,11 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from loadtest.argument_types import bounded_int, choices
 from loadtest.bench_envelope import Envelope, EnvelopeRow, envelope_table
 from loadtest.bench_load import ensure_wrk, tool_version
 from loadtest.bench_report import (
@@ -146,27 +147,6 @@ DEFAULT_AMOUNT = 1
 DEFAULT_OPENING_BALANCE = 1_000_000
 DURATION_LIMIT_S = 600
 ACCOUNTS_LIMIT = 10_000
-
-
-def bounded_int(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low} and {high}")
-        return value
-
-    return parse
-
-
-def choices(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        chosen = [item.strip() for item in text.split(",") if item.strip()]
-        unknown = [item for item in chosen if item not in allowed]
-        if unknown or not chosen:
-            raise argparse.ArgumentTypeError(f"choose from {', '.join(allowed)}")
-        return chosen
-
-    return parse
 
 
 def account_counts(text: str) -> list[int]:

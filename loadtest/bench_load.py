@@ -227,29 +227,31 @@ def prepare_workdir(
     return ids_file, signal_dir
 
 
-def run_wrk(
-    wrk: str,
-    url: str,
-    *,
-    operation: str,
-    amount: int,
-    account_ids: Sequence[int],
-    expected_mode: str,
-    duration_s: int,
-    connections: int,
-    threads: int,
-    workdir: Path,
-    keyed: bool = False,
-) -> LoadResult:
-    """One run: load for `duration_s`, drain, stop wrk, parse. Raises LoadError."""
-    ids_file, signal_dir = prepare_workdir(workdir, account_ids)
-    arguments = [operation, str(amount), str(duration_s), str(ids_file), str(signal_dir),
-                 expected_mode, "keyed" if keyed else ""]  # fmt: skip
+@dataclass(frozen=True)
+class LoadPlan:
+    """One run's load, whichever tool sends it."""
+
+    url: str
+    operation: str  # a bench.lua operation: deposit, withdraw, transfer, echo, healthz, read
+    amount: int
+    account_ids: Sequence[int]
+    expected_mode: str  # answers served by another lock mode are counted apart
+    duration_s: int
+    connections: int
+    workdir: Path
+
+
+def run_wrk(wrk: str, plan: LoadPlan, *, threads: int, keyed: bool = False) -> LoadResult:
+    """One run: load for the plan's duration, drain, stop wrk, parse. Raises LoadError."""
+    ids_file, signal_dir = prepare_workdir(plan.workdir, plan.account_ids)
+    arguments = [plan.operation, str(plan.amount), str(plan.duration_s), str(ids_file),
+                 str(signal_dir), plan.expected_mode, "keyed" if keyed else ""]  # fmt: skip
     text, drained = drive_wrk(
-        wrk, url, threads=threads, connections=connections, duration_s=duration_s,
-        arguments=arguments, signal_dir=signal_dir, output_path=workdir / "wrk.out",
+        wrk, plan.url, threads=threads, connections=plan.connections,
+        duration_s=plan.duration_s, arguments=arguments, signal_dir=signal_dir,
+        output_path=plan.workdir / "wrk.out",
     )  # fmt: skip
-    result = parse_wrk_output(text, float(duration_s))
+    result = parse_wrk_output(text, float(plan.duration_s))
     result.drained = drained
     return result
 
@@ -313,28 +315,20 @@ def wait_for_drain(
     return False
 
 
-def run_locust(
-    url: str,
-    *,
-    operation: str,
-    amount: int,
-    account_ids: Sequence[int],
-    expected_mode: str,
-    duration_s: int,
-    connections: int,
-    workdir: Path,
-) -> LoadResult:
+def run_locust(plan: LoadPlan) -> LoadResult:
     """One run with Locust; raises LoadError when it produced no result."""
+    workdir, duration_s, connections = plan.workdir, plan.duration_s, plan.connections
     workdir.mkdir(parents=True, exist_ok=True)
     ids_file, result_file = workdir / "accounts.txt", workdir / "locust-result.json"
-    write_account_ids(ids_file, account_ids)
+    write_account_ids(ids_file, plan.account_ids)
     result_file.unlink(missing_ok=True)
     command = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
         "-u", str(connections), "-r", str(connections * 10), "-t", f"{duration_s}s",
-        "--stop-timeout", str(DRAIN_LIMIT_SECONDS), "--host", url, "--only-summary",
-        "--loglevel", "WARNING", "--bench-operation", operation, "--bench-amount", str(amount),
-        "--bench-ids-file", str(ids_file), "--bench-mode", expected_mode,
+        "--stop-timeout", str(DRAIN_LIMIT_SECONDS), "--host", plan.url, "--only-summary",
+        "--loglevel", "WARNING", "--bench-operation", plan.operation,
+        "--bench-amount", str(plan.amount), "--bench-ids-file", str(ids_file),
+        "--bench-mode", plan.expected_mode,
         "--bench-duration", str(duration_s), "--bench-result", str(result_file),
     ]  # fmt: skip
     with (workdir / "locust.log").open("wb") as log:

@@ -24,22 +24,21 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import requests
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from loadtest.bank_http import BankError
 from loadtest.bench_bank import BenchBank
-from loadtest.bench_load import LoadError, LoadResult, run_locust, run_wrk
+from loadtest.bench_load import LoadError, LoadPlan, LoadResult, run_locust, run_wrk
 from loadtest.bench_report import OPERATION_LABELS, RunEvidence, RunRecord, judge
 from loadtest.lock_modes import REDIS_MODES, SAFE_MODES, UNSAFE_MODES
 from loadtest.redis_target import LEAVE_OUT_HINT, redis_problem
 from loadtest.service_process import REPOSITORY_ROOT, ServiceProcess, service_environment
+from loadtest.throwaway_postgres import throwaway_postgres
 
 DATA_DIRECTORY = REPOSITORY_ROOT / "var"
 FRESH_ACCOUNTS_LIMIT = 20  # sets this small are opened anew for every run
@@ -88,17 +87,11 @@ class Benchmark:
         arguments = self.arguments
         duration_s = arguments.duration if duration_s is None else duration_s
         keyed = arguments.idempotency_keys if keyed is None else keyed
+        plan = LoadPlan(url, operation, arguments.amount, accounts, mode, duration_s,
+                        arguments.connections, workdir)  # fmt: skip
         if self.wrk is None:
-            return run_locust(
-                url, operation=operation, amount=arguments.amount, account_ids=accounts,
-                expected_mode=mode, duration_s=duration_s,
-                connections=arguments.connections, workdir=workdir,
-            )  # fmt: skip
-        return run_wrk(
-            self.wrk, url, operation=operation, amount=arguments.amount, account_ids=accounts,
-            expected_mode=mode, duration_s=duration_s, connections=arguments.connections,
-            threads=arguments.wrk_threads, workdir=workdir, keyed=keyed,
-        )  # fmt: skip
+            return run_locust(plan)
+        return run_wrk(self.wrk, plan, threads=arguments.wrk_threads, keyed=keyed)
 
     def measure_echo(self) -> RunRecord:
         record = RunRecord(store="-", mode="-", operation="echo", accounts=0)
@@ -296,27 +289,14 @@ def report_order(arguments: argparse.Namespace) -> Callable[[RunRecord], tuple[i
 class EchoProcess(ServiceProcess):
     """`python -m loadtest.echo_app` on a free loopback port, same gunicorn settings."""
 
-    def start(self) -> EchoProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = [
+    def command(self) -> list[str]:
+        return [
             sys.executable, "-m", "loadtest.echo_app", "--bind", self.settings["BANK_BIND"],
             "--workers", self.settings["BANK_WORKERS"], "--threads", self.settings["BANK_THREADS"],
         ]  # fmt: skip
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command,
-                cwd=self.workdir,
-                env=service_environment({}),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, stopped as one
-            )
-        try:
-            self.wait_until_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+
+    def environment(self) -> dict[str, str]:
+        return service_environment({})  # its settings are on its command line
 
     def ready_workers(self) -> int:
         if not self.log_path.exists():
@@ -355,24 +335,9 @@ def sqlite_database(workdir: Path) -> Iterator[str]:
     yield f"sqlite:///{workdir / 'bench.db'}"
 
 
-@contextmanager
-def postgres_database(server_url: str, workdir: Path) -> Iterator[str]:
-    """A fresh, migrated database on the server at `server_url`; dropped afterwards."""
-    base = make_url(server_url)
-    name = f"bankrace_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        url = base.set(database=name).render_as_string(hide_password=False)
-        try:
-            migrate(url, workdir)
-            yield url
-        finally:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+def postgres_database(server_url: str, workdir: Path) -> AbstractContextManager[str]:
+    """A fresh database on the server at `server_url`, migrated by `serve`'s own command."""
+    return throwaway_postgres(server_url, "bankrace_bench", lambda url: migrate(url, workdir))
 
 
 def migrate(database_url: str, workdir: Path) -> None:

@@ -35,8 +35,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
+from loadtest.argument_types import bounded_int, choices
 from loadtest.comparison_report import (
     LocustStatistics,
     ModeResult,
@@ -73,24 +73,6 @@ REDIS_LOCK_TTL_MIN_MS = 10
 REDIS_LOCK_TTL_MAX_MS = 600_000
 
 
-def bounded_int(low: int, high: int) -> Any:
-    def parse(text: str) -> int:
-        value = int(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low} and {high}")
-        return value
-
-    return parse
-
-
-def mode_list(text: str) -> list[str]:
-    modes = [mode.strip() for mode in text.split(",") if mode.strip()]
-    unknown = [mode for mode in modes if mode not in ALL_MODES]
-    if unknown or not modes:
-        raise argparse.ArgumentTypeError(f"choose from {', '.join(ALL_MODES)}")
-    return modes
-
-
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.compare", description=__doc__.split("\n\n")[0]
@@ -109,7 +91,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--modes",
-        type=mode_list,
+        type=choices(ALL_MODES),
         default=list(ALL_MODES),
         help=f"comma-separated modes (default: all {len(ALL_MODES)}: {', '.join(ALL_MODES)})",
     )

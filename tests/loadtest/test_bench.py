@@ -297,6 +297,18 @@ def test_the_worker_clock_reads_the_cpu_seconds_of_a_masters_children() -> None:
     assert cpu_seconds(child.pid) is None  # reaped: gone from /proc
 
 
+def run_bench(*options: str) -> subprocess.CompletedProcess[str]:
+    """`python -m loadtest.bench` with `options`, from the repository, bounded in time."""
+    return subprocess.run(
+        [sys.executable, "-m", "loadtest.bench", *options],
+        cwd=REPOSITORY_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_DEADLINE_SECONDS,
+        check=False,
+    )
+
+
 @pytest.mark.e2e
 def test_a_short_benchmark_run_writes_its_reports_and_the_safe_mode_holds(
     tmp_path: Path,
@@ -311,16 +323,10 @@ def test_a_short_benchmark_run_writes_its_reports_and_the_safe_mode_holds(
     """
     if shutil.which("wrk") is None:
         missing("wrk is not installed (Debian package wrk), and auto would run Locust instead")
-    completed = subprocess.run(
-        [sys.executable, "-m", "loadtest.bench", "--stores", "sqlite",
-         "--modes", "locked,unlocked", "--operations", "deposit", "--accounts", "3,30",
-         "--duration", "1", "--race-window-ms", "20", "--envelope-duration", "1",
-         "--envelope-accounts", "20", "--out", str(tmp_path)],
-        cwd=REPOSITORY_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=SMOKE_DEADLINE_SECONDS,
-        check=False,
+    completed = run_bench(
+        "--stores", "sqlite", "--modes", "locked,unlocked", "--operations", "deposit",
+        "--accounts", "3,30", "--duration", "1", "--race-window-ms", "20",
+        "--envelope-duration", "1", "--envelope-accounts", "20", "--out", str(tmp_path),
     )  # fmt: skip
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output[-4000:]
@@ -384,15 +390,9 @@ def test_a_short_benchmark_run_writes_its_reports_and_the_safe_mode_holds(
 @pytest.mark.e2e
 def test_the_locust_fallback_measures_and_audits_like_wrk(tmp_path: Path) -> None:
     """--load-tool locust (what runs where wrk cannot be had): a 1-second audited transfer run."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "loadtest.bench", "--stores", "sqlite", "--modes", "atomic",
-         "--operations", "transfer", "--accounts", "3", "--duration", "1",
-         "--load-tool", "locust", "--out", str(tmp_path)],
-        cwd=REPOSITORY_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=SMOKE_DEADLINE_SECONDS,
-        check=False,
+    completed = run_bench(
+        "--stores", "sqlite", "--modes", "atomic", "--operations", "transfer", "--accounts", "3",
+        "--duration", "1", "--load-tool", "locust", "--out", str(tmp_path),
     )  # fmt: skip
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output[-4000:]
