@@ -114,7 +114,7 @@ class SqlLegWriter(LegWriter):
             # deadlocking on the other's.
             for write in writes:
                 if write.leg.hold is not None:
-                    self._cursor.row(statements.LOCK_ROW, {"id": write.leg.account_id})
+                    self._cursor.row(statements.LOCK_ROW_FOR_WRITE, {"id": write.leg.account_id})
         entries = []
         hold = None
         for write in writes:
@@ -144,7 +144,7 @@ class SqlLegWriter(LegWriter):
         if write.new_balance is None and leg.lowers_available:
             # see ADD_TO_AVAILABLE (a hold's leg took the lock in write_legs)
             if self._cursor.dialect.is_postgresql and leg.hold is None:
-                self._cursor.row(statements.LOCK_ROW, {"id": leg.account_id})
+                self._cursor.row(statements.LOCK_ROW_FOR_WRITE, {"id": leg.account_id})
             sql = statements.ADD_TO_AVAILABLE
             parameters.update(
                 delta=leg.delta, max_balance=MAX_BALANCE_MINOR, reserve=leg.reserve, now=stamp

@@ -15,6 +15,13 @@ LOCK_ROW = "SELECT balance, version FROM accounts WHERE id = :id FOR UPDATE"
 
 READ_STATE = "SELECT balance, version FROM accounts WHERE id = :id"
 
+# PostgreSQL: queue behind whoever writes the account, before a statement that
+# must see what they committed (see ADD_TO_AVAILABLE). NO KEY UPDATE is the
+# lock an UPDATE of the row takes itself: it waits for every writer but not for
+# the foreign-key checks (KEY SHARE) of transfers and journal entries naming
+# the account, which FOR UPDATE would queue behind -- and deadlock with.
+LOCK_ROW_FOR_WRITE = "SELECT balance FROM accounts WHERE id = :id FOR NO KEY UPDATE"
+
 # A read-modify-write's read without a lock: the balance, the version and the
 # held money (pending holds not yet expired) in one statement, one snapshot.
 READ_STATE_AND_HELD = (
@@ -64,7 +71,7 @@ ADD_TO_BALANCE = (
 
 # Atomic, for a leg that lowers the available money (a debit, a new hold):
 # the guard is the available money, `balance - held`, with `held` summed in
-# the statement. On PostgreSQL the row is locked first (LOCK_ROW): an UPDATE
+# the statement. On PostgreSQL the row is locked first (LOCK_ROW_FOR_WRITE): an UPDATE
 # that waited for a row re-checks its WHERE on the newest row but not the
 # subquery's snapshot, which would miss a hold committed meanwhile; after
 # the lock, this statement's fresh snapshot sees every committed hold (each

@@ -318,3 +318,40 @@ def test_two_safe_modes_capture_one_hold_once_across_a_switch(
     audit = store.audit_account(account.id)
     assert sorted(refusals(outcomes), key=str) == sorted([None, HoldNotPending], key=str), outcomes
     assert audit.consistent and audit.balance == 700, audit
+
+
+# ------------------------------------------------------------------ the row lock of atomic debits
+
+OPPOSING_THREADS = 8
+TRANSFERS_PER_THREAD = 6
+
+
+def test_atomic_opposing_transfers_never_wait_out_the_lock(store: Store, bank: Bank) -> None:
+    """atomic debits lock their row first (to see committed holds); that lock must not
+    queue behind the foreign-key checks of other transfers (PostgreSQL: FOR UPDATE did,
+    and opposing transfers waited out the lock timeout; FOR NO KEY UPDATE does not)."""
+    first = store.open_account("a", "USD", 1000, "locked")
+    second = store.open_account("b", "USD", 1000, "locked")
+    setting = ModeSetting(LockMode.ATOMIC, 0)
+    start = threading.Barrier(OPPOSING_THREADS)
+    failures: list[BaseException] = []
+
+    def transfers(index: int) -> None:
+        source, target = (first.id, second.id) if index % 2 else (second.id, first.id)
+        start.wait()
+        for _ in range(TRANSFERS_PER_THREAD):
+            try:
+                services.transfer(source, target, 1, setting, bank)
+            except Exception as error:  # handed to the test thread
+                failures.append(error)
+
+    threads = [
+        threading.Thread(target=transfers, args=(index,)) for index in range(OPPOSING_THREADS)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert failures == []
+    assert store.audit_bank().consistent
