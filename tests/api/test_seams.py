@@ -125,3 +125,37 @@ def test_metrics_stays_the_admins_while_the_queue_sheds(tokens_app: Flask, reaso
     readiness = through_gate(gate, shedding, "GET", "/readyz")
     assert readiness.status_code == 200  # probes stay open, and name no lock service
     assert readiness.get_json() == {"status": "ready"}
+
+
+def test_keyed_hold_endings_are_each_clients_own_and_a_shed_one_never_ran(
+    tokens_app: Flask,
+) -> None:
+    """Holds x keys x tokens x overload: one key string, two clients, two captures; shed: none."""
+    gate = OverloadGate(tokens_app, LIMITS)
+    client = tokens_app.test_client()
+    clients = [bearer(token) for token in CLIENT_TOKENS]
+    holds = []
+    for headers in clients:
+        opened = client.post(
+            "/accounts", json={"owner": "h", "opening_balance": 900}, headers=headers
+        )
+        account_id = opened.get_json()["id"]
+        placed = client.post(f"/accounts/{account_id}/holds", json={"amount": 300}, headers=headers)
+        assert placed.status_code == 201, placed.get_data(as_text=True)
+        holds.append((account_id, placed.get_json()["id"]))
+    key = {"Idempotency-Key": "seam-capture-1"}
+
+    (alpha_account, alpha_hold), (bravo_account, bravo_hold) = holds
+    shed = through_gate(
+        gate, Verdict(QUEUE_WAIT, 0.6), "POST", f"/holds/{alpha_hold}/capture",
+        json={"amount": 100}, headers={**clients[0], **key},
+    )  # fmt: skip
+    assert shed.status_code == 503 and balance(tokens_app, alpha_account) == 900
+    captured = [
+        client.post(f"/holds/{hold_id}/capture", json={"amount": 100}, headers={**headers, **key})
+        for headers, (_account, hold_id) in zip(clients, holds, strict=True)
+    ]
+    assert [answer.status_code for answer in captured] == [201, 201]
+    assert not any("Idempotent-Replayed" in answer.headers for answer in captured)
+    assert [answer.get_json()["hold_id"] for answer in captured] == [alpha_hold, bravo_hold]
+    assert balance(tokens_app, alpha_account) == balance(tokens_app, bravo_account) == 800
