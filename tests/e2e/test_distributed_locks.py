@@ -57,7 +57,7 @@ PAUSES = 3
 DEPOSITS_DURING_PAUSE = 3
 # Bounds on every loop: the steady clients stop at this many deposits whatever happens.
 PAUSE_PHASE_MAX_DEPOSITS = 400
-HOLDER_DEADLINE_SECONDS = 5.0
+HOLDER_DEADLINE_SECONDS = 15.0
 # Freeze the holder once it has held the lock this long: past its read (and, in fenced, the
 # claim's short write transaction, which on SQLite would hold up every other writer), inside
 # its race window -- the moment a GC pause or a swap-in would hurt.
@@ -70,6 +70,9 @@ AGREEING_ANSWERS = 4
 POLL_SECONDS = 0.002
 REQUEST_TIMEOUT_SECONDS = 30
 NEW_CONNECTION = {"Connection": "close"}  # any worker may accept the next request
+# Deposits sent during a pause per one that must be answered meanwhile: about half of a
+# one-server deployment's new connections go to the frozen worker's own socket.
+PAUSED_SHARE = 3
 REDIS_DATABASE = {"sqlite": 13, "postgres": 14}
 # 503s with Retry-After that changed nothing: requests queued in a frozen worker outlive
 # their lock wait or their queue wait. Counted and printed, never a loss.
@@ -321,20 +324,35 @@ def pauses(deployment: Deployment, mode: str) -> Measure:
 
 
 def pause_the_holder(deployment: Deployment, account_id: int, tally: Tally) -> int:
-    """Freeze the worker holding the account's lock, make DEPOSITS_DURING_PAUSE deposits
-    through the rest of the deployment (new connections: a frozen process accepts none),
-    then let the frozen one go on. 1 if any of them landed meanwhile (the lock was taken
-    over while its holder slept), else 0."""
+    """Freeze the worker holding the account's lock, until DEPOSITS_DURING_PAUSE deposits
+    were answered by the rest of the deployment, then let the frozen one go on. 1 if any of
+    them landed meanwhile (the lock was taken over while its holder slept), else 0."""
     pid, server = wait_for_a_holder(deployment, f"bankrace:lock:account:{account_id}")
     acknowledged_before = tally.acknowledged
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        url = deployment.url_without(server)
-        for _ in range(DEPOSITS_DURING_PAUSE):
+    url = deployment.url_without(server)
+    answered = threading.Semaphore(0)
+
+    def deposit_and_tell() -> None:
+        try:
             deposit(url, account_id, tally)
-        return 1 if tally.acknowledged > acknowledged_before else 0
-    finally:
-        os.kill(pid, signal.SIGCONT)
+        finally:
+            answered.release()
+
+    os.kill(pid, signal.SIGSTOP)
+    # Each worker of a server listens on its own SO_REUSEPORT socket, and the kernel deals
+    # new connections to the frozen worker's socket too (they wait for it to run). So the
+    # deposits go out together, and the pause lasts until DEPOSITS_DURING_PAUSE of them were
+    # answered by the rest of the deployment; the others are answered after SIGCONT.
+    with ThreadPoolExecutor(max_workers=PAUSED_SHARE * DEPOSITS_DURING_PAUSE) as pool:
+        try:
+            for _ in range(PAUSED_SHARE * DEPOSITS_DURING_PAUSE):
+                pool.submit(deposit_and_tell)
+            for _ in range(DEPOSITS_DURING_PAUSE):
+                if not answered.acquire(timeout=REQUEST_TIMEOUT_SECONDS):
+                    raise AssertionError("the rest of the deployment answered no deposit")
+            return 1 if tally.acknowledged > acknowledged_before else 0
+        finally:
+            os.kill(pid, signal.SIGCONT)
 
 
 def wait_for_a_holder(deployment: Deployment, key: str) -> tuple[int, ServerProcess]:
