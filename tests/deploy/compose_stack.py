@@ -14,7 +14,9 @@ import shutil
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,6 +142,57 @@ def observe_images_missing() -> list[str]:
         if result.returncode != 0:
             missing.append(image)
     return missing
+
+
+# Run inside an api container: each gunicorn worker's CPU seconds (utime + stime). A worker is a
+# process forked by the `bankrace serve` master: the master's command line, the master its parent.
+WORKER_CPU_SCRIPT = """
+import json, os
+ticks = os.sysconf("SC_CLK_TCK")
+processes = {}
+for entry in os.listdir("/proc"):
+    if not entry.isdigit():
+        continue
+    try:
+        with open(f"/proc/{entry}/cmdline", "rb") as file:
+            command = file.read()
+        with open(f"/proc/{entry}/stat") as file:
+            fields = file.read().rsplit(")", 1)[1].split()
+    except OSError:
+        continue
+    processes[int(entry)] = (command, int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+print(json.dumps({
+    pid: cpu
+    for pid, (command, parent, cpu) in processes.items()
+    if b"serve" in command and parent in processes and processes[parent][0] == command
+}))
+"""
+
+
+def worker_cpu_seconds(service: str) -> dict[str, float]:
+    """Each gunicorn worker's CPU seconds in the service's container, by pid."""
+    result = subprocess.run(
+        ["docker", "exec", container_id(service), "python", "-c", WORKER_CPU_SCRIPT],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    workers: dict[str, float] = json.loads(result.stdout)
+    return workers
+
+
+def keep_alive_burst(url: str, connections: int, requests_each: int) -> Counter[int]:
+    """`connections` clients at once, each GETting `url` `requests_each` times on one kept-alive
+    connection of its own (wrk's way, and an HTTP client pool's); the statuses."""
+
+    def client(_: int) -> list[int]:
+        with requests.Session() as session:
+            return [
+                session.get(url, timeout=REQUEST_TIMEOUT_SECONDS).status_code
+                for _ in range(requests_each)
+            ]
+
+    with ThreadPoolExecutor(connections) as pool:
+        answers = pool.map(client, range(connections))
+        return Counter(status for statuses in answers for status in statuses)
 
 
 def wait_until(predicate: Any, deadline_seconds: float, what: str) -> None:

@@ -37,11 +37,13 @@ from tests.deploy.compose_stack import (
     containers,
     down,
     inspect,
+    keep_alive_burst,
     leftovers,
     observe_images_missing,
     up_wait,
     wait_for_answers,
     wait_until,
+    worker_cpu_seconds,
 )
 from tests.e2e.test_readme import json_of, readme_block
 from tests.support.components import missing
@@ -61,6 +63,13 @@ RACE_WINDOW_MS = 20
 LOAD_DEADLINE_SECONDS = 90.0  # each load phase below ends by then, whatever happens
 UNKNOWN_OUTCOME_STATUSES = {502, 504}  # nginx: a POST that reached a replica which then failed
 MODE_SETTLED_ANSWERS = 8
+# Every worker busy under kept-alive connections: rounds of a burst of 32 connections (wrk's
+# load in the envelope), each worker's share of its replica's CPU at least an eighth every time
+# (tests/e2e/test_worker_balance.py's bound for `bankrace serve` alone).
+BALANCE_ROUNDS = 10
+BURST_CONNECTIONS = 32
+BURST_REQUESTS_EACH = 50
+LEAST_WORKER_SHARE = 1 / 8
 # No check to run (the nginx image has none; a worker has no port): running is their health.
 WITHOUT_HEALTHCHECK = {
     "nginx",
@@ -272,6 +281,35 @@ class TestScaleProfile:
                 assert (row["State"], row["Health"]) == ("running", "healthy"), row
         assert requests.get("http://127.0.0.1:8089/", timeout=10).status_code == 200
         assert requests.get("http://127.0.0.1:8001/readyz", timeout=10).status_code == 200
+
+    def test_every_worker_of_every_replica_serves_kept_alive_connections(self, scale: str) -> None:
+        """Kept-alive connections, straight to the api (SQLite) and through nginx to api-1 and
+        api-2 (nginx keeps its own connections to them): in every round, every gunicorn worker
+        of every replica does at least an eighth of its replica's work. One listening socket
+        shared by the workers gave a burst's every connection to one worker in a third of the
+        tries (docs/performance.md); each worker's own SO_REUSEPORT socket spreads them."""
+        up_wait(BUILDABLE_PROFILES)
+        entrances = {DEFAULT_URL: ("api",), scale: ("api-1", "api-2")}
+        worst: dict[str, float] = {}
+        for round_number in range(BALANCE_ROUNDS):
+            for base_url, services in entrances.items():
+                before = {service: worker_cpu_seconds(service) for service in services}
+                statuses = keep_alive_burst(
+                    f"{base_url}/healthz", BURST_CONNECTIONS, BURST_REQUESTS_EACH
+                )
+                assert statuses == {200: BURST_CONNECTIONS * BURST_REQUESTS_EACH}, statuses
+                for service in services:
+                    after = worker_cpu_seconds(service)
+                    assert len(after) >= 2 and after.keys() == before[service].keys(), after
+                    spent = [after[pid] - before[service][pid] for pid in sorted(after)]
+                    share = min(spent) / sum(spent)
+                    worst[service] = min(share, worst.get(service, 1.0))
+                    assert share >= LEAST_WORKER_SHARE, (service, round_number, spent)
+        print(
+            f"\nworkers' least share of their replica's CPU over {BALANCE_ROUNDS} bursts of "
+            f"{BURST_CONNECTIONS} kept-alive connections: "
+            + ", ".join(f"{service} {share:.0%}" for service, share in worst.items())
+        )
 
     def test_observe_profile_needs_images_this_machine_cannot_make(self, scale: str) -> None:
         """observe (Prometheus, Grafana) comes up where its images can be pulled."""
