@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import uuid
+import os
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -90,7 +90,7 @@ def answer(
         idempotency_scope(),
         key,
         fingerprint(request.method, request.path, body),
-        uuid.uuid4().hex,
+        os.urandom(16).hex(),  # this attempt's own: 128 random bits, as uuid4 (cheaper)
         utc_now(),
         timedelta(hours=bank.idempotency_ttl_hours),
         claim_lease(bank.lock_timeout_ms, bank.modes.current().race_window_ms),
@@ -98,8 +98,17 @@ def answer(
     record = _claim(claim)
     if record is not None:
         return _replay(record, claim)
+    # The response stored in the money's transaction is the one sent: rendered
+    # once (the store renders it for the result it commits; that result is returned).
+    rendered: list[tuple[Any, StoredResponse]] = []  # the last result and its response
+
+    def respond_once(result: Any) -> StoredResponse:
+        if not rendered or rendered[0][0] is not result:
+            rendered[:] = [(result, respond(result))]
+        return rendered[0][1]
+
     try:
-        result = execute(Completion(claim, respond))
+        result = execute(Completion(claim, respond_once))
     except DECIDED_REFUSALS as refusal:
         refused = handle_domain_error(refusal)
         bank.store.finish_key(claim, _stored(refused))
@@ -109,7 +118,7 @@ def answer(
         with contextlib.suppress(Exception):
             bank.store.release_key(claim)
         raise
-    return _as_flask(respond(result))
+    return _as_flask(respond_once(result))
 
 
 def _claim(claim: Claim) -> KeyRecord | None:
