@@ -209,6 +209,16 @@ def check_books(load: DepositLoad, base_url: str, opening_balance: int) -> Count
     return statuses
 
 
+def balancer_trouble() -> list[str]:
+    """nginx's recent complaints and retried requests (an upstream tried twice), for a failure."""
+    lines = compose("logs", "--no-log-prefix", "--tail", "3000", "nginx", profiles=("scale",))
+    return [
+        line
+        for line in lines.stdout.splitlines() + lines.stderr.splitlines()
+        if "[error]" in line or "[warn]" in line or re.search(r"upstream_status=\S*,", line)
+    ][-20:]
+
+
 class TestDefaultProfile:
     """`docker compose up`: the api on SQLite, http://localhost:8000."""
 
@@ -304,7 +314,9 @@ class TestScaleProfile:
                     spent = [after[pid] - before[service][pid] for pid in sorted(after)]
                     share = min(spent) / sum(spent)
                     worst[service] = min(share, worst.get(service, 1.0))
-                    assert share >= LEAST_WORKER_SHARE, (service, round_number, spent)
+                    assert share >= LEAST_WORKER_SHARE, (
+                        service, round_number, spent, balancer_trouble()
+                    )  # fmt: skip
         print(
             f"\nworkers' least share of their replica's CPU over {BALANCE_ROUNDS} bursts of "
             f"{BURST_CONNECTIONS} kept-alive connections: "
