@@ -9,6 +9,7 @@ own database pools after the fork.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, request
@@ -23,6 +24,7 @@ from service.config import Config
 from service.domain import Unavailable
 from service.keyed_locks import KeyedLocks
 from service.logs import configure_service_logging
+from service.overload import WORKER_BOUNDS_IO
 from service.redis_locks import RedisLocks
 from service.schema import head_revision
 from service.services import Bank, KeyJanitor, ModeSource
@@ -63,6 +65,32 @@ class NoSessions(SecureCookieSessionInterface):
         return self.shared
 
 
+class BankFlask(Flask):
+    """Flask, asking once per hook, view and error handler whether it is a coroutine.
+
+    Flask's `ensure_sync` inspects every before- and after-request hook and
+    the view on every request (seven times for GET /healthz); the answer for
+    a function never changes, so it is kept. A few dozen functions at most.
+    """
+
+    ENSURED_MAX = 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ensured: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        try:
+            return self._ensured[func]
+        except KeyError:
+            ensured = super().ensure_sync(func)
+            if len(self._ensured) < self.ENSURED_MAX:
+                self._ensured[func] = ensured
+            return ensured
+        except TypeError:  # an unhashable callable
+            return super().ensure_sync(func)
+
+
 def build_store(config: Config) -> Store:
     if config.is_memory:
         refuse_a_second_worker("in-memory")  # one process, one bank (service/single_process.py)
@@ -78,7 +106,7 @@ def build_store(config: Config) -> Store:
 def create_app(config: Config | None = None, store: Store | None = None) -> Flask:
     config = config or Config.from_env()
     configure_service_logging()  # before anything below can log
-    app = Flask(__name__, static_folder=None)  # no /static route: every route is in the API
+    app = BankFlask(__name__, static_folder=None)  # no /static route: every route is in the API
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.url_map.converters["id"] = IdConverter
@@ -146,9 +174,15 @@ def _bound_body_reads() -> None:
     Under plain gunicorn (`gunicorn 'service:create_app()'`), gthread reads the
     body with a blocking socket and no deadline; a read timeout turns a stalled
     upload into a 408. gthread puts the socket back to blocking (no timeout)
-    for the next request. Under `bankrace serve` the worker's one deadline for
-    the head and the whole body (service/gunicorn_worker.py) comes first.
+    for the next request. The same timeout bounds each write of the answer.
+    Under `bankrace serve` the worker bounds both itself (one deadline for the
+    head and the whole body, a write timeout: service/gunicorn_worker.py), and
+    its gate says so: no timeout is set here (it would cost every request
+    three system calls).
     """
-    connection = request.environ.get("gunicorn.socket")
+    environ = request.environ
+    if environ.get(WORKER_BOUNDS_IO):
+        return
+    connection = environ.get("gunicorn.socket")
     if connection is not None:
         connection.settimeout(BODY_READ_TIMEOUT_SECONDS)

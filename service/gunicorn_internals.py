@@ -17,6 +17,7 @@ from typing import Any
 import gunicorn
 from gunicorn import glogging, util
 from gunicorn.http import wsgi
+from gunicorn.http.body import LengthReader
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.gthread import _DEFER, TConn, ThreadWorker
 
@@ -36,6 +37,9 @@ GthreadWorker = ThreadWorker
 HttpResponse = wsgi.Response
 GunicornLogger = glogging.Logger
 BaseSocketUnreader = SocketUnreader
+# A request body of known length (Content-Length, or none): `length` is what is left
+# to read; `parser.mesg.body.reader` is one, and `parser.mesg.body.failed` says a read raised.
+BodyLengthReader = LengthReader
 
 # gunicorn's socket writes (public in util, but undocumented).
 write = util.write
@@ -69,6 +73,8 @@ def install_error_writer(write_error: Callable[[Any, int, str, str], None]) -> N
 # them where it did (a renamed one would silently stop being called).
 WORKER_OVERRIDES: dict[str, tuple[str, ...]] = {
     "init_process": ("self",),
+    "get_thread_pool": ("self",),
+    "notify": ("self",),
     "run": ("self",),
     "handle_quit": ("self", "sig", "frame"),
     "load_wsgi": ("self",),
@@ -83,13 +89,15 @@ WORKER_OVERRIDES: dict[str, tuple[str, ...]] = {
     "handle_error": ("self", "req", "client", "addr", "exc"),
     "wait_for_and_dispatch_events": ("self", "timeout"),
 }
-# ThreadWorker methods the worker calls without overriding.
+# ThreadWorker methods the worker calls without overriding. `finish_request` is
+# handed a RequestJob for `fs`: it may ask only `fs.cancelled()` and `fs.result()`.
 WORKER_CALLS: dict[str, tuple[str, ...]] = {
     "finish_request": ("self", "conn", "fs"),
 }
+FINISH_REQUEST_FUTURE_METHODS: frozenset[str] = frozenset({"cancelled", "result"})
 # ThreadWorker attributes the worker reads or uses, with what it does with them.
 WORKER_ATTRIBUTES: dict[str, str] = {
-    "tpool": "a concurrent.futures executor: submit(), and Future.cancel() before a thread runs it",
+    "tpool": "the pool of get_thread_pool (a RequestPool): gthread calls only shutdown(wait=False)",
     "method_queue": "defer(callback, *args) runs the callback on the main thread",
     "nr_conns": "the count of open connections, raised by accept",
     "sockets": "the listeners",
@@ -110,6 +118,7 @@ RESPONSE_METHODS: dict[str, tuple[str, ...]] = {
     "process_headers": ("self", "headers"),
     "force_close": ("self",),
     "write": ("self", "arg"),
+    "write_file": ("self", "respiter"),
 }
 RESPONSE_ATTRIBUTES: tuple[str, ...] = (
     "req",
@@ -129,7 +138,10 @@ PARSER_METHODS: dict[str, tuple[str, ...]] = {
 UNREADER_METHODS: dict[str, tuple[str, ...]] = {
     "chunk": ("self", "size_hint"),
 }
-UNREADER_ATTRIBUTES: tuple[str, ...] = ("sock", "buf")
+# The parsed request's body: parser.mesg.body (reader, failed), its reader's length.
+BODY_ATTRIBUTES: tuple[str, ...] = ("reader", "failed")
+LENGTH_READER_ATTRIBUTES: tuple[str, ...] = ("length",)
+UNREADER_ATTRIBUTES: tuple[str, ...] = ("sock", "buf", "mxchunk", "max_body_chunk")
 # glogging.Logger: the access log the quiet logger turns off.
 LOGGER_MEMBERS: dict[str, tuple[str, ...]] = {
     "access": ("self", "resp", "req", "environ", "request_time"),

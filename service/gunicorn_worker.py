@@ -54,18 +54,21 @@ and tests/e2e/test_overload.py check the behaviour.
 from __future__ import annotations
 
 import json
+import queue
 import socket
+import struct
+import threading
 import time
 from collections import deque
-from concurrent import futures
+from collections.abc import Callable
 from contextlib import suppress
-from functools import partial
 from typing import Any, cast
 
 from service.config import Config
 from service.gunicorn_internals import (
     DEFER,
     BaseSocketUnreader,
+    BodyLengthReader,
     GthreadConnection,
     GthreadWorker,
     GunicornLogger,
@@ -95,6 +98,10 @@ CLOSE_LINGER_SECONDS = 2.0
 # client to read the 408 and close, so the close is not a reset that could
 # destroy the answer in flight.
 TIMED_OUT_LINGER_SECONDS = 0.5
+# Each write of an answer waits at most this for a client that does not read it.
+WRITE_TIMEOUT_SECONDS = 10
+# An answer up to this size goes in one blocking send, with no timeout armed.
+SMALL_ANSWER_BYTES = 65536
 # Threads that answer 503 overloaded, apart from the pool that serves: a refusal
 # never waits behind a request being served, nor a served one behind refusals.
 REFUSAL_THREADS = 1
@@ -107,6 +114,8 @@ REFUSAL_IO_SECONDS = 0.5
 # under 256 connections retrying at once, twice the deposits served).
 REFUSAL_REST_RATIO = 1.0
 REFUSAL_REST_MAX_SECONDS = 0.005
+# The worker's heartbeat to the arbiter (gunicorn's timeout is 30 s) at most this often.
+HEARTBEAT_INTERVAL_SECONDS = 0.5
 # How long the main loop may sleep when no request waits for a thread (gthread's own).
 IDLE_SHED_CHECK_SECONDS = 1.0
 # A new lone worker waits for the previous one at most its graceful timeout plus this.
@@ -141,6 +150,14 @@ class DeadlineUnreader(BaseSocketUnreader):  # type: ignore[misc]
         if self.deadline is None:
             return cast(bytes, super().chunk(size_hint))
         remaining_seconds = self.deadline - time.monotonic()
+        if remaining_seconds > 0:
+            # What is already there is read at once, without arming the timeout: a
+            # timed read costs three more system calls (the timeout set, a poll
+            # before the read, blocking mode back), each letting go of the GIL.
+            try:
+                return cast(bytes, self.sock.recv(self._read_size(size_hint), socket.MSG_DONTWAIT))
+            except (BlockingIOError, InterruptedError):
+                pass  # nothing yet: wait for it, within the deadline
         try:
             if remaining_seconds <= 0:
                 raise TimeoutError
@@ -156,6 +173,12 @@ class DeadlineUnreader(BaseSocketUnreader):  # type: ignore[misc]
         finally:
             self.sock.setblocking(True)
 
+    def _read_size(self, size_hint: int | None) -> int:
+        """As much as gunicorn's own read asks for (SocketUnreader.chunk)."""
+        if size_hint and size_hint > self.mxchunk:
+            return min(size_hint, cast(int, self.max_body_chunk))
+        return cast(int, self.mxchunk)
+
 
 class WorkerResponse(HttpResponse):  # type: ignore[misc]
     """gunicorn's HTTP/1 response, without a banner, closing when the application says so.
@@ -169,6 +192,7 @@ class WorkerResponse(HttpResponse):  # type: ignore[misc]
     """
 
     headers_sent: bool  # gunicorn's own attribute, set in its __init__ (typed for mypy)
+    writes_bounded = False
 
     def should_close(self) -> bool:
         timed_out = getattr(getattr(self.req, "unreader", None), "timed_out", False)
@@ -199,7 +223,7 @@ class WorkerResponse(HttpResponse):  # type: ignore[misc]
             or self.response_length is None
             or not isinstance(arg, bytes)
         ):
-            super().write(arg)
+            super().write(arg)  # chunked, or no body: each send bounded by `bound_sends`
             return
         lines = self.default_headers()
         lines.extend(f"{name}: {value}\r\n" for name, value in self.headers)
@@ -207,7 +231,51 @@ class WorkerResponse(HttpResponse):  # type: ignore[misc]
         self.headers_sent = True
         body = arg[: self.response_length]  # never more than Content-Length, as gunicorn
         self.sent += len(body)
-        write(self.sock, head + body)
+        self._send(head + body)
+
+    def _send(self, data: bytes) -> None:
+        """A small answer as one blocking send; a large one within WRITE_TIMEOUT_SECONDS.
+
+        A small answer fits the socket's buffer unless the client stopped
+        reading, and then the connection's send timeout (`bound_sends`) ends
+        the wait: no Python timeout is armed for it (a timed send is three
+        more system calls, each letting go of the GIL: the timeout set, a poll
+        before the send, blocking mode back).
+        """
+        if len(data) > SMALL_ANSWER_BYTES:
+            self.bound_writes()
+        write(self.sock, data)
+
+    def bound_writes(self) -> None:
+        """This answer's writes from now on take at most WRITE_TIMEOUT_SECONDS in all.
+
+        A client that stops reading, or reads a byte now and then, must not
+        hold a thread: the write fails with a timeout (gthread closes the
+        connection), as it did under the application's read timeout
+        (service/__init__.py `_bound_body_reads`). gthread puts the socket
+        back to blocking for the next request.
+        """
+        if not self.writes_bounded:
+            self.writes_bounded = True
+            self.sock.settimeout(WRITE_TIMEOUT_SECONDS)
+
+    def write_file(self, respiter: Any) -> None:
+        self.bound_writes()  # sendfile on a blocking socket would wait for the client forever
+        super().write_file(respiter)
+
+
+def bound_sends(client_socket: socket.socket) -> None:
+    """Every blocking send on this connection waits at most WRITE_TIMEOUT_SECONDS.
+
+    The kernel's send timeout (SO_SNDTIMEO), set once per connection: a send
+    to a client that does not read fails instead of waiting forever. It holds
+    per send call; `WorkerResponse.bound_writes` bounds an answer's writes in all.
+    """
+    seconds = int(WRITE_TIMEOUT_SECONDS)
+    microseconds = int((WRITE_TIMEOUT_SECONDS - seconds) * 1_000_000)
+    client_socket.setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, microseconds)
+    )
 
 
 class QuietAccessLogger(GunicornLogger):  # type: ignore[misc]
@@ -293,6 +361,113 @@ class HeadBoundedConnection(GthreadConnection):  # type: ignore[misc]
         super().close(graceful=graceful and not self.lingered)
 
 
+class RequestJob:
+    """A connection's turn in a `RequestPool`: served by a thread or withdrawn, never both.
+
+    The claim is a one-item list that the serving thread or `withdraw` pops:
+    a list's pop is atomic, so exactly one of them gets the item, with no
+    lock taken (a Future takes its condition's lock for every state change
+    and query, five or six times per request). gthread's `finish_request`
+    reads the outcome through `cancelled()` and `result()`, as of a Future.
+    """
+
+    __slots__ = ("_claim", "_error", "_result", "connection", "ticket")
+
+    def __init__(self, connection: HeadBoundedConnection, ticket: Ticket | None) -> None:
+        self.connection = connection
+        self.ticket = ticket
+        self._claim = [True]
+        self._result: Any = False
+        self._error: BaseException | None = None
+
+    def claim(self) -> bool:
+        """Take the job (True), unless a thread or `withdraw` already has."""
+        try:
+            return self._claim.pop()
+        except IndexError:
+            return False
+
+    withdraw = claim  # the main loop takes it back before any thread does: not served
+
+    @property
+    def taken(self) -> bool:
+        return not self._claim
+
+    def cancelled(self) -> bool:
+        return False  # a withdrawn job is never finished (shed_overdue refuses it)
+
+    def result(self) -> Any:
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+class RequestPool:
+    """The threads that serve requests: gthread's `ThreadPoolExecutor` without its Futures.
+
+    A job goes on a queue; a thread takes it (`RequestJob.claim`), serves it
+    and hands it to `finished`, in the thread, as the executor's done
+    callback did. Per request that is one queue put and get, where the
+    executor and its Future took some ten locks (two to submit, one to
+    build the Future's condition, the state changes, the idle semaphore)
+    and a lock per query of the Future's state. Threads start on the first
+    job, as the executor's do. `shutdown` lets queued jobs run, then the
+    threads end; they are not daemons, so the process waits for them at
+    exit, as for the executor's.
+    """
+
+    def __init__(
+        self,
+        threads: int,
+        name: str,
+        serve: Callable[[HeadBoundedConnection], Any],
+        finished: Callable[[RequestJob], None],
+    ) -> None:
+        self.threads = threads
+        self.name = name
+        self._serve = serve
+        self._finished = finished
+        self._jobs: queue.SimpleQueue[RequestJob | None] = queue.SimpleQueue()
+        self._running: list[threading.Thread] = []
+        self._shut_down = False
+
+    def submit(self, job: RequestJob) -> None:
+        if self._shut_down:
+            raise RuntimeError("cannot serve new requests after shutdown")
+        if not self._running:
+            self._start()
+        self._jobs.put(job)
+
+    def shutdown(self, wait: bool = True) -> None:
+        if not self._shut_down:
+            self._shut_down = True
+            for _ in self._running:
+                self._jobs.put(None)  # after every queued job
+        if wait:
+            for thread in self._running:
+                thread.join()
+
+    def _start(self) -> None:
+        for number in range(self.threads):
+            thread = threading.Thread(target=self._work, name=f"{self.name}_{number}")
+            thread.start()
+            self._running.append(thread)
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            if not job.claim():
+                continue  # withdrawn by the main loop, which refuses it
+            try:
+                job._result = self._serve(job.connection)
+            except BaseException as error:  # as the executor: kept for result(), thread goes on
+                job._error = error
+            self._finished(job)
+            del job
+
+
 class HeadBoundedThreadWorker(GthreadWorker):  # type: ignore[misc]
     """gthread, with `HeadBoundedConnection`s, a 408 when a head is late, and load shedding."""
 
@@ -309,16 +484,32 @@ class HeadBoundedThreadWorker(GthreadWorker):  # type: ignore[misc]
         )
         self.admission = AdmissionQueue(self.overload_limits)
         # Requests in the thread pool's queue, oldest first (main thread only).
-        self.queued: deque[tuple[HeadBoundedConnection, Ticket, futures.Future[Any]]] = deque()
-        self.refusal_pool = futures.ThreadPoolExecutor(
-            max_workers=REFUSAL_THREADS, thread_name_prefix="refusal"
-        )
-        super().init_process()  # loads the app (load_wsgi), then runs the loop
+        self.queued: deque[RequestJob] = deque()
+        self.refusal_pool = RequestPool(REFUSAL_THREADS, "refusal", self.handle, self._finished)
+        self.last_heartbeat = -HEARTBEAT_INTERVAL_SECONDS  # the first turn beats
+        super().init_process()  # the pool (get_thread_pool), the app (load_wsgi), the loop
+
+    def get_thread_pool(self) -> RequestPool:
+        """gthread's hook for its pool: one that serves `RequestJob`s (enqueue_req)."""
+        return RequestPool(self.cfg.threads, "request", self.handle, self._finished)
+
+    def notify(self) -> None:
+        """The heartbeat the arbiter watches, at most every HEARTBEAT_INTERVAL_SECONDS.
+
+        gthread's loop beats on every turn, a system call (`utime` on the
+        heartbeat file) each, about two per request under load; the arbiter
+        only needs one within its `timeout` (30 s).
+        """
+        now = time.monotonic()
+        if now - self.last_heartbeat >= HEARTBEAT_INTERVAL_SECONDS:
+            self.last_heartbeat = now
+            super().notify()
 
     def run(self) -> None:
         try:
             super().run()
         finally:
+            self.tpool.shutdown(wait=False)  # gthread's run does too, unless it raised
             self.refusal_pool.shutdown(wait=False)
 
     def handle_quit(self, sig: Any, frame: Any) -> None:
@@ -359,40 +550,40 @@ class HeadBoundedThreadWorker(GthreadWorker):  # type: ignore[misc]
         if not ticket.admitted:
             self._refuse_in_refusal_pool(connection)
             return
-        future = self.tpool.submit(self.handle, connection)
-        self.queued.append((connection, ticket, future))
-        future.add_done_callback(partial(self._request_finished, connection))
+        job = RequestJob(connection, ticket)
+        self.queued.append(job)
+        self.tpool.submit(job)
 
     def _refuse_in_refusal_pool(self, connection: HeadBoundedConnection) -> None:
         connection.in_refusal_pool = True
-        future = self.refusal_pool.submit(self.handle, connection)
-        future.add_done_callback(partial(self._request_finished, connection))
+        self.refusal_pool.submit(RequestJob(connection, None))
 
-    def _request_finished(self, connection: HeadBoundedConnection, done: Any) -> None:
-        if done.cancelled():  # taken back from the pool's queue: `shed_overdue` refuses it
-            return
-        self.method_queue.defer(self.finish_request, connection, done)
+    def _finished(self, job: RequestJob) -> None:
+        """In the thread that served it: gthread's main loop takes the connection back."""
+        self.method_queue.defer(self.finish_request, job.connection, job)
 
     def shed_overdue(self) -> float:
         """Refuse the requests that waited their bound for a thread; seconds until the next is due.
 
         On the main thread, like `enqueue_req`: the oldest waiters are at the
-        front, in the order the pool's threads take them. A cancelled future's
-        job never runs, so each request is either taken by a thread (which
-        decides its verdict) or refused here, never both.
+        front, in the order the pool's threads take them. A withdrawn job is
+        skipped by the threads, so each request is either taken by a thread
+        (which decides its verdict) or refused here, never both.
         """
         while self.queued:
-            connection, ticket, future = self.queued[0]
-            if future.running() or future.done():  # a thread took it
+            job = self.queued[0]
+            if job.taken:  # a thread took it
                 self.queued.popleft()
                 continue
-            due_in_seconds = self.admission.overdue_in(ticket)
+            assert job.ticket is not None  # every queued job was admitted with one
+            due_in_seconds = self.admission.overdue_in(job.ticket)
             if due_in_seconds > 0:
                 return due_in_seconds
             self.queued.popleft()
-            if future.cancel():
+            if job.withdraw():
+                connection = job.connection
                 connection.ticket = None
-                connection.verdict = self.admission.expire(ticket)
+                connection.verdict = self.admission.expire(job.ticket)
                 self._refuse_in_refusal_pool(connection)
         return IDLE_SHED_CHECK_SECONDS
 
@@ -425,6 +616,7 @@ class HeadBoundedThreadWorker(GthreadWorker):  # type: ignore[misc]
             return False
         self.nr_conns += 1
         client_socket.setblocking(True)
+        bound_sends(client_socket)
         connection = HeadBoundedConnection(
             self.cfg, client_socket, client_address, listener.getsockname()
         )
@@ -462,6 +654,10 @@ class HeadBoundedThreadWorker(GthreadWorker):  # type: ignore[misc]
 
     def _keepalive_after(self, connection: HeadBoundedConnection, keepalive: bool) -> bool:
         if not connection.refusing:
+            if keepalive and _body_read_whole(connection.parser):
+                # Nothing left to drain: gthread's drain would still set and reset
+                # the socket's timeout (two system calls) to read nothing.
+                return True
             return bool(super()._keepalive_after(connection, keepalive))
         # Refused (or a probe served out of turn): the unread body is read and dropped
         # within the refusal's short wait, even when the connection closes, so the
@@ -480,10 +676,11 @@ class HeadBoundedThreadWorker(GthreadWorker):  # type: ignore[misc]
     def handle_request(self, request: Any, connection: HeadBoundedConnection) -> bool:
         connection.head_received()
         verdict, connection.verdict = connection.verdict, SERVE_AT_ONCE
+        self.gate.decide(verdict)
         try:
-            with self.gate.deciding(verdict):
-                return bool(super().handle_request(request, connection))
+            return bool(super().handle_request(request, connection))
         finally:
+            self.gate.decided()
             connection.request_done()
 
     def handle_error(self, request: Any, client: Any, address: Any, error: BaseException) -> None:
@@ -497,6 +694,17 @@ class HeadBoundedThreadWorker(GthreadWorker):  # type: ignore[misc]
         )
         with suppress(OSError):  # the client is gone; the connection is closed either way
             write_nonblock(client, _request_timeout_response())
+
+
+def _body_read_whole(parser: Any) -> bool:
+    """Whether the request's body (one of a known length: none, for a GET) is all read, cleanly."""
+    body = getattr(getattr(parser, "mesg", None), "body", None)
+    reader = getattr(body, "reader", None)
+    return (
+        isinstance(reader, BodyLengthReader)
+        and reader.length == 0
+        and getattr(body, "failed", True) is False
+    )
 
 
 def _readable_now(client_socket: socket.socket) -> bool:

@@ -42,7 +42,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from service import metrics
 from service.api.errors import PROBLEM_MEDIA_TYPE
@@ -61,6 +61,9 @@ QUEUE_FULL = "queue_full"
 QUEUE_WAIT = "queue_wait"
 SHED_LOG_INTERVAL_SECONDS = 1.0
 UNKNOWN_LOCK_MODE = "unknown"
+# Set on every request the gate sees: the worker (service/gunicorn_worker.py) bounds
+# this request's reads (one deadline for head and body) and its answer's writes.
+WORKER_BOUNDS_IO = "bankrace.worker_bounds_io"
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 StartResponse = Callable[..., Any]
@@ -78,16 +81,18 @@ class OverloadLimits:
         return cls(config.queue_max_requests, config.queue_wait_max_ms)
 
 
-@dataclass(frozen=True)
-class Ticket:
-    """A request's place in the queue: when it joined, and whether it was let in."""
+class Ticket(NamedTuple):
+    """A request's place in the queue: when it joined, and whether it was let in.
+
+    A named tuple rather than a frozen dataclass: one is made for every
+    request, and a frozen dataclass's constructor costs several times more.
+    """
 
     enqueued_at: float
     admitted: bool
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     """What a request's turn decided: `shed_reason` None means serve it."""
 
     shed_reason: str | None
@@ -164,14 +169,22 @@ class OverloadGate:
 
     @contextmanager
     def deciding(self, verdict: Verdict) -> Iterator[None]:
-        self._current.verdict = verdict
+        self.decide(verdict)
         try:
             yield
         finally:
-            self._current.verdict = SERVE_AT_ONCE
+            self.decided()
+
+    def decide(self, verdict: Verdict) -> None:
+        """The verdict of this thread's next request (`decided` after it, always)."""
+        self._current.verdict = verdict
+
+    def decided(self) -> None:
+        self._current.verdict = SERVE_AT_ONCE
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         verdict: Verdict = getattr(self._current, "verdict", SERVE_AT_ONCE)
+        environ[WORKER_BOUNDS_IO] = True
         if _exempt(environ):
             return self.app(environ, start_response)
         if verdict.shed_reason is not None:

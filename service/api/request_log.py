@@ -58,9 +58,16 @@ def finish_request(response: Response) -> Response:
     """The headers first, then the line is logged with the response as sent, then counted.
 
     One hook rather than three: Flask looks each hook up and checks it for
-    a coroutine on every request.
+    a coroutine on every request. The request and `g` are looked up once
+    here (each access through Flask's proxies is a context-variable lookup).
     """
-    return count_request(log_request(tag_response(response)))
+    served: Request = request._get_current_object()  # type: ignore[attr-defined]
+    context = g._get_current_object()
+    request_id = context.get("request_id") or new_request_id()
+    tag_response(response, served, context, request_id)
+    log_request(response, served, context, request_id)
+    count_request(response, served, context)
+    return response
 
 
 def new_request_id() -> str:
@@ -73,15 +80,16 @@ def new_request_id() -> str:
 
 
 def remember_request_id() -> None:
-    g.request_started = time.perf_counter()
-    given = request.headers.get("X-Request-ID", "")
-    g.request_id = given if REQUEST_ID_PATTERN.fullmatch(given) else new_request_id()
+    context = g._get_current_object()
+    context.request_started = time.perf_counter()
+    given = request.environ.get("HTTP_X_REQUEST_ID", "")
+    context.request_id = given if REQUEST_ID_PATTERN.fullmatch(given) else new_request_id()
 
 
-def tag_response(response: Response) -> Response:
-    response.headers["X-Request-ID"] = g.get("request_id") or new_request_id()
-    if request.method == "POST":
-        lock_mode = g.get("lock_mode")
+def tag_response(response: Response, served: Request, context: Any, request_id: str) -> None:
+    response.headers["X-Request-ID"] = request_id
+    if served.method == "POST":
+        lock_mode = context.get("lock_mode")
         if lock_mode is None:
             # Refused before a mode was chosen (415, 422, ...): name the mode
             # that would have served it.
@@ -90,20 +98,18 @@ def tag_response(response: Response) -> Response:
             except Exception:  # the store is down: the header must not turn a 4xx into a 500
                 lock_mode = "unknown"
         response.headers["X-Lock-Mode"] = lock_mode
-    return response
 
 
-def count_request(response: Response) -> Response:
+def count_request(response: Response, served: Request, context: Any) -> None:
     """The request in /metrics: by route template (never the path), status and problem code."""
-    rule = request.url_rule
-    started: float | None = g.get("request_started")
+    rule = served.url_rule
+    started: float | None = context.get("request_started")
     duration_seconds = None if started is None else time.perf_counter() - started
     route = route_label(rule.rule) if rule is not None else None
-    metrics.request_answered(request.method, route, response.status_code, duration_seconds)
-    problem = g.get("problem")
+    metrics.request_answered(served.method, route, response.status_code, duration_seconds)
+    problem = context.get("problem")
     if problem is not None:
         metrics.problem_answered(response.status_code, problem[0])
-    return response
 
 
 @lru_cache(maxsize=256)
@@ -112,39 +118,40 @@ def route_label(rule: str) -> str:
     return openapi_path(rule)
 
 
-def log_request(response: Response) -> Response:
+def log_request(response: Response, served: Request, context: Any, request_id: str) -> None:
     status = response.status_code
     level = _level(status)
     if not logger.isEnabledFor(level):
-        return response
-    served: Request = request._get_current_object()  # type: ignore[attr-defined]
+        return
     method, path = served.method, served.path
     try:
-        fields = _request_fields(served, response)
+        fields = _request_fields(served, response, context)
     except Exception:  # the log line must never change the answer
         logger.exception("could not describe %s %s %s", method, path, status)
         fields = {"method": method, "path": path, "status": status}
+    # The filter of service/logs.py would stamp the same id, last, on the line.
+    fields["request_id"] = request_id
     record = logger.makeRecord(
         logger.name, level, *UNKNOWN_SOURCE, "%s %s %s", (method, path, status), None,
         extra=fields,
     )  # fmt: skip
     logger.handle(record)
-    return response
 
 
-def _request_fields(served: Request, response: Response) -> dict[str, Any]:
+def _request_fields(served: Request, response: Response, context: Any) -> dict[str, Any]:
     method = served.method
+    started: float | None = context.get("request_started")
     fields: dict[str, Any] = {
         "method": method,
         "path": served.path,
         "status": response.status_code,
-        "duration_ms": _duration_ms(),
+        "duration_ms": None if started is None else _duration_ms(started),
         "client_address": served.remote_addr,
         "account_ids": _account_ids(response),
     }
     if method == "POST":
         fields["lock_mode"] = response.headers.get("X-Lock-Mode")
-    problem = g.get("problem")
+    problem = context.get("problem")
     if problem is not None:
         fields["code"], fields["detail"] = problem
     return fields
@@ -158,18 +165,19 @@ def _level(status: int) -> int:
     return logging.INFO
 
 
-def _duration_ms() -> float | None:
-    started: float | None = g.get("request_started")
-    return None if started is None else round((time.perf_counter() - started) * 1000, 3)
+def _duration_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
 
 
 def _account_ids(response: Response) -> list[int]:
     """The accounts the request names (route, parsed transfer body) or opened (Location)."""
-    view_args = request.view_args or {}
+    served: Request = request._get_current_object()  # type: ignore[attr-defined]
+    view_args = served.view_args or {}
     account_ids = [view_args["account_id"]] if "account_id" in view_args else []
-    if request.endpoint == TRANSFER_ENDPOINT and response.status_code in TRANSFER_PARSED_STATUSES:
+    endpoint = served.endpoint
+    if endpoint == TRANSFER_ENDPOINT and response.status_code in TRANSFER_PARSED_STATUSES:
         account_ids += _transfer_account_ids()
-    if request.endpoint == OPEN_ACCOUNT_ENDPOINT and response.status_code == 201:
+    if endpoint == OPEN_ACCOUNT_ENDPOINT and response.status_code == 201:
         opened = OPENED_ACCOUNT_LOCATION.fullmatch(response.headers.get("Location", ""))
         account_ids += [int(opened["account_id"])] if opened else []
     return account_ids
