@@ -10,8 +10,14 @@ instead of waiting. A file database is opened, never created, and each
 connection is checked against the files its path names (`sqlite_files`).
 
 PostgreSQL (psycopg 3): READ COMMITTED, a pool sized to the worker's
-threads, pre-ping so a restarted database is noticed without restarting
-the service. Every wait on PostgreSQL is bounded:
+threads, and a check at each checkout so a restarted database is noticed
+without restarting the service (`_check_on_checkout`): a pooled connection
+the server closed (a restart, a cut path) has its socket readable (the
+server's goodbye, or its end of stream), which costs one `poll` to see; only
+such a connection is pinged, and one that fails the ping is replaced, with
+every connection pooled before it, as SQLAlchemy's pre-ping does. A healthy
+connection costs no round trip (pre-ping cost one per checkout). Every wait
+on PostgreSQL is bounded:
 - connecting: CONNECT_TIMEOUT_SECONDS (5 s, libpq connect_timeout);
 - a free pooled connection: the lock timeout (pool_timeout);
 - a row lock: BANK_LOCK_TIMEOUT_MS (server-side lock_timeout);
@@ -24,9 +30,13 @@ the service. Every wait on PostgreSQL is bounded:
   drops a connection whose sent data stays unacknowledged that long. A
   thread waiting on a dead peer therefore gets an error (hence 503) within
   DEAD_PEER_NOTICED_SECONDS (11 s) of the last packet, whether it was
-  sending or waiting for an answer; a request that finds its pooled
-  connection dead (pre-ping) and cannot reconnect is answered after about
-  TCP_USER_TIMEOUT_MS + CONNECT_TIMEOUT_SECONDS (15 s).
+  sending or waiting for an answer; a request whose pooled connection is
+  dead and cannot reconnect is answered after about TCP_USER_TIMEOUT_MS +
+  CONNECT_TIMEOUT_SECONDS (15 s).
+A connection that breaks after its checkout (or whose peer died without a
+word, which no check short of a round trip can see) fails its first
+statement: 503 store_unavailable, never a 500 (`sql_errors`), and the
+failed rollback that follows invalidates it and the pool behind it.
 Not bounded on the client: a peer whose kernel is alive but whose process
 (or a proxy in between) stops answering. Its kernel acknowledges our data
 and keepalive probes, and a query the server never received is under no
@@ -40,12 +50,17 @@ fork, so no pool is ever shared across processes.
 from __future__ import annotations
 
 import contextlib
+import select
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg import pq
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from service.stores import sqlite_files
 
@@ -131,7 +146,7 @@ def _postgresql_engine(url: str, *, lock_timeout_ms: int, pool_size: int) -> Eng
         f"-c statement_timeout={int(lock_timeout_ms) + STATEMENT_TIMEOUT_MARGIN_MS} "
         f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
     )
-    return create_engine(
+    engine = create_engine(
         url,
         connect_args={
             "options": options,
@@ -146,5 +161,51 @@ def _postgresql_engine(url: str, *, lock_timeout_ms: int, pool_size: int) -> Eng
         pool_size=pool_size,
         max_overflow=POOL_OVERFLOW_CONNECTIONS,
         pool_timeout=lock_timeout_ms / 1000,
-        pool_pre_ping=True,
     )
+    _check_on_checkout(engine)
+    return engine
+
+
+def _check_on_checkout(engine: Engine) -> None:
+    """Replace a pooled connection the server closed; ping only one that looks closed.
+
+    A connection made for this checkout is used as it is (pre-ping skips it
+    too). Any other is pinged only when `_looks_closed`; a failed ping
+    raises InvalidatePoolError, on which the pool replaces this connection
+    and retires every one pooled before it -- what pre-ping does.
+    """
+
+    @event.listens_for(engine, "connect")
+    def on_connect(_dbapi_connection: psycopg.Connection[Any], record: ConnectionPoolEntry) -> None:
+        record.info["fresh"] = True
+
+    @event.listens_for(engine, "checkout")
+    def on_checkout(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        if record.info.pop("fresh", False) or not _looks_closed(dbapi_connection):
+            return
+        if not engine.dialect._do_ping_w_event(dbapi_connection):  # False: a disconnect
+            raise sa_exc.InvalidatePoolError("a pooled connection failed its ping")
+
+
+def _looks_closed(connection: psycopg.Connection[Any]) -> bool:
+    """Whether an idle connection may be closed, seen locally: no round trip.
+
+    An idle connection's server sends nothing unasked but its goodbye (a
+    FATAL error on shutdown or termination) and then its end of stream, so a
+    readable socket means closed -- or, rarely, a notice, which the ping
+    then reads. False is no promise: a peer that died without a word
+    shows nothing here.
+    """
+    pgconn = connection.pgconn
+    if (
+        connection.closed
+        or pgconn.status != pq.ConnStatus.OK
+        or pgconn.transaction_status != pq.TransactionStatus.IDLE
+    ):
+        return True
+    try:
+        poller = select.poll()
+        poller.register(pgconn.socket, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, psycopg.Error):
+        return True
