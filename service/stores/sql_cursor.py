@@ -47,18 +47,52 @@ class SqlDialect:
         return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+# psycopg: one cursor per statement and pooled connection, kept with the
+# connection (see `DriverCursor._statement_cursor`), at most this many.
+KEPT_CURSORS = 64
+
+
 class DriverCursor:
-    """Statements inside one open transaction, on the driver's cursor."""
+    """Statements inside one open transaction, on the driver's cursor.
+
+    On PostgreSQL each statement runs on a cursor of its own, kept with the
+    pooled connection across transactions: a psycopg cursor builds its
+    adaptation context anew whenever its statement changes (about 15 µs of
+    CPU a statement, measured), and fetches every row of a result at once,
+    so a kept cursor holds nothing open on the server between statements.
+    SQLite's cursors are not kept: one left mid-result would keep its read
+    open.
+    """
 
     def __init__(self, connection: Connection, dialect: SqlDialect) -> None:
         self.connection = connection
         self.dialect = dialect
-        self._cursor = connection.connection.cursor()
+        driver: Any = connection.connection.driver_connection
+        self._driver = driver
+        self._kept: dict[str, Any] | None = None
+        self._cursor: Any = None
+        if dialect.is_postgresql:
+            self._kept = _kept_cursors(connection, driver)
+        else:
+            self._cursor = driver.cursor()
+
+    def _statement_cursor(self, sql: str) -> Any:
+        kept = self._kept
+        if kept is None:
+            return self._cursor
+        cursor = kept.get(sql)
+        if cursor is None:
+            cursor = self._driver.cursor()
+            if len(kept) < KEPT_CURSORS:
+                kept[sql] = cursor
+        return cursor
 
     def row(self, sql: str, parameters: dict[str, Any]) -> tuple[Any, ...] | None:
         """The first row of a statement (or None)."""
-        self._cursor.execute(self.dialect.sql(sql), parameters)
-        row: tuple[Any, ...] | None = self._cursor.fetchone()
+        statement = self.dialect.sql(sql)
+        cursor = self._statement_cursor(statement)
+        cursor.execute(statement, parameters)
+        row: tuple[Any, ...] | None = cursor.fetchone()
         return row
 
     def value(self, sql: str, parameters: dict[str, Any]) -> Any:
@@ -68,10 +102,22 @@ class DriverCursor:
 
     def row_count(self, sql: str, parameters: dict[str, Any]) -> int:
         """How many rows a statement changed."""
-        self._cursor.execute(self.dialect.sql(sql), parameters)
-        count: int = self._cursor.rowcount
+        statement = self.dialect.sql(sql)
+        cursor = self._statement_cursor(statement)
+        cursor.execute(statement, parameters)
+        count: int = cursor.rowcount
         return count
 
     def execute(self, statement: Executable) -> None:
         """A SQLAlchemy statement, for the rare writes that are not on the hot path."""
         self.connection.execute(statement)
+
+
+def _kept_cursors(connection: Connection, driver: Any) -> dict[str, Any]:
+    """The statement cursors kept for this driver connection (a new one starts afresh)."""
+    info = connection.connection.info
+    kept = info.get("statement_cursors")
+    if kept is None or kept[0] is not driver:
+        kept = info["statement_cursors"] = (driver, {})
+    cursors: dict[str, Any] = kept[1]
+    return cursors
