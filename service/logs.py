@@ -91,8 +91,9 @@ class JsonLineFormatter(JsonFormatter):
         A record with a string message and no exception or stack (every
         request line) gets the standard fields, then its extra attributes in
         the order they were set, as `add_fields` and `merge_record_extra`
-        would write them, without their per-field renaming and checks (a
-        third of the line's cost). Anything else goes python-json-logger's way.
+        would write them, without their per-field renaming and checks (8.5 ->
+        7.2 µs for a request line, measured alone). Anything else goes
+        python-json-logger's way.
         """
         if (
             isinstance(record.msg, dict)
