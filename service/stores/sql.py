@@ -14,8 +14,11 @@ keys (`sql_keys`), accounts (`sql_accounts`), the journal's reads
 (`sql_journal`) and the audits (`sql_audit`). The write path runs driver
 SQL (`sql_cursor`): the statements are written once, so no request pays
 for building and compiling SQLAlchemy constructs (about a fifth of a
-request's time, profiled). Reads of whole rows for the API keep SQLAlchemy
-Core, which maps types.
+request's time, profiled). So do the reads every request makes -- accounts
+one, several or a page at a time, and a read-modify-write's read outside a
+lock: each is one statement, its own snapshot, run outside any transaction
+(`_read`). The other reads (journal, holds, audits) keep SQLAlchemy Core in
+a read transaction.
 
 SQLite writes go through one group-commit writer per process (see
 `group_commit`); PostgreSQL writes run in the request's thread, each in its
@@ -32,8 +35,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
+import psycopg
 from sqlalchemy import Connection, inspect, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -59,7 +63,7 @@ from service.stores.base import LegWrite, LegWriter, Store, TransferSpec, Writte
 from service.stores.engines import build_engine
 from service.stores.group_commit import GroupCommitter
 from service.stores.sql_cursor import DriverCursor, SqlDialect
-from service.stores.sql_errors import begun, translated_errors
+from service.stores.sql_errors import DRIVER_ERRORS, begun, translated_errors
 from service.stores.sql_money import SqlLegWriter
 from service.stores.writer_lock import WriterLock
 from service.tables import SETTINGS_ROW_ID, settings
@@ -101,6 +105,41 @@ class SqlStore(Store):
             with begun(connection, write=write):  # a lost COMMIT: outcome unknown
                 yield connection
 
+    @contextmanager
+    def _read(self) -> Iterator[sql_accounts.Reader]:
+        """One read statement outside any transaction: a single statement is its own snapshot.
+
+        No SQLAlchemy Connection, no BEGIN and no COMMIT: the pool's checkout
+        (with its checks of the connection: `sqlite_files`, `engines`) and the
+        driver's cursor. SQLite's driver runs a statement outside BEGIN in
+        autocommit (`engines` turned its own BEGIN off); psycopg is switched
+        to autocommit for the statement, two round trips fewer than BEGIN ...
+        COMMIT, and back before the connection returns to the pool -- a
+        connection that cannot be switched back is discarded, never pooled.
+        """
+        with translated_errors():
+            pooled = self._engine.raw_connection()
+            driver: Any = pooled.driver_connection
+            broken: BaseException | None = None
+            try:
+                if not self._is_sqlite:
+                    driver.autocommit = True
+                cursor = driver.cursor()
+                try:
+                    yield sql_accounts.Reader(cursor, self._dialect)
+                finally:
+                    cursor.close()
+            except DRIVER_ERRORS as error:
+                if self._engine.dialect.is_disconnect(cast(Any, error), driver, None):
+                    broken = error
+                raise
+            finally:
+                if broken is None and not self._is_sqlite:
+                    broken = _out_of_autocommit(driver)
+                if broken is not None:
+                    pooled.invalidate(broken)
+                pooled.close()
+
     def _write(self, work: Callable[[DriverCursor], T]) -> T:
         """Run `work` in a write transaction: the group commit's on SQLite, its own elsewhere."""
         if self._committer is not None:
@@ -114,9 +153,8 @@ class SqlStore(Store):
     # ------------------------------------------------------------------ money
 
     def read_states(self, account_ids: Sequence[int]) -> dict[int, BalanceState]:
-        with self._transaction(write=False) as connection:
-            cursor = DriverCursor(connection, self._dialect)
-            return SqlLegWriter(cursor).read_states(account_ids)
+        with self._read() as reader:
+            return sql_accounts.read_states(reader, account_ids)
 
     def read_hold(self, hold_id: int) -> Hold:
         with self._transaction(write=False) as connection:
@@ -175,16 +213,16 @@ class SqlStore(Store):
         )
 
     def get_account(self, account_id: int) -> Account:
-        with self._transaction(write=False) as connection:
-            return sql_accounts.get_account(connection, account_id)
+        with self._read() as reader:
+            return sql_accounts.get_account(reader, account_id)
 
     def get_accounts(self, account_ids: Sequence[int]) -> dict[int, Account]:
-        with self._transaction(write=False) as connection:
-            return sql_accounts.get_accounts(connection, account_ids)
+        with self._read() as reader:
+            return sql_accounts.get_accounts(reader, account_ids)
 
     def list_accounts(self, after: int, limit: int) -> list[Account]:
-        with self._transaction(write=False) as connection:
-            return sql_accounts.list_accounts(connection, after, limit)
+        with self._read() as reader:
+            return sql_accounts.list_accounts(reader, after, limit)
 
     # ------------------------------------------------------------------ idempotency keys
 
@@ -287,6 +325,15 @@ class SqlStore(Store):
         self._engine.dispose()
         if self._writer_lock is not None:
             self._writer_lock.close()
+
+
+def _out_of_autocommit(driver: Any) -> BaseException | None:
+    """psycopg back out of autocommit for the pool; the error if it cannot be (then discard it)."""
+    try:
+        driver.autocommit = False
+    except psycopg.Error as error:  # broken, or cut off mid-statement
+        return error
+    return None
 
 
 def _begin_immediate(connection: Connection) -> None:

@@ -1,21 +1,23 @@
 """Accounts in SQL: open one (and journal its opening balance), read one or a page.
 
-Opening runs on the write path's driver cursor; the reads for the API use
-SQLAlchemy Core, which maps the columns' types.
+Opening runs on the write path's driver cursor; the reads run one statement
+each on the driver's cursor outside any transaction (`Reader`), with the
+held money summed in the same statement (`sql_statements.ACCOUNTS_WITH_HELD`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime as dt
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, Select, select
+from sqlalchemy import Connection, select
 
-from service.domain import Account, NotFound, TransactionKind, utc_now
+from service.domain import Account, BalanceState, NotFound, TransactionKind, utc_now
 from service.idempotency import Completion
-from service.stores import sql_holds, sql_keys
+from service.stores import sql_keys
 from service.stores import sql_statements as statements
-from service.stores.sql_cursor import DriverCursor
+from service.stores.sql_cursor import DriverCursor, SqlDialect
 from service.tables import accounts
 
 
@@ -57,32 +59,74 @@ def open_account(
     return account
 
 
-def _with_held() -> Select[Any]:
-    """The accounts with `held` summed in the same statement (one snapshot)."""
-    return select(accounts, sql_holds.held_column(utc_now()))
+class Reader:
+    """One read statement on the driver's cursor, outside any transaction (`SqlStore._read`).
+
+    A single statement is its own snapshot on both databases, so the reads
+    here need no BEGIN and no COMMIT. Rows come back as the driver gives
+    them; `moment` maps a timestamp as SQLAlchemy's DateTime does: SQLite
+    stores text and gives back a naive datetime (UTC by convention), psycopg
+    gives back the aware datetime as it is.
+    """
+
+    def __init__(self, cursor: Any, dialect: SqlDialect) -> None:
+        self._cursor = cursor
+        self.dialect = dialect
+        self.moment: Callable[[Any], dt.datetime] = (
+            _as_given if dialect.is_postgresql else dt.datetime.fromisoformat
+        )
+
+    def rows(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Every row, fetched to the end: SQLite's statement (its read snapshot) ends with it."""
+        self._cursor.execute(self.dialect.sql(sql), parameters)
+        rows: list[tuple[Any, ...]] = self._cursor.fetchall()
+        return rows
+
+    def now(self) -> Any:
+        """The present as a parameter (the held money counts the holds not yet expired)."""
+        return self.dialect.timestamp(utc_now())
 
 
-def get_account(connection: Connection, account_id: int) -> Account:
-    row = connection.execute(_with_held().where(accounts.c.id == account_id)).first()
-    if row is None:
+def _as_given(moment: dt.datetime) -> dt.datetime:
+    return moment
+
+
+def get_account(reader: Reader, account_id: int) -> Account:
+    rows = reader.rows(statements.READ_ACCOUNT, {"id": account_id, "now": reader.now()})
+    if not rows:
         raise NotFound(f"account {account_id} does not exist")
-    return _account(row)
+    return _account(reader, rows[0])
 
 
-def get_accounts(connection: Connection, account_ids: Sequence[int]) -> dict[int, Account]:
-    rows = connection.execute(_with_held().where(accounts.c.id.in_(list(account_ids)))).all()
-    found = {row.id: _account(row) for row in rows}
+def get_accounts(reader: Reader, account_ids: Sequence[int]) -> dict[int, Account]:
+    """The accounts in the order asked, from one statement (one snapshot).
+
+    NotFound names the first unknown id.
+    """
+    parameters: dict[str, Any] = {"now": reader.now()}
+    for position, account_id in enumerate(account_ids):
+        parameters[statements.id_parameter(position)] = account_id
+    rows = reader.rows(statements.read_accounts(len(account_ids)), parameters)
+    found = {row[0]: row for row in rows}
     for account_id in account_ids:
         if account_id not in found:
             raise NotFound(f"account {account_id} does not exist")
-    return {account_id: found[account_id] for account_id in account_ids}
+    return {account_id: _account(reader, found[account_id]) for account_id in account_ids}
 
 
-def list_accounts(connection: Connection, after: int, limit: int) -> list[Account]:
-    rows = connection.execute(
-        _with_held().where(accounts.c.id > after).order_by(accounts.c.id).limit(limit)
-    ).all()
-    return [_account(row) for row in rows]
+def read_states(reader: Reader, account_ids: Sequence[int]) -> dict[int, BalanceState]:
+    """What a read-modify-write outside a lock reads: balance, version and held, one snapshot."""
+    return {
+        account.id: BalanceState(account.id, account.balance, account.version, account.held)
+        for account in get_accounts(reader, account_ids).values()
+    }
+
+
+def list_accounts(reader: Reader, after: int, limit: int) -> list[Account]:
+    rows = reader.rows(
+        statements.LIST_ACCOUNTS, {"after": after, "limit": limit, "now": reader.now()}
+    )
+    return [_account(reader, row) for row in rows]
 
 
 def require_account(connection: Connection, account_id: int) -> None:
@@ -91,14 +135,15 @@ def require_account(connection: Connection, account_id: int) -> None:
         raise NotFound(f"account {account_id} does not exist")
 
 
-def _account(row: Row[Any]) -> Account:
+def _account(reader: Reader, row: tuple[Any, ...]) -> Account:
+    account_id, owner, currency, balance, version, created_at, updated_at, held = row
     return Account(
-        id=row.id,
-        owner=row.owner,
-        currency=row.currency,
-        balance=row.balance,
-        version=row.version,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        held=int(row.held),
+        id=account_id,
+        owner=owner,
+        currency=currency,
+        balance=balance,
+        version=version,
+        created_at=reader.moment(created_at),
+        updated_at=reader.moment(updated_at),
+        held=int(held),
     )

@@ -22,8 +22,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Connection, Row, func, select
-from sqlalchemy.sql.elements import Label
+from sqlalchemy import Connection, Row, select
 
 from service.domain import (
     Hold,
@@ -36,7 +35,7 @@ from service.domain import (
 )
 from service.stores.base import LegWrite
 from service.stores.sql_cursor import DriverCursor, SqlDialect
-from service.tables import accounts, holds
+from service.tables import holds
 
 HELD = (
     "SELECT COALESCE(SUM(amount), 0) FROM holds"
@@ -69,20 +68,6 @@ def end_hold_statement(*, capture: bool, check_expiry: bool, check_pending: bool
         (_CAPTURE_HOLD if capture else _VOID_HOLD)
         + (UNEXPIRED if check_expiry else "")
         + (STILL_PENDING if check_pending else "")
-    )
-
-
-def held_column(now: dt.datetime) -> Label[Any]:
-    """`held` as a column of an accounts query (SQLAlchemy Core, for the API's reads)."""
-    return (
-        select(func.coalesce(func.sum(holds.c.amount), 0))
-        .where(
-            holds.c.account_id == accounts.c.id,
-            holds.c.status == HoldStatus.PENDING.value,
-            holds.c.expires_at > now,
-        )
-        .scalar_subquery()
-        .label("held")
     )
 
 

@@ -1,7 +1,8 @@
-"""The write path's SQL, written once, in the `:name` parameter style.
+"""The write path's SQL and the API's account reads, written once, in the `:name` parameter style.
 
-These are the statements the lock modes are made of; `SqlStore.sql`
-rewrites the parameters for psycopg. Only `fenced` touches the `fence`
+These are the statements the lock modes are made of, and the reads of whole
+accounts a GET, a transfer and a read-modify-write's read run on every
+request; `SqlStore.sql` rewrites the parameters for psycopg. Only `fenced` touches the `fence`
 column: the other modes' statements neither read nor write it. Every write
 of a balance bumps the version (optimistic and fenced writes compare it) and
 returns the balance it wrote, which the journal entry records as
@@ -9,6 +10,8 @@ returns the balance it wrote, which the journal entry records as
 """
 
 from __future__ import annotations
+
+import functools
 
 # The exclusive lock of `locked` on PostgreSQL; it reads what it locks.
 LOCK_ROW = "SELECT balance, version FROM accounts WHERE id = :id FOR UPDATE"
@@ -104,6 +107,32 @@ INSERT_ACCOUNT = (
 )
 
 LOAD_MODE = "SELECT lock_mode, race_window_ms FROM settings WHERE id = :id"
+
+# ---------------------------------------------------------------- the API's reads
+# Whole accounts with their held money summed in the same statement. Each read
+# is one statement, its own snapshot, so it runs outside any transaction
+# (`SqlStore._read`): no BEGIN, no COMMIT.
+ACCOUNTS_WITH_HELD = (
+    "SELECT id, owner, currency, balance, version, created_at, updated_at,"
+    " (SELECT COALESCE(SUM(holds.amount), 0) FROM holds WHERE holds.account_id = accounts.id"
+    " AND holds.status = 'pending' AND holds.expires_at > :now)"
+    " FROM accounts"
+)
+READ_ACCOUNT = ACCOUNTS_WITH_HELD + " WHERE id = :id"
+LIST_ACCOUNTS = ACCOUNTS_WITH_HELD + " WHERE id > :after ORDER BY id LIMIT :limit"
+
+
+def id_parameter(position: int) -> str:
+    """The name of the `position`th id of `read_accounts` (letters: `:name` takes no digits)."""
+    return "id_" + "".join(chr(ord("a") + int(digit)) for digit in str(position))
+
+
+@functools.lru_cache(maxsize=128)
+def read_accounts(count: int) -> str:
+    """Several accounts by id in one statement, the ids named by `id_parameter`."""
+    names = ", ".join(":" + id_parameter(position) for position in range(count))
+    return f"{ACCOUNTS_WITH_HELD} WHERE id IN ({names})"
+
 
 # ---------------------------------------------------------------- idempotency keys
 # One statement claims a key: a new key, an expired one, or a claim whose
