@@ -44,6 +44,10 @@ from service.stores.base import (
 )
 from service.stores.sql_cursor import DriverCursor
 
+# PostgreSQL: `SET LOCAL lock_timeout` as one statement taking a parameter
+# (on the driver's cursor, prepared once, not through SQLAlchemy).
+SET_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', :ms, true)"
+
 
 class SqlLegWriter(LegWriter):
     """Reads and writes balances inside one open transaction, in driver SQL."""
@@ -61,7 +65,7 @@ class SqlLegWriter(LegWriter):
         for position, account_id in enumerate(account_ids):
             if position > 0:  # the connection's lock_timeout bounds the first wait
                 remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
-                self._cursor.connection.exec_driver_sql(f"SET LOCAL lock_timeout = {remaining_ms}")
+                self._cursor.row(SET_LOCK_TIMEOUT, {"ms": str(remaining_ms)})
             row = self._cursor.row(statements.LOCK_ROW, {"id": account_id})
             if row is None:
                 raise NotFound(f"account {account_id} does not exist")

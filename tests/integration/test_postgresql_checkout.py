@@ -21,7 +21,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from service import services
-from service.domain import LockMode, ModeSetting, StoreUnavailable
+from service.domain import LockMode, LockTimeout, ModeSetting, StoreUnavailable
 from service.keyed_locks import KeyedLocks
 from service.schema import upgrade
 from service.services import Bank, ModeSource
@@ -136,3 +136,32 @@ def test_a_connection_lost_after_checkout_is_503_then_replaced(url: str, bank: B
     assert killed and killed[0] >= 1
     services.deposit(account, 1, LOCKED, bank)
     assert balance(bank, account) == 2
+
+
+def test_a_second_row_lock_waits_only_what_is_left_of_the_deadline(url: str, bank: Bank) -> None:
+    """`locked` on two accounts: the second lock's wait is bounded by the time left (SET LOCAL)."""
+    store = bank.store
+    assert isinstance(store, SqlStore)
+    first, second = (store.open_account(name, "EUR", 5, "locked").id for name in ("a", "b"))
+    seen: list[str] = []
+
+    def read_the_bound(writer: Any) -> Any:
+        seen.append(writer._cursor.value("SELECT current_setting('lock_timeout')", {}))
+        raise NotImplementedError  # nothing to write
+
+    with pytest.raises(NotImplementedError):
+        store.exclusive((first, second), read_the_bound)
+    assert seen and seen[0].endswith("ms")
+    assert 0 < int(seen[0].removesuffix("ms")) <= LOCK_TIMEOUT_MS
+    with pytest.raises(NotImplementedError):  # the bound was the transaction's only
+        store.exclusive((first, second), read_the_bound)
+    with pytest.raises(NotImplementedError):
+        store.exclusive((first,), read_the_bound)
+    assert seen[2] == f"{LOCK_TIMEOUT_MS // 1000}s"
+
+    with admin(url) as holder:  # holds the second row's lock until the end of the block
+        holder.execute("SELECT 1 FROM accounts WHERE id = %s FOR UPDATE", (second,))
+        started = time.monotonic()
+        with pytest.raises(LockTimeout):
+            store.exclusive((first, second), read_the_bound)
+        assert time.monotonic() - started < 2 * LOCK_TIMEOUT_MS / 1000
