@@ -69,6 +69,7 @@ from service.stores.writer_lock import WriterLock
 from service.tables import SETTINGS_ROW_ID, settings
 
 T = TypeVar("T")
+READ_CURSORS_KEY = "bankrace.read_cursors"
 
 
 class SqlStore(Store):
@@ -122,13 +123,15 @@ class SqlStore(Store):
             driver: Any = pooled.driver_connection
             broken: BaseException | None = None
             try:
+                kept = None
                 if not self._is_sqlite:
                     driver.autocommit = True
-                cursor = driver.cursor()
+                    kept = _read_cursors(pooled.info, driver)
+                reader = sql_accounts.Reader(driver, self._dialect, kept)
                 try:
-                    yield sql_accounts.Reader(cursor, self._dialect)
+                    yield reader
                 finally:
-                    cursor.close()
+                    reader.close()
             except DRIVER_ERRORS as error:
                 if self._engine.dialect.is_disconnect(cast(Any, error), driver, None):
                     broken = error
@@ -325,6 +328,15 @@ class SqlStore(Store):
         self._engine.dispose()
         if self._writer_lock is not None:
             self._writer_lock.close()
+
+
+def _read_cursors(info: dict[Any, Any], driver: Any) -> dict[str, Any]:
+    """The read cursors kept with this pooled connection (a new connection starts afresh)."""
+    kept = info.get(READ_CURSORS_KEY)
+    if kept is None or kept[0] is not driver:
+        kept = info[READ_CURSORS_KEY] = (driver, {})
+    cursors: dict[str, Any] = kept[1]
+    return cursors
 
 
 def _out_of_autocommit(driver: Any) -> BaseException | None:

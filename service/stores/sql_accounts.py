@@ -59,28 +59,54 @@ def open_account(
     return account
 
 
+# psycopg: the read cursors kept with a pooled connection, at most this many
+# (a cursor builds its adaptation context anew whenever its statement changes).
+KEPT_READ_CURSORS = 32
+
+
 class Reader:
-    """One read statement on the driver's cursor, outside any transaction (`SqlStore._read`).
+    """Read statements on the driver's cursors, outside any transaction (`SqlStore._read`).
 
     A single statement is its own snapshot on both databases, so the reads
-    here need no BEGIN and no COMMIT. Rows come back as the driver gives
-    them; `moment` maps a timestamp as SQLAlchemy's DateTime does: SQLite
-    stores text and gives back a naive datetime (UTC by convention), psycopg
-    gives back the aware datetime as it is.
+    here need no BEGIN and no COMMIT; every row is fetched at once, so no
+    statement stays open behind a read (on SQLite an open statement would
+    keep its read snapshot). On PostgreSQL each statement keeps a cursor of
+    its own with the pooled connection (`kept`), as the write path does.
+    Rows come back as the driver gives them; `moment` maps a timestamp as
+    SQLAlchemy's DateTime does: SQLite stores text and gives back a naive
+    datetime (UTC by convention), psycopg the aware datetime as it is.
     """
 
-    def __init__(self, cursor: Any, dialect: SqlDialect) -> None:
-        self._cursor = cursor
+    def __init__(self, driver: Any, dialect: SqlDialect, kept: dict[str, Any] | None) -> None:
+        self._driver = driver
+        self._kept = kept
+        self._cursor: Any = None
         self.dialect = dialect
         self.moment: Callable[[Any], dt.datetime] = (
             _as_given if dialect.is_postgresql else dt.datetime.fromisoformat
         )
 
     def rows(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
-        """Every row, fetched to the end: SQLite's statement (its read snapshot) ends with it."""
-        self._cursor.execute(self.dialect.sql(sql), parameters)
-        rows: list[tuple[Any, ...]] = self._cursor.fetchall()
+        statement = self.dialect.sql(sql)
+        cursor = self._cursor_for(statement)
+        cursor.execute(statement, parameters)
+        rows: list[tuple[Any, ...]] = cursor.fetchall()
         return rows
+
+    def _cursor_for(self, statement: str) -> Any:
+        if self._kept is not None and statement in self._kept:
+            return self._kept[statement]
+        cursor = self._driver.cursor()
+        if self._kept is not None and len(self._kept) < KEPT_READ_CURSORS:
+            self._kept[statement] = cursor
+        elif self._cursor is None:
+            self._cursor = cursor
+        return cursor
+
+    def close(self) -> None:
+        """Close the cursor not kept (each read uses one at most)."""
+        if self._cursor is not None:
+            self._cursor.close()
 
     def now(self) -> Any:
         """The present as a parameter (the held money counts the holds not yet expired)."""
