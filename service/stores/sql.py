@@ -160,8 +160,8 @@ class SqlStore(Store):
             return sql_accounts.read_states(reader, account_ids)
 
     def read_hold(self, hold_id: int) -> Hold:
-        with self._transaction(write=False) as connection:
-            return sql_holds.read_hold(connection, hold_id)
+        with self._read() as reader:
+            return sql_holds.read_hold_alone(reader, hold_id)
 
     def list_holds(
         self, account_id: int, status: HoldStatus | None, before: int | None, limit: int

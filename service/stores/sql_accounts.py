@@ -82,9 +82,7 @@ class Reader:
         self._kept = kept
         self._cursor: Any = None
         self.dialect = dialect
-        self.moment: Callable[[Any], dt.datetime] = (
-            _as_given if dialect.is_postgresql else dt.datetime.fromisoformat
-        )
+        self.moment = stored_moment(dialect)
 
     def rows(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
         statement = self.dialect.sql(sql)
@@ -113,7 +111,12 @@ class Reader:
         return self.dialect.timestamp(utc_now())
 
 
-def _as_given(moment: dt.datetime) -> dt.datetime:
+def stored_moment(dialect: SqlDialect) -> Callable[[Any], dt.datetime]:
+    """A driver's timestamp as SQLAlchemy's DateTime maps it (SQLite: naive, UTC by convention)."""
+    return as_given if dialect.is_postgresql else dt.datetime.fromisoformat
+
+
+def as_given(moment: dt.datetime) -> dt.datetime:
     return moment
 
 

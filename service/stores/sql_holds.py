@@ -20,9 +20,10 @@ until it commits.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, select
+from sqlalchemy import Connection, select
 
 from service.domain import (
     Hold,
@@ -34,6 +35,7 @@ from service.domain import (
     utc_now,
 )
 from service.stores.base import LegWrite
+from service.stores.sql_accounts import Reader, as_given, stored_moment
 from service.stores.sql_cursor import DriverCursor, SqlDialect
 from service.tables import holds
 
@@ -75,11 +77,33 @@ def held(cursor: DriverCursor, account_id: int, now: dt.datetime) -> int:
     return int(cursor.value(HELD, {"id": account_id, "now": cursor.dialect.timestamp(now)}))
 
 
+READ_HOLD = (
+    "SELECT id, account_id, amount, status, captured_amount, expires_at, created_at,"
+    " updated_at, voided_at FROM holds WHERE id = :id"
+)
+
+
 def read_hold(connection: Connection, hold_id: int) -> Hold:
-    row = connection.execute(select(holds).where(holds.c.id == hold_id)).first()
+    """A hold, read inside an open transaction (the write path's), on the driver's cursor."""
+    dialect = SqlDialect(is_postgresql=connection.dialect.name != "sqlite")
+    return read_hold_on(DriverCursor(connection, dialect), hold_id)
+
+
+def read_hold_on(cursor: DriverCursor, hold_id: int) -> Hold:
+    row = cursor.row(READ_HOLD, {"id": hold_id})
+    return _found(row, hold_id, stored_moment(cursor.dialect))
+
+
+def read_hold_alone(reader: Reader, hold_id: int) -> Hold:
+    """A hold, read outside any transaction: one statement (`SqlStore._read`)."""
+    rows = reader.rows(READ_HOLD, {"id": hold_id})
+    return _found(rows[0] if rows else None, hold_id, reader.moment)
+
+
+def _found(row: tuple[Any, ...] | None, hold_id: int, moment: Callable[[Any], dt.datetime]) -> Hold:
     if row is None:
         raise NotFound(f"hold {hold_id} does not exist")
-    return hold_from_row(row)
+    return hold_from_values(row, moment)
 
 
 def list_holds(
@@ -101,7 +125,7 @@ def list_holds(
     elif status is not None:
         query = query.where(holds.c.status == status.value)
     rows = connection.execute(query.order_by(holds.c.id.desc()).limit(limit)).all()
-    return [hold_from_row(row).seen_at(now) for row in rows]
+    return [hold_from_values(row, as_given).seen_at(now) for row in rows]
 
 
 def write_hold(
@@ -123,9 +147,9 @@ def write_hold(
     if captured_amount is not None:
         parameters["captured_amount"] = captured_amount
     if cursor.row_count(sql, parameters) != 1:
-        stored = read_hold(cursor.connection, change.hold_id)
+        stored = read_hold_on(cursor, change.hold_id)
         raise HoldNotPending(stored.id, stored.status_at(now))
-    return read_hold(cursor.connection, change.hold_id)
+    return read_hold_on(cursor, change.hold_id)
 
 
 def _insert(
@@ -154,17 +178,29 @@ def _insert(
     )
 
 
-def hold_from_row(row: Row[Any]) -> Hold:
+def hold_from_values(values: Sequence[Any], moment: Callable[[Any], dt.datetime]) -> Hold:
+    """A hold from its columns in the table's order (`READ_HOLD`, or Core's `select(holds)`)."""
+    (
+        hold_id,
+        account_id,
+        amount,
+        status,
+        captured_amount,
+        expires_at,
+        created_at,
+        updated_at,
+        voided_at,
+    ) = values
     return Hold(
-        id=row.id,
-        account_id=row.account_id,
-        amount=row.amount,
-        status=HoldStatus(row.status),
-        captured_amount=row.captured_amount,
-        expires_at=_aware(row.expires_at),
-        created_at=_aware(row.created_at),
-        updated_at=_aware(row.updated_at),
-        voided_at=None if row.voided_at is None else _aware(row.voided_at),
+        id=hold_id,
+        account_id=account_id,
+        amount=amount,
+        status=HoldStatus(status),
+        captured_amount=captured_amount,
+        expires_at=_aware(moment(expires_at)),
+        created_at=_aware(moment(created_at)),
+        updated_at=_aware(moment(updated_at)),
+        voided_at=None if voided_at is None else _aware(moment(voided_at)),
     )
 
 

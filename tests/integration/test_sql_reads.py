@@ -43,11 +43,11 @@ def sql_store(database_url: str) -> Iterator[SqlStore]:
 
 def add_hold(
     database_url: str, account_id: int, amount: int, status: str, expires_in_s: int
-) -> None:
+) -> int:
     now = utc_now()
     engine = create_engine(database_url)
     with engine.begin() as connection:
-        connection.execute(
+        inserted = connection.execute(
             insert(holds).values(
                 account_id=account_id,
                 amount=amount,
@@ -59,6 +59,9 @@ def add_hold(
             )
         )
     engine.dispose()
+    key = inserted.inserted_primary_key
+    assert key is not None
+    return int(key[0])
 
 
 def core_accounts(database_url: str, held: dict[int, int]) -> dict[int, Account]:
@@ -114,6 +117,40 @@ def test_reads_answer_what_core_maps(sql_store: SqlStore, database_url: str) -> 
         0,
         35,
     )
+
+
+@on_sql
+def test_a_hold_reads_as_core_maps_it(sql_store: SqlStore, database_url: str) -> None:
+    """Every column, timestamps aware in UTC, the same alone, in a page and in a transaction."""
+    account = sql_store.open_account("alice", "USD", 100, "locked")
+    pending = add_hold(database_url, account.id, 30, "pending", 60)
+    captured = add_hold(database_url, account.id, 11, "captured", 60)
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        rows = {row.id: row for row in connection.execute(select(holds)).all()}
+    engine.dispose()
+    for hold_id in (pending, captured):
+        row = rows[hold_id]
+        hold = sql_store.read_hold(hold_id)
+        assert (hold.id, hold.account_id, hold.amount, hold.status.value) == (
+            row.id,
+            row.account_id,
+            row.amount,
+            row.status,
+        )
+        assert hold.captured_amount == row.captured_amount
+        assert hold.voided_at is None
+        for moment, stored in (
+            (hold.expires_at, row.expires_at),
+            (hold.created_at, row.created_at),
+            (hold.updated_at, row.updated_at),
+        ):
+            assert moment.utcoffset() == dt.timedelta(0)
+            assert moment.replace(tzinfo=None) == stored.replace(tzinfo=None)
+    page = sql_store.list_holds(account.id, None, None, 10)
+    assert page == [sql_store.read_hold(captured), sql_store.read_hold(pending)]
+    with pytest.raises(NotFound, match="hold 999 "):
+        sql_store.read_hold(999)
 
 
 @on_sql
