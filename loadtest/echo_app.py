@@ -61,6 +61,10 @@ class EchoServer(BaseApplication):  # type: ignore[misc]
             "timeout": GUNICORN_TIMEOUT_SECONDS,
             "graceful_timeout": GUNICORN_GRACEFUL_TIMEOUT_SECONDS,
             "keepalive": GUNICORN_KEEPALIVE_SECONDS,
+            # Each worker its own SO_REUSEPORT socket, as `bankrace serve` runs them: on one
+            # shared socket a burst of kept-alive connections can all go to one worker, and an
+            # echo running on half its cores would flatter every ratio to it.
+            "reuse_port": workers > 1,
             "errorlog": "-",
             "proc_name": "bankrace-echo",
             "control_socket_disable": True,

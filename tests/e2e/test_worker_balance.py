@@ -96,6 +96,7 @@ def answered(connection: socket.socket) -> bool:
 
 def connections_per_worker(server: ServerProcess, pids: list[int]) -> list[int]:
     """Open CONNECTIONS at once, one request on each, and count who holds them."""
+    earlier = established_inodes(server.port)  # say, a readiness probe's client not yet collected
     connections = [
         socket.create_connection(("127.0.0.1", server.port), timeout=ANSWER_DEADLINE_SECONDS)
         for _ in range(CONNECTIONS)
@@ -104,7 +105,7 @@ def connections_per_worker(server: ServerProcess, pids: list[int]) -> list[int]:
         for connection in connections:
             connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert all(answered(connection) for connection in connections)
-        server_side = established_inodes(server.port)
+        server_side = established_inodes(server.port) - earlier
         return [len(socket_inodes(pid) & server_side) for pid in pids]
     finally:
         for connection in connections:
