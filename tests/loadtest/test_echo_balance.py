@@ -10,7 +10,6 @@ SO_REUSEPORT socket. The same check as tests/e2e/test_worker_balance.py's for th
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
