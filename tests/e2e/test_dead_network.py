@@ -26,7 +26,7 @@ from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
-# The write's pooled connection is found dead by pre-ping (user timeout), one
+# The write's pooled connection fails its first statement (user timeout), one
 # reconnect times out, and the mode may be re-read first: a few bounds in a row.
 ANSWER_DEADLINE_SECONDS = 3 * (DEAD_PEER_NOTICED_SECONDS + CONNECT_TIMEOUT_SECONDS)
 RECOVERY_DEADLINE_SECONDS = 30
