@@ -143,12 +143,18 @@ class SqlStore(Store):
                     pooled.invalidate(broken)
                 pooled.close()
 
-    def _write(self, work: Callable[[DriverCursor], T]) -> T:
-        """Run `work` in a write transaction: the group commit's on SQLite, its own elsewhere."""
+    def _write(self, work: Callable[[DriverCursor], T], *, durable: bool = True) -> T:
+        """Run `work` in a write transaction: the group commit's on SQLite, its own elsewhere.
+
+        `durable=False`: on SQLite the write may share a batch committed without its own
+        fsync (see `GroupCommitter.run`); elsewhere it changes nothing.
+        """
         if self._committer is not None:
             deadline = time.monotonic() + self._lock_timeout_ms / 1000
             return self._committer.run(
-                lambda connection: work(DriverCursor(connection, self._dialect)), deadline
+                lambda connection: work(DriverCursor(connection, self._dialect)),
+                deadline,
+                durable=durable,
             )
         with self._transaction(write=True) as connection:
             return work(DriverCursor(connection, self._dialect))
@@ -230,7 +236,9 @@ class SqlStore(Store):
     # ------------------------------------------------------------------ idempotency keys
 
     def claim_key(self, claim: Claim) -> KeyRecord | None:
-        return self._write(lambda cursor: sql_keys.claim_key(cursor, claim))
+        # A claim needs no fsync of its own: whatever the key leads to is acknowledged only
+        # after a later durable commit, whose fsync covers the claim (GroupCommitter.run).
+        return self._write(lambda cursor: sql_keys.claim_key(cursor, claim), durable=False)
 
     def finish_key(self, claim: Claim, response: StoredResponse) -> None:
         self._write(lambda cursor: sql_keys.store_response(cursor, claim, response))

@@ -5,6 +5,7 @@ back to the pool. Why that is safe: GroupCommitter._synchronous."""
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 import threading
 import time
@@ -15,8 +16,14 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, event
 
+from service.domain import utc_now
+from service.idempotency import Claim
+from service.schema import upgrade
+from service.stores import sql_accounts, sql_keys
 from service.stores.engines import build_engine
 from service.stores.group_commit import GroupCommitter
+from service.stores.sql import SqlStore
+from service.stores.sql_cursor import DriverCursor
 from service.stores.writer_lock import WriterLock
 from tests.integration.test_group_commit import JOIN_DEADLINE_SECONDS, wait_until_queued
 
@@ -132,3 +139,29 @@ def test_a_relaxed_connection_is_closed_not_handed_back_to_the_pool(
         relaxed.execute("SELECT 1")
     with engine.connect() as connection:  # whatever the pool hands out syncs in full
         assert synchronous(connection) == FULL
+
+
+def test_the_stores_key_claim_skips_its_fsync_and_its_money_write_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SqlStore on SQLite: a claim alone commits at NORMAL, a money write at FULL."""
+    url = f"sqlite:///{tmp_path / 'bank.db'}"
+    upgrade(url)
+    store = SqlStore(url, lock_timeout_ms=2000, pool_size=2)
+    seen: list[tuple[str, int]] = []
+
+    def recording(name: str, write: Any) -> Any:
+        def recorded(cursor: DriverCursor, *arguments: Any) -> Any:
+            seen.append((name, int(cursor.value("PRAGMA synchronous", {}))))
+            return write(cursor, *arguments)
+
+        return recorded
+
+    monkeypatch.setattr(sql_keys, "claim_key", recording("claim", sql_keys.claim_key))
+    monkeypatch.setattr(sql_accounts, "open_account", recording("money", sql_accounts.open_account))
+    now = utc_now()
+    assert store.claim_key(Claim("", "key-1", "fingerprint", "owner", now, dt.timedelta(1))) is None
+    store.open_account("owner", "USD", 100, "locked")
+    assert store.claim_key(Claim("", "key-2", "fingerprint", "owner", now, dt.timedelta(1))) is None
+    store.close()
+    assert seen == [("claim", NORMAL), ("money", FULL), ("claim", NORMAL)]
