@@ -41,8 +41,9 @@ BaseSocketUnreader = SocketUnreader
 # to read; `parser.mesg.body.reader` is one, and `parser.mesg.body.failed` says a read raised.
 BodyLengthReader = LengthReader
 
-# gunicorn's socket writes (public in util, but undocumented).
-write = util.write
+# gunicorn's socket writes (public in util, but undocumented). gunicorn writes a
+# response's head alone, its chunks and its last chunk with `sock.sendall` (util.write,
+# util.write_chunk): the worker's AnswerSocket catches exactly that call.
 write_nonblock = util.write_nonblock
 to_bytestring = util.to_bytestring
 
@@ -119,6 +120,7 @@ RESPONSE_METHODS: dict[str, tuple[str, ...]] = {
     "force_close": ("self",),
     "write": ("self", "arg"),
     "write_file": ("self", "respiter"),
+    "close": ("self",),
 }
 RESPONSE_ATTRIBUTES: tuple[str, ...] = (
     "req",

@@ -36,8 +36,12 @@ application is wrapped in the `OverloadGate` that answers the refusals.
 The wait bound must hold even while no thread comes free (every thread
 held by slow requests, up to their own bounds): the main loop wakes when
 the oldest waiting request's time runs out, takes it back from the pool's
-queue (`Future.cancel`, which fails once a thread has it) and hands it to
-the refusal thread (`shed_overdue`).
+queue (`RequestJob.withdraw`, which fails once a thread has claimed it) and
+hands it to the refusal thread (`shed_overdue`).
+
+Writes: an answer's writes wait at most WRITE_TIMEOUT_SECONDS in all for a
+client that does not read them, or reads them slowly
+(`WorkerResponse.send`).
 
 No banner: gunicorn writes `Server: gunicorn` on every response it frames.
 `WorkerResponse` leaves the header out; gunicorn's own error pages
@@ -76,7 +80,6 @@ from service.gunicorn_internals import (
     install_error_writer,
     install_response_class,
     to_bytestring,
-    write,
     write_nonblock,
 )
 from service.http_problems import write_problem
@@ -98,10 +101,8 @@ CLOSE_LINGER_SECONDS = 2.0
 # client to read the 408 and close, so the close is not a reset that could
 # destroy the answer in flight.
 TIMED_OUT_LINGER_SECONDS = 0.5
-# Each write of an answer waits at most this for a client that does not read it.
+# An answer's writes wait at most this in all for a client that does not read them.
 WRITE_TIMEOUT_SECONDS = 10
-# An answer up to this size goes in one blocking send, with no timeout armed.
-SMALL_ANSWER_BYTES = 65536
 # Threads that answer 503 overloaded, apart from the pool that serves: a refusal
 # never waits behind a request being served, nor a served one behind refusals.
 REFUSAL_THREADS = 1
@@ -191,8 +192,10 @@ class WorkerResponse(HttpResponse):  # type: ignore[misc]
     is unknown).
     """
 
-    headers_sent: bool  # gunicorn's own attribute, set in its __init__ (typed for mypy)
-    writes_bounded = False
+    headers_sent: bool  # gunicorn's own attributes, set in its __init__ (typed for mypy)
+    sock: Any  # the connection's socket; an AnswerSocket around it for gunicorn's writes
+    # When this answer's writes must end: set by the first write that has to wait.
+    write_deadline: float | None = None
 
     def should_close(self) -> bool:
         timed_out = getattr(getattr(self.req, "unreader", None), "timed_out", False)
@@ -223,7 +226,8 @@ class WorkerResponse(HttpResponse):  # type: ignore[misc]
             or self.response_length is None
             or not isinstance(arg, bytes)
         ):
-            super().write(arg)  # chunked, or no body: each send bounded by `bound_sends`
+            self.send_gunicorns_writes_here()  # chunked, no body, or a later write
+            super().write(arg)
             return
         lines = self.default_headers()
         lines.extend(f"{name}: {value}\r\n" for name, value in self.headers)
@@ -231,45 +235,86 @@ class WorkerResponse(HttpResponse):  # type: ignore[misc]
         self.headers_sent = True
         body = arg[: self.response_length]  # never more than Content-Length, as gunicorn
         self.sent += len(body)
-        self._send(head + body)
+        self.send(self.sock, head + body)
 
-    def _send(self, data: bytes) -> None:
-        """A small answer as one blocking send; a large one within WRITE_TIMEOUT_SECONDS.
+    def send(self, sock: socket.socket, data: bytes | memoryview) -> None:
+        """One send that does not wait; what did not fit, within the answer's write deadline.
 
-        A small answer fits the socket's buffer unless the client stopped
-        reading, and then the connection's send timeout (`bound_sends`) ends
-        the wait: no Python timeout is armed for it (a timed send is three
-        more system calls, each letting go of the GIL: the timeout set, a poll
-        before the send, blocking mode back).
+        The common answer fits the socket's buffer and leaves in that one
+        send, with no timeout armed (a timed send is three more system calls,
+        each letting go of the GIL: the timeout set, a poll before the send,
+        blocking mode back). A client that is not reading fast enough makes
+        the answer's writes wait: from the first wait they have
+        WRITE_TIMEOUT_SECONDS in all, then fail with a TimeoutError (gthread
+        closes the connection). A client that reads a little now and then
+        cannot stretch that, as it would stretch the kernel's send timeout
+        (`bound_sends`), which counts only time without progress.
         """
-        if len(data) > SMALL_ANSWER_BYTES:
-            self.bound_writes()
-        write(self.sock, data)
+        if self.write_deadline is None:
+            try:
+                sent = sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+            self.write_deadline = time.monotonic() + WRITE_TIMEOUT_SECONDS
+        remaining_seconds = self.write_deadline - time.monotonic()
+        if remaining_seconds <= 0:
+            raise TimeoutError(f"the answer was not read within {WRITE_TIMEOUT_SECONDS} s")
+        sock.settimeout(remaining_seconds)  # gthread sets it blocking again for the next request
+        sock.sendall(data)  # the timeout bounds the whole sendall, not each send in it
 
-    def bound_writes(self) -> None:
-        """This answer's writes from now on take at most WRITE_TIMEOUT_SECONDS in all.
+    def send_gunicorns_writes_here(self) -> None:
+        """gunicorn's own writes of this answer (head, chunks, last chunk) go through `send`."""
+        if not isinstance(self.sock, AnswerSocket):
+            self.sock = AnswerSocket(self.sock, self)
 
-        A client that stops reading, or reads a byte now and then, must not
-        hold a thread: the write fails with a timeout (gthread closes the
-        connection), as it did under the application's read timeout
-        (service/__init__.py `_bound_body_reads`). gthread puts the socket
-        back to blocking for the next request.
-        """
-        if not self.writes_bounded:
-            self.writes_bounded = True
-            self.sock.settimeout(WRITE_TIMEOUT_SECONDS)
+    def close(self) -> None:
+        if not self.headers_sent or self.chunked:  # gunicorn still writes the head or last chunk
+            self.send_gunicorns_writes_here()
+        super().close()
 
     def write_file(self, respiter: Any) -> None:
-        self.bound_writes()  # sendfile on a blocking socket would wait for the client forever
+        """A file's writes within the deadline too (sendfile waits for what is left, per wait)."""
+        self.send_gunicorns_writes_here()
+        if self.write_deadline is None:
+            self.write_deadline = time.monotonic() + WRITE_TIMEOUT_SECONDS
+        # sendfile on a blocking socket would wait for the client for ever
+        self.sock.settimeout(max(self.write_deadline - time.monotonic(), 0.001))
         super().write_file(respiter)
 
 
+class AnswerSocket:
+    """A connection's socket as gunicorn's writes of one answer see it: `sendall` is `send`.
+
+    gunicorn writes a chunked answer, a head without a body and the last
+    chunk with `sock.sendall` (util.write, util.write_chunk); through this
+    wrapper each such write is the response's `send`. Built only for those
+    answers, not for the common one `WorkerResponse.write` sends itself.
+    """
+
+    __slots__ = ("_response", "_sock")
+
+    def __init__(self, sock: socket.socket, response: WorkerResponse) -> None:
+        self._sock = sock
+        self._response = response
+
+    def sendall(self, data: bytes) -> None:
+        self._response.send(self._sock, data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 def bound_sends(client_socket: socket.socket) -> None:
-    """Every blocking send on this connection waits at most WRITE_TIMEOUT_SECONDS.
+    """Every blocking send on this connection waits at most WRITE_TIMEOUT_SECONDS without progress.
 
     The kernel's send timeout (SO_SNDTIMEO), set once per connection: a send
-    to a client that does not read fails instead of waiting forever. It holds
-    per send call; `WorkerResponse.bound_writes` bounds an answer's writes in all.
+    to a client that does not read fails instead of waiting for ever. It
+    counts only time without progress, so it is the backstop for the writes
+    outside an answer (gunicorn's error pages, `100 Continue`);
+    `WorkerResponse.send` bounds each answer's writes in all.
     """
     seconds = int(WRITE_TIMEOUT_SECONDS)
     microseconds = int((WRITE_TIMEOUT_SECONDS - seconds) * 1_000_000)

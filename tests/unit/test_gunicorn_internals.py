@@ -149,7 +149,10 @@ def test_the_worker_attributes_used_are_set_by_gthread(gthread_worker: Any) -> N
     pool = worker.get_thread_pool()
     try:
         assert isinstance(pool, futures.ThreadPoolExecutor), (
-            f"gthread's pool is a {type(pool)}: shed_overdue relies on Future.cancel: {UPGRADE}"
+            f"gthread's own pool is a {type(pool)}, no longer a ThreadPoolExecutor: the worker"
+            " replaces it through get_thread_pool with its RequestPool, which has only submit"
+            " (called by the worker's enqueue_req) and shutdown (gthread's run calls"
+            f" shutdown(wait=False)); check what gthread now calls on its pool: {UPGRADE}"
         )
     finally:
         pool.shutdown(wait=False)
@@ -234,6 +237,60 @@ def test_a_request_parsed_by_a_gthread_connection_is_answered_by_the_workers_res
     assert b"server:" not in head.lower()
     assert body == b"ok"
     assert response.should_close()  # the application's Connection: close is honoured
+
+
+class SendRecordingSocket:
+    """A connection's socket that records its sends, with their flags; it has no sendall."""
+
+    def __init__(self) -> None:
+        self.sends: list[tuple[bytes, int]] = []
+
+    def send(self, data: bytes, flags: int = 0) -> int:
+        self.sends.append((bytes(data), flags))
+        return len(data)
+
+
+class BareRequest:
+    version = (1, 1)
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+    def should_close(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "headers", "body"),
+    [
+        ("HEAD", "200 OK", [("Content-Length", "2")], b"ok"),
+        ("GET", "204 No Content", [], b""),
+        ("GET", "200 OK", [], b"ok"),
+    ],
+    ids=["head only", "no body", "chunked"],
+)
+def test_gunicorn_writes_what_the_worker_does_not_join_with_the_sockets_sendall(
+    method: str, status: str, headers: list[tuple[str, str]], body: bytes
+) -> None:
+    """Every such write reaches `WorkerResponse.send` (bounded in all), none the socket directly.
+
+    gunicorn writes a head alone, body chunks and the last chunk with
+    `sock.sendall` (util.write, util.write_chunk); the worker hands it an
+    `AnswerSocket` whose `sendall` is the response's `send` (a send without
+    waiting first, flagged MSG_DONTWAIT). A write gunicorn made another way
+    would be bounded only by the kernel's send timeout.
+    """
+    sock = SendRecordingSocket()
+    response = WorkerResponse(BareRequest(method), sock, GunicornConfig())
+    response.start_response(status, headers)
+    response.write(body)
+    response.close()
+    assert sock.sends, "nothing written"
+    unbounded = [data for data, flags in sock.sends if not flags & socket.MSG_DONTWAIT]
+    assert not unbounded, (
+        f"gunicorn {internals.INSTALLED_VERSION} wrote {unbounded} past WorkerResponse.send:"
+        f" {UPGRADE}"
+    )
 
 
 def test_handle_returns_the_defer_sentinel_for_a_connection_with_no_byte_yet(

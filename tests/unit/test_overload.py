@@ -316,10 +316,14 @@ def test_an_application_connection_close_closes() -> None:
 
 
 class RecordingSocket:
-    """Records each write the response makes."""
+    """Records each write the response makes; each `send` takes all it is given."""
 
     def __init__(self) -> None:
         self.writes: list[bytes] = []
+
+    def send(self, data: bytes, flags: int = 0) -> int:
+        self.writes.append(bytes(data))
+        return len(data)
 
     def sendall(self, data: bytes) -> None:
         self.writes.append(bytes(data))
