@@ -57,6 +57,7 @@ MACHINE_SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 NO_SHRINKING = [Phase.explicit, Phase.reuse, Phase.generate]
+COVERAGE_RUNS = 6
 AMOUNTS = st.integers(1, 400)
 HOLD_PICKS = st.integers(0, 20)
 # A capture of the whole hold (no amount), of half of it, or of one unit too much.
@@ -208,6 +209,13 @@ class HoldsMachine(RuleBasedStateMachine):
         assert audit.holds.held == self.held
 
 
+def uncovered(tally: Tally) -> list[str]:
+    """The outcomes every run must have met at least once, that these runs have not."""
+    wanted = ["hold accepted", "capture accepted", "void accepted", "capture HoldNotPending",
+              "hold InsufficientFunds"]  # fmt: skip
+    return [outcome for outcome in wanted if tally.outcomes[outcome] == 0]
+
+
 def test_random_hold_histories_agree_with_the_model(backend: str, tmp_path: Path) -> None:
     """Every answer and refusal, the balance, held, available and each hold match the model."""
     tally = Tally()
@@ -216,16 +224,19 @@ def test_random_hold_histories_agree_with_the_model(backend: str, tmp_path: Path
         machine_settings = settings(MACHINE_SETTINGS, max_examples=EXAMPLES[backend])
         if backend == "postgres":
             machine_settings = settings(machine_settings, phases=NO_SHRINKING)
-        run_state_machine_as_test(
-            lambda: HoldsMachine(supply.fresh, tally), settings=machine_settings
-        )
+        # One run of random histories missed an accepted capture or void about one time in
+        # three (Hypothesis favours short, simple histories): more runs until each outcome
+        # below was met, so that the checks below test the model, not the dice.
+        for _ in range(COVERAGE_RUNS):
+            run_state_machine_as_test(
+                lambda: HoldsMachine(supply.fresh, tally), settings=machine_settings
+            )
+            if not uncovered(tally):
+                break
     outcomes = ", ".join(f"{name} {count}" for name, count in sorted(tally.outcomes.items()))
     print(
         f"\nholds model {backend}: {tally.examples} examples in "
         f"{time.monotonic() - started:.1f}s: {outcomes}"
     )
     assert tally.examples >= EXAMPLES[backend]
-    for name in ("hold", "capture", "void"):
-        assert tally.outcomes[f"{name} accepted"] > 0, name
-    assert tally.outcomes["capture HoldNotPending"] > 0
-    assert tally.outcomes["hold InsufficientFunds"] > 0
+    assert uncovered(tally) == []
