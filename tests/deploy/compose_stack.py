@@ -14,9 +14,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -177,22 +175,6 @@ def worker_cpu_seconds(service: str) -> dict[str, float]:
     )  # fmt: skip
     workers: dict[str, float] = json.loads(result.stdout)
     return workers
-
-
-def keep_alive_burst(url: str, connections: int, requests_each: int) -> Counter[int]:
-    """`connections` clients at once, each GETting `url` `requests_each` times on one kept-alive
-    connection of its own (wrk's way, and an HTTP client pool's); the statuses."""
-
-    def client(_: int) -> list[int]:
-        with requests.Session() as session:
-            return [
-                session.get(url, timeout=REQUEST_TIMEOUT_SECONDS).status_code
-                for _ in range(requests_each)
-            ]
-
-    with ThreadPoolExecutor(connections) as pool:
-        answers = pool.map(client, range(connections))
-        return Counter(status for statuses in answers for status in statuses)
 
 
 def wait_until(predicate: Any, deadline_seconds: float, what: str) -> None:

@@ -137,6 +137,21 @@ def _json_or_none(response: requests.Response) -> Any:
         return None
 
 
+def keep_alive_burst(
+    url: str, connections: int, requests_each: int, timeout: float = REQUEST_TIMEOUT_SECONDS
+) -> Counter[int]:
+    """`connections` clients at once, each GETting `url` `requests_each` times on one kept-alive
+    connection of its own (wrk's way, and an HTTP client pool's); the statuses."""
+
+    def client(_: int) -> list[int]:
+        with requests.Session() as session:
+            return [session.get(url, timeout=timeout).status_code for _ in range(requests_each)]
+
+    with ThreadPoolExecutor(connections) as pool:
+        answers = pool.map(client, range(connections))
+        return Counter(status for statuses in answers for status in statuses)
+
+
 def open_account(base_url: str, balance: int, owner: str = "race") -> int:
     response = requests.post(
         f"{base_url}/accounts", json={"owner": owner, "opening_balance": balance}, timeout=10
