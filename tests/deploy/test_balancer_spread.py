@@ -5,9 +5,10 @@ the kernel gives each new connection to one worker of the replica (that worker's
 SO_REUSEPORT socket, at random). With kept connections living for 1,000 requests, a burst
 ran on the few connections nginx had opened first, and these could all sit on one worker:
 on two real replicas behind this nginx, one worker did 2 % of its replica's work in a burst
-(4 % on another day; 2 % in CI's compose run) and half the bursts left a worker a quarter
-or less. The template now closes a kept connection after 16 requests (`keepalive_requests`),
-so a burst's work is spread over many connections, each placed on a worker afresh.
+(4 % in another run; 2 % in CI's compose run), and about one burst in four left a worker
+less than a quarter. The template now closes a kept connection after 16 requests
+(`keepalive_requests`), so a burst's work is spread over many connections, each placed on a
+worker afresh.
 
 Against two real `bankrace serve` replicas (2 workers x 4 threads each, the defaults, each
 on a SQLite file of its own) behind the project's nginx: ten bursts of 32 clients, each

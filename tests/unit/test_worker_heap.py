@@ -1,6 +1,6 @@
 """A worker leaves what it loaded before serving out of every garbage collection.
 
-Each full collection scanned the worker's whole startup heap (about 100,000
+Each full collection scanned the worker's whole startup heap (about 115,000
 objects) under the GIL for 45-68 ms; when that worker's writer held the SQLite
 writer lock meanwhile, every worker's deposits waited (docs/performance.md).
 gunicorn's post_worker_init hook now freezes that heap: the app made before it
