@@ -62,7 +62,7 @@ from service.stores import sql_statements as statements
 from service.stores.base import LegWrite, LegWriter, Store, TransferSpec, Written
 from service.stores.engines import build_engine
 from service.stores.group_commit import GroupCommitter
-from service.stores.sql_cursor import DriverCursor, SqlDialect
+from service.stores.sql_cursor import DriverCursor, SqlDialect, kept_cursors
 from service.stores.sql_errors import DRIVER_ERRORS, begun, translated_errors
 from service.stores.sql_money import SqlLegWriter
 from service.stores.writer_lock import WriterLock
@@ -126,7 +126,7 @@ class SqlStore(Store):
                 kept = None
                 if not self._is_sqlite:
                     driver.autocommit = True
-                    kept = _read_cursors(pooled.info, driver)
+                    kept = kept_cursors(pooled.info, READ_CURSORS_KEY, driver)
                 reader = sql_accounts.Reader(driver, self._dialect, kept)
                 try:
                     yield reader
@@ -336,15 +336,6 @@ class SqlStore(Store):
         self._engine.dispose()
         if self._writer_lock is not None:
             self._writer_lock.close()
-
-
-def _read_cursors(info: dict[Any, Any], driver: Any) -> dict[str, Any]:
-    """The read cursors kept with this pooled connection (a new connection starts afresh)."""
-    kept = info.get(READ_CURSORS_KEY)
-    if kept is None or kept[0] is not driver:
-        kept = info[READ_CURSORS_KEY] = (driver, {})
-    cursors: dict[str, Any] = kept[1]
-    return cursors
 
 
 def _out_of_autocommit(driver: Any) -> BaseException | None:

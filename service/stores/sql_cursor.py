@@ -50,6 +50,7 @@ class SqlDialect:
 # psycopg: one cursor per statement and pooled connection, kept with the
 # connection (see `DriverCursor._statement_cursor`), at most this many.
 KEPT_CURSORS = 64
+STATEMENT_CURSORS_KEY = "statement_cursors"
 
 
 class DriverCursor:
@@ -72,7 +73,7 @@ class DriverCursor:
         self._kept: dict[str, Any] | None = None
         self._cursor: Any = None
         if dialect.is_postgresql:
-            self._kept = _kept_cursors(connection, driver)
+            self._kept = kept_cursors(connection.connection.info, STATEMENT_CURSORS_KEY, driver)
         else:
             self._cursor = driver.cursor()
 
@@ -113,11 +114,16 @@ class DriverCursor:
         self.connection.execute(statement)
 
 
-def _kept_cursors(connection: Connection, driver: Any) -> dict[str, Any]:
-    """The statement cursors kept for this driver connection (a new one starts afresh)."""
-    info = connection.connection.info
-    kept = info.get("statement_cursors")
+def kept_cursors(info: dict[Any, Any], key: str, driver: Any) -> dict[str, Any]:
+    """The statement cursors kept under `key` in a pooled connection's `info`, by statement.
+
+    The pool's record outlives a driver connection it replaces (after a
+    reconnect), so the cursors are kept with the driver connection they
+    belong to: a new one starts afresh. The write path (`DriverCursor`) and
+    the reads outside transactions (`SqlStore._read`) keep theirs apart.
+    """
+    kept = info.get(key)
     if kept is None or kept[0] is not driver:
-        kept = info["statement_cursors"] = (driver, {})
+        kept = info[key] = (driver, {})
     cursors: dict[str, Any] = kept[1]
     return cursors
